@@ -1,0 +1,554 @@
+//! Configuration in two stages: a raw `serde` mirror of `gateway.toml` that rejects
+//! unknown keys, then a validated [`Config`] of real types, so nothing downstream
+//! ever re-checks a string. Every error names the file, the key and the problem,
+//! never a secret value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde::Deserialize;
+
+use crate::routes::RouteId;
+
+/// The file name `joulo-gateway` reads when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "gateway.toml";
+
+/// Where a systemd `LoadCredential=` puts the token, relative to `$CREDENTIALS_DIRECTORY`.
+const CREDENTIAL_NAME: &str = "joulo_token";
+
+/// Where Docker and Compose mount a secret named `joulo_token`.
+const DOCKER_SECRET_PATH: &str = "/run/secrets/joulo_token";
+
+/// A configuration problem, phrased for the person editing the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{path}: key `{key}` (line {line}): {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        line: usize,
+        message: String,
+    },
+    /// A value that parsed but makes no sense for the gateway.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Raw stage: exactly what the file says.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    base_url: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    token_poll_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    enabled: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated stage.
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The LAN-facing listener.
+    pub server: ServerConfig,
+    /// Where requests go and with which credential.
+    pub upstream: UpstreamConfig,
+    /// How the gateway reports what it does.
+    pub log: LogConfig,
+    /// The account-changing routes the operator switched on; read routes are always on.
+    pub enabled_write_routes: Vec<RouteId>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the gateway binds; home devices connect here.
+    pub listen: SocketAddr,
+    /// A client must finish sending request headers within this, so half-open
+    /// (slowloris) connections cannot pile up.
+    pub header_timeout: Duration,
+    /// How long in-flight requests may run on after SIGTERM before the process exits.
+    pub shutdown_grace: Duration,
+}
+
+/// The `[upstream]` table.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The Joulo API root; an allowlisted route path is appended to it.
+    pub base_url: Uri,
+    /// The file holding the Joulo token, re-read when it changes.
+    pub token_file: PathBuf,
+    /// Trust anchors added to the built-in web roots (a private CA, a test CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Bound on TCP connect to the upstream.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the upstream's response head, TLS handshake included.
+    pub timeout: Duration,
+    /// How often the token file's metadata is checked for a rotation.
+    pub token_poll_interval: Duration,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Human-readable lines or one JSON object per event.
+    pub format: LogFormat,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Defaults, in one place so `gateway.toml` and the code cannot drift apart silently:
+/// `config::tests::shipped_config_matches_defaults` compares them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "0.0.0.0:8080";
+    pub const BASE_URL: &str = "https://api.joulo.nl/functions/v1/api";
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+    pub const TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. Relative paths inside it are taken
+    /// relative to the file's own folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validates TOML text as if it had been read from `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, text, path))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let env_credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        validate(raw, path, base_dir, env_credentials.as_deref())
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    path: &Path,
+    base_dir: &Path,
+    credentials_dir: Option<&Path>,
+) -> Result<Config, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+
+    let listen_text = raw.server.listen.as_deref().unwrap_or(defaults::LISTEN);
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("`{listen_text}` is not an address with a port, like \"0.0.0.0:8080\""),
+        )
+    })?;
+    let header_timeout = positive(
+        raw.server.header_timeout,
+        defaults::HEADER_TIMEOUT,
+        "server.header_timeout",
+        path,
+    )?;
+    let shutdown_grace = raw
+        .server
+        .shutdown_grace
+        .unwrap_or(defaults::SHUTDOWN_GRACE);
+
+    let base_text = raw
+        .upstream
+        .base_url
+        .as_deref()
+        .unwrap_or(defaults::BASE_URL)
+        .trim_end_matches('/');
+    let base_url = parse_base_url(base_text).map_err(|m| invalid("upstream.base_url", m))?;
+
+    let token_file = match raw.upstream.token_file {
+        Some(p) => base_dir.join(p),
+        None => match credentials_dir {
+            Some(dir) => dir.join(CREDENTIAL_NAME),
+            None => PathBuf::from(DOCKER_SECRET_PATH),
+        },
+    };
+
+    let extra_roots = match raw.upstream.ca_file {
+        Some(p) => load_roots(&base_dir.join(&p)).map_err(|m| invalid("upstream.ca_file", m))?,
+        None => Vec::new(),
+    };
+
+    let connect_timeout = positive(
+        raw.upstream.connect_timeout,
+        defaults::CONNECT_TIMEOUT,
+        "upstream.connect_timeout",
+        path,
+    )?;
+    let timeout = positive(
+        raw.upstream.timeout,
+        defaults::TIMEOUT,
+        "upstream.timeout",
+        path,
+    )?;
+    let token_poll_interval = positive(
+        raw.upstream.token_poll_interval,
+        defaults::TOKEN_POLL_INTERVAL,
+        "upstream.token_poll_interval",
+        path,
+    )?;
+
+    let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        return Err(invalid(
+            "log.level",
+            format!("`{level}` is not a filter: {e}"),
+        ));
+    }
+    let log = LogConfig {
+        level,
+        format: raw.log.format.unwrap_or(LogFormat::Text),
+    };
+
+    let mut enabled_write_routes = Vec::new();
+    for (name, route) in &raw.routes {
+        let Some(id) = RouteId::from_config_name(name) else {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                key: format!("routes.{name}"),
+                line: 0,
+                message: format!(
+                    "unknown route; known routes are {}",
+                    RouteId::ALL
+                        .iter()
+                        .map(|r| r.config_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        };
+        match (id.changes_account(), route.enabled) {
+            (true, Some(true)) => enabled_write_routes.push(id),
+            (false, Some(false)) => {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    key: format!("routes.{name}.enabled"),
+                    line: 0,
+                    message: "read routes are always on; only account-changing routes \
+                              (add_charger, reboot_charger) can be switched"
+                        .to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    Ok(Config {
+        server: ServerConfig {
+            listen,
+            header_timeout,
+            shutdown_grace,
+        },
+        upstream: UpstreamConfig {
+            base_url,
+            token_file,
+            extra_roots,
+            connect_timeout,
+            timeout,
+            token_poll_interval,
+        },
+        log,
+        enabled_write_routes,
+    })
+}
+
+fn positive(
+    value: Option<Duration>,
+    default: Duration,
+    key: &'static str,
+    path: &Path,
+) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value.is_zero() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: "must be longer than 0s".to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+fn parse_base_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "`{text}` must start with https://: the token is never sent in clear text"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{text}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry user information (user:password@)".to_owned());
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(format!(
+            "`{text}` must not have a query or fragment: routes are appended to it"
+        ));
+    }
+    Ok(uri)
+}
+
+fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no CERTIFICATE block", file.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("{} holds an unusable certificate: {e}", file.display()))?;
+    }
+    Ok(certs)
+}
+
+/// Turns a `toml` error into one naming the dotted key, without quoting the file's
+/// text: a line could hold a value the operator would rather not see in a journal.
+fn parse_error(e: toml::de::Error, text: &str, path: &Path) -> ConfigError {
+    let offset = e.span().map(|s| s.start).unwrap_or(0);
+    let (line, key) = locate_key(text, offset);
+    ConfigError::Parse {
+        path: path.to_owned(),
+        key,
+        line,
+        message: e.message().to_owned(),
+    }
+}
+
+/// The 1-based line of `offset` and the dotted key defined on it (or the table
+/// header it belongs to).
+fn locate_key(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut key = None;
+    for (i, line) in text.lines().enumerate() {
+        if i + 1 > line_no {
+            break;
+        }
+        let line = line.trim();
+        if let Some(header) = line
+            .strip_prefix("[[")
+            .and_then(|l| l.split("]]").next())
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.split(']').next()))
+        {
+            table = header.trim().to_owned();
+            key = None;
+        } else if i + 1 == line_no {
+            key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_owned());
+        }
+    }
+    let dotted = match (table.is_empty(), key) {
+        (true, Some(k)) => k,
+        (false, Some(k)) => format!("{table}.{k}"),
+        (false, None) => table,
+        (true, None) => "(top level)".to_owned(),
+    };
+    (line_no, dotted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| parse_error(e, text, Path::new("t.toml")))?;
+        validate(raw, Path::new("t.toml"), Path::new("/etc/jg"), None)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen, defaults::LISTEN.parse().unwrap());
+        assert_eq!(c.upstream.base_url, defaults::BASE_URL);
+        assert_eq!(c.upstream.token_file, Path::new(DOCKER_SECRET_PATH));
+        assert_eq!(c.upstream.timeout, defaults::TIMEOUT);
+        assert!(c.enabled_write_routes.is_empty());
+    }
+
+    #[test]
+    fn token_file_relative_to_config_and_systemd_credentials() {
+        let c = parse("[upstream]\ntoken_file = \"secrets/t\"").unwrap();
+        assert_eq!(c.upstream.token_file, Path::new("/etc/jg/secrets/t"));
+        let raw: RawConfig = toml::from_str("").unwrap();
+        let c = validate(
+            raw,
+            Path::new("t"),
+            Path::new("."),
+            Some(Path::new("/run/cred")),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.token_file, Path::new("/run/cred/joulo_token"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table_and_line() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("t.toml"), "{msg}");
+        assert!(msg.contains("server.listn"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nope\"", "server.listen"),
+            (
+                "[upstream]\nbase_url = \"http://api.joulo.nl\"",
+                "upstream.base_url",
+            ),
+            (
+                "[upstream]\nbase_url = \"https://a/b?x=1\"",
+                "upstream.base_url",
+            ),
+            ("[upstream]\ntimeout = \"0s\"", "upstream.timeout"),
+            ("[upstream]\ntimeout = \"ten\"", "upstream.timeout"),
+            ("[upstream]\nca_file = \"missing.pem\"", "upstream.ca_file"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[routes.teleport]\nenabled = true", "routes.teleport"),
+            (
+                "[routes.chargers]\nenabled = false",
+                "routes.chargers.enabled",
+            ),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text:?} gave {msg}");
+        }
+    }
+
+    #[test]
+    fn write_routes_are_opt_in() {
+        let c =
+            parse("[routes.add_charger]\nenabled = true\n[routes.reboot_charger]\nenabled = false")
+                .unwrap();
+        assert_eq!(c.enabled_write_routes, vec![RouteId::AddCharger]);
+    }
+
+    #[test]
+    fn shipped_config_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped: RawConfig = toml::from_str(&text).unwrap();
+        let d = validate(RawConfig::default(), &path, Path::new("/x"), None).unwrap();
+        let s = validate(shipped, &path, Path::new("/x"), None).unwrap();
+        assert_eq!(s.server.listen, d.server.listen);
+        assert_eq!(s.server.header_timeout, d.server.header_timeout);
+        assert_eq!(s.server.shutdown_grace, d.server.shutdown_grace);
+        assert_eq!(s.upstream.base_url, d.upstream.base_url);
+        assert_eq!(s.upstream.connect_timeout, d.upstream.connect_timeout);
+        assert_eq!(s.upstream.timeout, d.upstream.timeout);
+        assert_eq!(
+            s.upstream.token_poll_interval,
+            d.upstream.token_poll_interval
+        );
+        assert_eq!(s.log.level, d.log.level);
+        assert_eq!(s.log.format, d.log.format);
+        assert_eq!(s.enabled_write_routes, d.enabled_write_routes);
+    }
+}

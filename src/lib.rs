@@ -1,0 +1,33 @@
+//! joulo-gateway: a LAN gateway that lets home devices call the Joulo EV-charging
+//! API without ever holding the Joulo token.
+//!
+//! # Layout
+//!
+//! A request's way through the gateway, module by module:
+//!
+//! - [`server`]: accepts connections (HTTP/1.1 and cleartext HTTP/2), bounds
+//!   header reads, drains in-flight requests on shutdown.
+//! - [`proxy`]: one request end to end, and its access-log line.
+//! - [`routes`]: which route it is: strict path normalisation and the allowlist
+//!   (404 / 405 with `Allow`).
+//! - [`sanitize`]: what is removed: `?token=` in every spelling, client
+//!   credentials, forwarding and hop-by-hop headers, upstream cookies.
+//! - [`token`]: where the token comes from (a secrets file, reloaded on change or
+//!   SIGHUP, fail-closed) and the one function that puts it in a request.
+//! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
+//! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
+//! - [`logging`]: structured logs scrubbed of anything token-shaped.
+//! - [`config`]: `gateway.toml`, parsed then validated into real types.
+//! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod sanitize;
+pub mod server;
+pub mod token;
+pub mod upstream;

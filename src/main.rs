@@ -1,0 +1,111 @@
+//! The `joulo-gateway` command: parses the command line, loads the config, sets up
+//! logging and hands over to the library.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use joulo_gateway::config::{self, Config, ConfigError};
+use joulo_gateway::token::{TokenError, TokenSource};
+use joulo_gateway::{demo, logging, server};
+
+/// Exit status for a bad config or token file (EX_USAGE from sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+/// A LAN gateway for the Joulo EV-charging API: home devices call it without the
+/// token; it strips `?token=`, injects the bearer token and keeps it out of logs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config and the token file, then exit (0 = valid, 64 = not).
+    Check,
+    /// Start a simulated Joulo API and the gateway in front of it, on loopback.
+    Demo {
+        /// Where the demo gateway listens (a free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("joulo-gateway: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<TokenError>().is_some()
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            TokenSource::new(config.upstream.token_file.clone()).reload()?;
+            println!(
+                "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token",
+                cli.config.display(),
+                config.server.listen,
+                config.upstream.base_url,
+                config.upstream.token_file.display()
+            );
+            Ok(())
+        }
+        Command::Demo { listen } => runtime()?.block_on(demo::run(listen, shutdown_signal())),
+        Command::Run => {
+            let config = Config::load(&cli.config)?;
+            let tokens = TokenSource::new(config.upstream.token_file.clone());
+            logging::init(&config.log, Some(tokens.clone()))?;
+            tokens.reload()?;
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+                server::run(listener, &config, tokens, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Docker).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,151 @@
+//! How errors look: every failure on the request path becomes one synthetic
+//! response in Joulo's JSON shape (`{"error": "..."}`), built here and nowhere else.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::routes::RouteError;
+
+/// The response body type the gateway serves: streamed upstream bodies and
+/// in-memory ones share it.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Every way the gateway itself can refuse or fail a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request did not match an enabled route.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// CONNECT: the gateway is not a forward proxy.
+    #[error("CONNECT is not supported: this gateway only forwards Joulo API routes")]
+    Connect,
+    /// No valid token is loaded: fail closed rather than call Joulo without one.
+    #[error("Upstream token unavailable")]
+    TokenUnavailable,
+    /// TCP or TLS to the upstream failed, or it broke off before answering.
+    #[error("Upstream unreachable")]
+    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    /// The upstream did not send a response head within `upstream.timeout`.
+    #[error("Upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
+            GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
+            GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The synthetic response. Only the error's own words go in the body: never
+    /// an inner error chain, which could quote a URL or a header.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let message = match &self {
+            GatewayError::Route(RouteError::NotFound) => format!(
+                "Unknown path: the gateway serves GET {}",
+                crate::routes::RouteId::ALL
+                    .iter()
+                    .filter(|r| !r.changes_account())
+                    .map(|r| r.path())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        };
+        let mut response = json_error(status, &message);
+        match self {
+            GatewayError::Route(RouteError::MethodNotAllowed { allow }) => {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            GatewayError::Connect => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A `{"error": message}` response with the given status, never cached.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
+        .expect("a string map always serialises");
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An in-memory body in the gateway's body type.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(r: Response<Body>) -> serde_json::Value {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_error_is_joulo_shaped_json() {
+        let cases = [
+            (GatewayError::Route(RouteError::BadPath("dot segment")), 400),
+            (GatewayError::Route(RouteError::NotFound), 404),
+            (GatewayError::Connect, 405),
+            (GatewayError::TokenUnavailable, 503),
+            (GatewayError::UpstreamTimeout, 504),
+        ];
+        for (err, status) in cases {
+            let r = err.into_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+            let v = body_json(r).await;
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj.len(), 1);
+            assert!(obj["error"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+    }
+
+    #[tokio::test]
+    async fn token_unavailable_has_the_documented_words() {
+        let v = body_json(GatewayError::TokenUnavailable.into_response()).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "Upstream token unavailable"})
+        );
+    }
+
+    #[tokio::test]
+    async fn method_not_allowed_carries_allow() {
+        let r = GatewayError::Route(RouteError::MethodNotAllowed {
+            allow: HeaderValue::from_static("GET"),
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET");
+    }
+}

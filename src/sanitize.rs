@@ -1,0 +1,276 @@
+//! What is removed from a request before it leaves the house, and from a response
+//! before it reaches a device: credential query parameters, client credentials,
+//! forwarding headers and hop-by-hop headers.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderName};
+use percent_encoding::percent_decode_str;
+
+/// Shown in logs in place of a removed parameter's value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Query parameter names (after percent-decoding, ASCII case-insensitive) that
+/// carry a credential and never travel upstream or into a log.
+const CREDENTIAL_PARAMS: [&str; 2] = ["token", "access_token"];
+
+/// A query string with its credential parameters removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CleanQuery<'a> {
+    /// What is sent upstream: every other parameter byte-for-byte, in order.
+    /// Empty when nothing is left (then no `?` is sent).
+    pub forwarded: Cow<'a, str>,
+    /// What is logged: the original with removed parameters' values replaced by
+    /// [`REDACTED`], so a log shows that a device still sends `?token=`.
+    pub logged: Cow<'a, str>,
+    /// How many parameters were removed.
+    pub removed: usize,
+}
+
+/// Removes every `token` / `access_token` parameter, whatever its spelling
+/// (`TOKEN`, `%74oken`, `tok%65n`), every occurrence, keeping the rest untouched.
+pub fn clean_query(raw: &str) -> CleanQuery<'_> {
+    if !raw.split('&').any(is_credential_param) {
+        return CleanQuery {
+            forwarded: Cow::Borrowed(raw),
+            logged: Cow::Borrowed(raw),
+            removed: 0,
+        };
+    }
+    let mut forwarded = String::with_capacity(raw.len());
+    let mut logged = String::with_capacity(raw.len());
+    let mut removed = 0;
+    for (i, param) in raw.split('&').enumerate() {
+        if i > 0 {
+            logged.push('&');
+        }
+        if is_credential_param(param) {
+            removed += 1;
+            let name = param.split_once('=').map_or(param, |(n, _)| n);
+            logged.push_str(name);
+            logged.push('=');
+            logged.push_str(REDACTED);
+        } else {
+            if !forwarded.is_empty() {
+                forwarded.push('&');
+            }
+            forwarded.push_str(param);
+            logged.push_str(param);
+        }
+    }
+    CleanQuery {
+        forwarded: Cow::Owned(forwarded),
+        logged: Cow::Owned(logged),
+        removed,
+    }
+}
+
+/// Whether one `name=value` piece names a credential, decoded the way a form
+/// parser (and Joulo's `URLSearchParams`) would decode it: `+` is a space and
+/// each `%XX` one byte.
+fn is_credential_param(param: &str) -> bool {
+    let name = param.split_once('=').map_or(param, |(n, _)| n);
+    // Quick reject: the longest spelling of "access_token" is every byte encoded.
+    if name.is_empty() || name.len() > "access_token".len() * 3 {
+        return false;
+    }
+    let decoded: Cow<'_, [u8]> = if name.contains('+') {
+        Cow::Owned(name.replace('+', " ").into_bytes())
+    } else {
+        Cow::Borrowed(name.as_bytes())
+    };
+    let decoded: Cow<'_, [u8]> = if decoded.contains(&b'%') {
+        percent_decode_str(std::str::from_utf8(&decoded).unwrap_or_default())
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        decoded
+    };
+    CREDENTIAL_PARAMS
+        .iter()
+        .any(|c| c.as_bytes().eq_ignore_ascii_case(&decoded))
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the obsolete `Keep-Alive` and
+/// `Proxy-Connection` still sent by old clients): they describe one connection and
+/// must not be forwarded across the gateway in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Client headers that never go upstream beyond the hop-by-hop set: the client's
+/// own credentials (the gateway supplies the only one Joulo sees), facts about the
+/// home network, and `Host` (taken from `base_url`).
+const CLIENT_ONLY: [HeaderName; 9] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::FORWARDED,
+    header::HOST,
+    header::EXPECT,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-gateway-key"),
+    HeaderName::from_static("x-api-key"),
+];
+
+/// Upstream response headers that describe the upstream's own origin and would
+/// mislead a device talking to the gateway's origin: cookies for api.joulo.nl, an
+/// HTTP/3 endpoint, or an HSTS policy.
+const UPSTREAM_ONLY: [HeaderName; 3] = [
+    header::SET_COOKIE,
+    header::ALT_SVC,
+    header::STRICT_TRANSPORT_SECURITY,
+];
+
+/// Removes from `headers` every hop-by-hop header, including any a `Connection`
+/// header names (RFC 9110 section 7.6.1). Called on both requests and responses.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Strips a client's request headers down to what may reach Joulo.
+pub fn clean_request_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    for name in &CLIENT_ONLY {
+        headers.remove(name);
+    }
+    let forwarding: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarding {
+        headers.remove(name);
+    }
+}
+
+/// Strips an upstream response's headers down to what a device should see.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    for name in &UPSTREAM_ONLY {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn credential_params_go_in_every_spelling() {
+        for (raw, fwd) in [
+            ("token=abc", ""),
+            ("TOKEN=abc&limit=5", "limit=5"),
+            ("limit=5&%74oken=abc", "limit=5"),
+            ("limit=5&tok%65n=abc&offset=2", "limit=5&offset=2"),
+            ("%54%4F%4B%45%4E=x", ""),
+            ("token=a&token=b&x=1&Token=c", "x=1"),
+            ("access_token=a&Access_Token=b&x=1", "x=1"),
+            ("access%5Ftoken=a&y=2", "y=2"),
+            ("token", ""),
+            ("token=", ""),
+            ("x=1&token", "x=1"),
+        ] {
+            let q = clean_query(raw);
+            assert_eq!(q.forwarded, fwd, "{raw}");
+            assert!(q.removed > 0, "{raw}");
+            assert!(!q.logged.contains("abc"), "{raw} logged as {}", q.logged);
+        }
+    }
+
+    #[test]
+    fn other_params_are_kept_byte_for_byte_in_order() {
+        for raw in [
+            "limit=5&offset=10",
+            "b=2&a=1&b=3",
+            "from=2026-01-01T00%3A00%3A00Z&x=%zz&&y",
+            "tokens=1&my_token=2&token_x=3&%2Btoken=4",
+            "a+b=c+d",
+            "token%=1",
+        ] {
+            let q = clean_query(raw);
+            assert_eq!(q.forwarded, raw);
+            assert_eq!(q.logged, raw);
+            assert_eq!(q.removed, 0);
+            assert!(matches!(q.forwarded, Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn logged_query_shows_where_a_token_was() {
+        let q = clean_query("limit=2&token=joulo_secret&offset=0");
+        assert_eq!(q.logged, "limit=2&token=[REDACTED]&offset=0");
+        assert_eq!(q.forwarded, "limit=2&offset=0");
+        assert_eq!(q.removed, 1);
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn request_headers_lose_credentials_forwarding_and_hop_by_hop() {
+        let mut h = map(&[
+            ("authorization", "Bearer joulo_client"),
+            ("proxy-authorization", "Basic x"),
+            ("cookie", "a=b"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("x-real-ip", "1.2.3.4"),
+            ("host", "gateway.lan"),
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+            ("user-agent", "HomeAssistant/2026.2 aiohttp/3.13"),
+            ("accept-encoding", "gzip, deflate"),
+        ]);
+        clean_request_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "accept-encoding", "user-agent"]);
+    }
+
+    #[test]
+    fn response_headers_lose_cookies_and_hop_by_hop() {
+        let mut h = map(&[
+            ("set-cookie", "sb=1"),
+            ("connection", "close"),
+            ("alt-svc", "h3=\":443\""),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ]);
+        clean_response_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "content-type"]);
+    }
+}

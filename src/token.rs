@@ -1,0 +1,366 @@
+//! Where the Joulo token comes from and the one place it is added to a request:
+//! read from a secrets file into a secret type, re-read on SIGHUP or when the file
+//! changes, and withdrawn (fail closed) when the file goes bad.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{debug, info, warn};
+
+/// Why a token file was not accepted. Never carries the file's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file is missing or unreadable.
+    #[error("cannot read token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is readable but does not hold one usable token.
+    #[error("token file {path} {problem}")]
+    Invalid {
+        path: PathBuf,
+        problem: &'static str,
+    },
+}
+
+/// The Joulo API token. Debug prints a placeholder and the memory is zeroized on
+/// drop; the value leaves this type only through [`UpstreamToken::authorization_header`].
+pub struct UpstreamToken {
+    /// The token exactly as it should follow `Bearer `.
+    secret: SecretString,
+}
+
+impl std::fmt::Debug for UpstreamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamToken([REDACTED])")
+    }
+}
+
+impl UpstreamToken {
+    /// Validates a token: surrounding whitespace is trimmed; it must then be
+    /// non-empty visible ASCII with no inner whitespace or control characters.
+    /// The problem text never quotes the input.
+    pub fn parse(raw: &str) -> Result<UpstreamToken, &'static str> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err("is empty");
+        }
+        if trimmed.chars().any(|c| c.is_whitespace()) {
+            return Err("holds whitespace inside the token (one token, on one line, expected)");
+        }
+        if trimmed.chars().any(|c| c.is_control()) {
+            return Err("holds control characters");
+        }
+        if !trimmed.is_ascii() {
+            return Err("holds non-ASCII characters");
+        }
+        if trimmed.len() > 4096 {
+            return Err("is longer than 4096 bytes");
+        }
+        Ok(UpstreamToken {
+            secret: SecretString::from(trimmed),
+        })
+    }
+
+    /// The `Authorization: Bearer <token>` value, marked sensitive so hyper's HPACK
+    /// never indexes it. The only function that exposes the token.
+    pub fn authorization_header(&self) -> HeaderValue {
+        let secret = self.secret.expose_secret();
+        // Sized up front so no reallocation leaves an unzeroized copy behind.
+        let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
+        value.push_str("Bearer ");
+        value.push_str(secret);
+        let mut header =
+            HeaderValue::from_str(&value).expect("parse() admits only visible ASCII tokens");
+        header.set_sensitive(true);
+        header
+    }
+}
+
+/// The current token, shared by the request path, the reloader and the log
+/// redactor. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    inner: Arc<TokenSourceInner>,
+}
+
+#[derive(Debug)]
+struct TokenSourceInner {
+    /// The file the token is read from.
+    path: PathBuf,
+    /// The loaded token; `None` while the file is missing or invalid (fail closed).
+    current: RwLock<Option<Arc<UpstreamToken>>>,
+    /// Set once the upstream answered 401 for the current token, so the warning
+    /// is logged once per token rather than once per request.
+    rejected: std::sync::atomic::AtomicBool,
+}
+
+impl TokenSource {
+    /// A source for `path` holding no token yet; call [`TokenSource::reload`].
+    pub fn new(path: PathBuf) -> TokenSource {
+        TokenSource {
+            inner: Arc::new(TokenSourceInner {
+                path,
+                current: RwLock::new(None),
+                rejected: false.into(),
+            }),
+        }
+    }
+
+    /// The token file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The token to use now, or `None` when requests must fail closed.
+    pub fn current(&self) -> Option<Arc<UpstreamToken>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again. On failure the current token is withdrawn, so that
+    /// a deleted or corrupted secret stops all upstream calls.
+    pub fn reload(&self) -> Result<(), TokenError> {
+        let result = read_token_file(&self.inner.path);
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(token) => {
+                *current = Some(Arc::new(token));
+                self.inner
+                    .rejected
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                *current = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records an upstream 401 and reports whether it is the first for this token.
+    pub fn mark_rejected(&self) -> bool {
+        !self
+            .inner
+            .rejected
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps the token current until `shutdown` resolves: the file's metadata is
+    /// checked every `interval` (an atomic rename or a Kubernetes symlink swap
+    /// changes it), and SIGHUP forces a re-read.
+    pub async fn watch(self, interval: Duration, shutdown: impl Future<Output = ()>) {
+        let mut hangup = hangup_signal();
+        let mut last = fingerprint(&self.inner.path).await;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let forced = tokio::select! {
+                _ = &mut shutdown => return,
+                _ = ticker.tick() => false,
+                _ = recv_hangup(&mut hangup) => true,
+            };
+            let now = fingerprint(&self.inner.path).await;
+            if !forced && now == last {
+                continue;
+            }
+            last = now;
+            let had_token = self.current().is_some();
+            let source = self.clone();
+            let result = tokio::task::spawn_blocking(move || source.reload())
+                .await
+                .expect("token reload does not panic");
+            match result {
+                Ok(()) => info!(
+                    path = %self.inner.path.display(),
+                    trigger = if forced { "SIGHUP" } else { "file change" },
+                    "token reloaded"
+                ),
+                Err(e) if had_token || forced => {
+                    warn!(error = %e, "token withdrawn: requests get 503 until the file is fixed");
+                }
+                Err(e) => debug!(error = %e, "token file still unusable"),
+            }
+        }
+    }
+}
+
+/// What identifies one version of the token file without reading it.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64, i64, i64),
+}
+
+async fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    Some(Fingerprint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        #[cfg(unix)]
+        inode: {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+        },
+    })
+}
+
+fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
+    let read_err = |source| TokenError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
+    warn_if_shared(path);
+    let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
+        path: path.to_owned(),
+        problem: "is not UTF-8 text",
+    })?;
+    UpstreamToken::parse(text).map_err(|problem| TokenError::Invalid {
+        path: path.to_owned(),
+        problem,
+    })
+}
+
+#[cfg(unix)]
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            warn!(
+                path = %path.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                "token file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_shared(_path: &Path) {}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .map_err(|e| warn!(error = %e, "cannot listen for SIGHUP; file changes still reload"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn recv_hangup(signal: &mut Hangup) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) {
+    std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_trims_and_rejects_bad_tokens() {
+        let t = UpstreamToken::parse("  joulo_abc\n").unwrap();
+        assert_eq!(t.authorization_header(), "Bearer joulo_abc");
+        assert!(t.authorization_header().is_sensitive());
+        for bad in [
+            "",
+            " \n",
+            "joulo abc",
+            "a\tb",
+            "joulo_\u{7}x",
+            "jöulo",
+            "a\r\nb",
+        ] {
+            assert!(UpstreamToken::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let t = UpstreamToken::parse("joulo_visible").unwrap();
+        assert_eq!(format!("{t:?}"), "UpstreamToken([REDACTED])");
+        assert!(!format!("{t:?}").contains("visible"));
+        let source = TokenSource::new("x".into());
+        *source.inner.current.write().unwrap() = Some(Arc::new(t));
+        assert!(!format!("{source:?}").contains("visible"));
+    }
+
+    #[test]
+    fn errors_never_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "joulo_half one\n").unwrap();
+        let err = read_token_file(&path).unwrap_err().to_string();
+        assert!(!err.contains("joulo_half"), "{err}");
+        assert!(err.contains("whitespace"), "{err}");
+    }
+
+    #[test]
+    fn reload_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "joulo_a\n").unwrap();
+        let source = TokenSource::new(path.clone());
+        source.reload().unwrap();
+        assert!(source.current().is_some());
+        std::fs::write(&path, "").unwrap();
+        assert!(source.reload().is_err());
+        assert!(source.current().is_none());
+        std::fs::write(&path, "joulo_b").unwrap();
+        source.reload().unwrap();
+        assert_eq!(
+            source.current().unwrap().authorization_header(),
+            "Bearer joulo_b"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.reload().is_err());
+        assert!(source.current().is_none());
+    }
+
+    #[test]
+    fn rejection_is_reported_once_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "joulo_a").unwrap();
+        let source = TokenSource::new(path);
+        source.reload().unwrap();
+        assert!(source.mark_rejected());
+        assert!(!source.mark_rejected());
+        source.reload().unwrap();
+        assert!(source.mark_rejected());
+    }
+}

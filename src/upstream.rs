@@ -1,0 +1,103 @@
+//! The way out to Joulo: one pooled HTTPS client built at start (verified rustls
+//! with the web roots plus `ca_file`, SNI, HTTP/2 or HTTP/1.1 by ALPN), the exact
+//! upstream URI for a route, and the bounded wait for an answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+use crate::respond::{Body, GatewayError};
+use crate::routes::RouteId;
+
+/// How long an idle pooled connection to Joulo is kept for the next request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// rustls refused the TLS settings.
+    #[error("cannot set up TLS to the upstream: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The Joulo API as the gateway reaches it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Pooled keep-alive client; cheap to clone, shared by every request.
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// `base_url` without a trailing slash; a route path is appended to it.
+    base: Arc<str>,
+    /// Bound on waiting for the response head.
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client once, at start.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in &cfg.extra_roots {
+            roots.add(cert.clone())?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Upstream {
+            client,
+            base: Arc::from(cfg.base_url.to_string().trim_end_matches('/')),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// The upstream URI for `route`: always `base_url` + the route's own path, so
+    /// nothing a client sends can change the host or reach another path.
+    pub fn uri_for(&self, route: RouteId, query: &str) -> Uri {
+        let mut uri = String::with_capacity(self.base.len() + 32 + query.len());
+        uri.push_str(&self.base);
+        uri.push_str(route.path());
+        if !query.is_empty() {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        // The base was validated, the path is a constant and the query came in as
+        // part of a valid request URI, so the parts are valid URI characters.
+        uri.parse()
+            .expect("base_url, route path and request query form a valid URI")
+    }
+
+    /// Sends `request` and waits at most `timeout` for the response head. Redirects
+    /// are not followed: a 3xx is handed back as it is.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The gateway end to end through the library: a real TLS mock upstream with a
+//! test CA, the gateway on 127.0.0.1:0, and assertions on what the upstream got.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode, Version};
+use joulo_gateway::demo::DemoCa;
+use support::{MockUpstream, PREFIX, Reply, TestGateway, assert_no_leak, canary, json};
+
+#[tokio::test]
+async fn injects_the_token_and_strips_client_credentials() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let (q1, q2, q3, q4, q5) = (canary(), canary(), canary(), canary(), canary());
+    let client_key = canary();
+    let target = format!(
+        "/sessions?limit=5&token={q1}&TOKEN={q2}&%74oken={q3}&offset=1&token={q4}&access_token={q5}&from=2026-01-01T00%3A00%3A00Z"
+    );
+    let bearer = format!("Bearer {client_key}");
+    let cookie = format!("session={client_key}");
+    let (status, headers, body) = gateway
+        .send(
+            Method::GET,
+            &target,
+            &[
+                ("authorization", &bearer),
+                ("proxy-authorization", &bearer),
+                ("cookie", &cookie),
+                ("x-forwarded-for", "192.168.1.20"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=192.168.1.20"),
+                ("x-real-ip", "192.168.1.20"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                (
+                    "user-agent",
+                    "HomeAssistant/2026.2 aiohttp/3.13 Python/3.13",
+                ),
+                ("accept", "*/*"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        headers.get("set-cookie").is_none(),
+        "upstream cookies are dropped"
+    );
+
+    let got = upstream.last();
+    assert_eq!(got.method, Method::GET);
+    assert_eq!(
+        got.target,
+        format!("{PREFIX}/sessions?limit=5&offset=1&from=2026-01-01T00%3A00%3A00Z")
+    );
+    assert_eq!(
+        got.headers["authorization"],
+        format!("Bearer {}", gateway.token).as_str()
+    );
+    assert_eq!(got.headers.get_all("authorization").iter().count(), 1);
+    for dropped in [
+        "proxy-authorization",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-hop",
+        "connection",
+    ] {
+        assert!(
+            got.headers.get(dropped).is_none(),
+            "{dropped} reached the upstream"
+        );
+    }
+    assert_eq!(
+        got.headers["user-agent"],
+        "HomeAssistant/2026.2 aiohttp/3.13 Python/3.13"
+    );
+    assert_eq!(
+        got.authority.as_deref(),
+        Some(format!("localhost:{}", upstream.addr.port()).as_str())
+    );
+
+    let logs = support::logs();
+    assert!(
+        logs.contains("token=[REDACTED]") && logs.contains("access_token=[REDACTED]"),
+        "the access log shows where a token was removed"
+    );
+    assert_no_leak(
+        &[&gateway.token, &q1, &q2, &q3, &q4, &q5, &client_key],
+        &[&body],
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_is_reached_over_http2_by_alpn() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["target"], format!("{PREFIX}/chargers"));
+    assert_eq!(upstream.last().version, Version::HTTP_2);
+    // A second request reuses the pooled connection and still works.
+    assert_eq!(gateway.get("/energy").await.0, StatusCode::OK);
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn refused_requests_never_reach_the_upstream() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    for target in [
+        "/chargers/../me",
+        "/chargers/%2e%2e/me",
+        "/%2E%2E/chargers",
+        "/chargers%2freboot",
+        "//chargers",
+        "/chargers/",
+        "/./energy",
+        "/energy%00",
+        "/energy%5c..",
+    ] {
+        let raw =
+            format!("GET {target} HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n");
+        let response = gateway.raw(raw.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert!(
+            json(body)["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid request path")
+        );
+    }
+    // Backslash and NUL are refused by the HTTP parser itself; still a 400.
+    for raw in [
+        "GET /chargers\\..\\me HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+        "GET /char\0gers HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+    ] {
+        let response = gateway.raw(raw.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{raw:?}: {response}");
+    }
+
+    let (status, _, body) = gateway.get("/teleport").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(json(&body)["error"].as_str().unwrap().contains("/chargers"));
+
+    let (status, headers, body) = gateway.send(Method::DELETE, "/chargers", &[], "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(json(&body)["error"].is_string());
+
+    // Account-changing routes are off by default.
+    let (status, headers, _) = gateway
+        .send(
+            Method::POST,
+            "/chargers",
+            &[],
+            r#"{"nickname":"x","connection_type":"ocpp"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET");
+    assert_eq!(
+        gateway
+            .send(Method::POST, "/chargers/reboot", &[], "{}")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    let connect = gateway
+        .raw(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+
+    assert!(
+        upstream.received().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_cannot_change_the_upstream() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let response = gateway
+        .raw(b"GET http://evil.example/chargers?token=x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let got = upstream.last();
+    assert_eq!(got.target, format!("{PREFIX}/chargers"));
+    assert_eq!(
+        got.authority.as_deref(),
+        Some(format!("localhost:{}", upstream.addr.port()).as_str())
+    );
+}
+
+#[tokio::test]
+async fn write_routes_forward_their_body_once_enabled() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_with(
+        &upstream.base_url(),
+        &upstream.ca_pem,
+        "[routes.add_charger]\nenabled = true\n",
+    )
+    .await;
+    let body = r#"{"nickname":"Garage","connection_type":"ocpp"}"#;
+    let (status, _, _) = gateway
+        .send(
+            Method::POST,
+            "/chargers",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = upstream.last();
+    assert_eq!(got.method, Method::POST);
+    assert_eq!(got.target, format!("{PREFIX}/chargers"));
+    assert_eq!(got.body, body.as_bytes());
+    // Reboot stays off: only what is enabled is on.
+    assert_eq!(
+        gateway
+            .send(Method::POST, "/chargers/reboot", &[], "{}")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn redirects_and_upstream_errors_are_handed_back_unchanged() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+
+    upstream.set_reply(Reply::Redirect("https://elsewhere.example/steal"));
+    let (status, headers, _) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "https://elsewhere.example/steal");
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "the redirect was not followed"
+    );
+
+    upstream.set_reply(Reply::Status(500, r#"{"error":"Internal error"}"#));
+    let (status, _, body) = gateway.get("/energy").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body, r#"{"error":"Internal error"}"#);
+
+    upstream.set_reply(Reply::Status(
+        403,
+        r#"{"error":"Insufficient scope","required_scope":"energy:read"}"#,
+    ));
+    let (status, _, body) = gateway.get("/energy").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(json(&body)["required_scope"], "energy:read");
+}
+
+#[tokio::test]
+async fn an_upstream_401_is_passed_on_and_explained_once_in_the_log() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    upstream.set_reply(Reply::Status(
+        401,
+        r#"{"error":"Missing or invalid API token"}"#,
+    ));
+    for _ in 0..3 {
+        let (status, _, body) = gateway.get("/chargers").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(json(&body)["error"], "Missing or invalid API token");
+    }
+    let file = gateway.token_file.display().to_string();
+    let warnings = support::logs()
+        .lines()
+        .filter(|l| l.contains("Joulo rejected the token") && l.contains(&file))
+        .count();
+    assert_eq!(warnings, 1, "one warning naming {file}");
+    assert_no_leak(&[&gateway.token], &[]);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_502_and_nothing_is_sent() {
+    let trusted = DemoCa::generate(&["localhost"]).unwrap();
+    let impostor = DemoCa::generate(&["localhost"]).unwrap();
+    let upstream = MockUpstream::start_with(impostor, trusted.ca_pem.clone());
+    let gateway = TestGateway::start(&upstream).await;
+    let (status, headers, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"error": "Upstream unreachable"})
+    );
+    assert!(upstream.received().is_empty());
+    assert!(support::logs().contains("upstream request failed"));
+    assert_no_leak(&[&gateway.token], &[&body]);
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_502() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let gateway =
+        TestGateway::start_with(&format!("https://localhost:{port}{PREFIX}"), &ca.ca_pem, "").await;
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["error"], "Upstream unreachable");
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_a_504_after_the_timeout() {
+    let upstream = MockUpstream::start();
+    upstream.set_reply(Reply::Hang);
+    let gateway = TestGateway::start_with(
+        &upstream.base_url(),
+        &upstream.ca_pem,
+        "timeout = \"300ms\"\n",
+    )
+    .await;
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"error": "Upstream timed out"})
+    );
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "the request did reach the upstream"
+    );
+    // The gateway keeps serving after a timeout.
+    upstream.set_reply(Reply::Ok);
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let first = gateway.token.clone();
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
+
+    let second = gateway.rotate_token();
+    let picked_up = support::eventually(Duration::from_secs(3), || async {
+        gateway.get("/chargers").await;
+        upstream.last().headers["authorization"] == format!("Bearer {second}").as_str()
+    })
+    .await;
+    assert!(picked_up, "the renamed-in token was used within 3 s");
+
+    std::fs::remove_file(&gateway.token_file).unwrap();
+    let before = upstream.received().len();
+    let closed = support::eventually(Duration::from_secs(3), || async {
+        gateway.get("/chargers").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(closed, "a deleted token file fails closed within 3 s");
+    let sent_while_open = upstream.received().len() - before;
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"error": "Upstream token unavailable"})
+    );
+    assert_eq!(
+        upstream.received().len() - before,
+        sent_while_open,
+        "no upstream call while failed closed"
+    );
+
+    std::fs::write(&gateway.token_file, "not a token\n").unwrap();
+    let path = gateway.token_file.display().to_string();
+    let noticed = support::eventually(Duration::from_secs(3), || async {
+        support::logs()
+            .lines()
+            .any(|l| l.contains(&path) && l.contains("whitespace inside the token"))
+    })
+    .await;
+    assert!(noticed, "the watcher read the invalid file");
+    assert_eq!(
+        gateway.get("/chargers").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let third = gateway.rotate_token();
+    let back = support::eventually(Duration::from_secs(3), || async {
+        gateway.get("/chargers").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(back, "a valid token brings the gateway back");
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        format!("Bearer {third}").as_str()
+    );
+    assert_no_leak(&[&first, &second, &third], &[]);
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request() {
+    let upstream = MockUpstream::start();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    upstream.set_reply(Reply::Gate(gate.clone()));
+    let mut gateway = TestGateway::start(&upstream).await;
+    let addr = gateway.addr;
+
+    let in_flight = tokio::spawn({
+        let url = format!("http://{addr}/chargers");
+        async move {
+            let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            client.get(url.parse().unwrap()).await.map(|r| r.status())
+        }
+    });
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            !upstream.received().is_empty()
+        })
+        .await
+    );
+
+    let stopped = gateway.begin_shutdown();
+    // New connections are refused once the listener is closed.
+    let refused = support::eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "the listener closes on shutdown");
+    assert!(!in_flight.is_finished());
+
+    gate.notify_one();
+    assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the gateway exits once drained")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let response = client
+        .get(
+            format!("http://{}/chargers?TOKEN=x", gateway.addr)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(upstream.last().target, format!("{PREFIX}/chargers"));
+}

@@ -1,0 +1,421 @@
+//! Shared helpers for the integration tests: a recording TLS mock of the Joulo API
+//! with a test CA, a gateway started through the library on `127.0.0.1:0`,
+//! run-time canary tokens, and a trace-level log capture every test checks for leaks.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use joulo_gateway::config::Config;
+use joulo_gateway::demo::{self, DemoCa};
+use joulo_gateway::token::TokenSource;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+
+/// The path prefix the mock serves, as Joulo does.
+pub const PREFIX: &str = "/functions/v1/api";
+
+/// A fresh canary shaped like a real Joulo token, made at run time.
+pub fn canary() -> String {
+    demo::generate_token().expose_secret().to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Log capture
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs, once per test binary, a TRACE-level subscriber for every crate
+/// (`log` records from rustls included) that writes to memory *without* the
+/// gateway's redactor: a canary found there was logged by code, not caught late.
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Capture(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("no other subscriber in the test binary");
+        buffer
+    });
+}
+
+/// Everything logged so far in this test binary.
+pub fn logs() -> String {
+    let buffer = LOGS.get().expect("capture_logs() was called");
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+/// Fails the test if any secret appears in the captured logs or in `extra` texts.
+pub fn assert_no_leak(secrets: &[&str], extra: &[&str]) {
+    let logs = logs();
+    assert!(!logs.is_empty(), "the log capture recorded nothing");
+    for secret in secrets {
+        assert!(!secret.is_empty());
+        assert!(
+            !logs.contains(secret),
+            "a secret appeared in the trace-level logs"
+        );
+        for text in extra {
+            assert!(!text.contains(secret), "a secret appeared in: {text}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mock upstream
+
+/// What the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query, exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub version: Version,
+    /// Host header (HTTP/1.1) or :authority (HTTP/2).
+    pub authority: Option<String>,
+    pub body: Bytes,
+}
+
+/// How the mock upstream answers.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with a small JSON body naming the path.
+    Ok,
+    /// This status and body, as JSON.
+    Status(u16, &'static str),
+    /// A 302 to this location.
+    Redirect(&'static str),
+    /// Never answer.
+    Hang,
+    /// Answer 200 once the test notifies.
+    Gate(Arc<Notify>),
+}
+
+/// A TLS mock of the Joulo API on its own thread and runtime, so its own logs stay
+/// out of the capture and the test's runtime settings do not affect it.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    /// The CA that signed the mock's certificate, PEM.
+    pub ca_pem: String,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    reply: Arc<Mutex<Reply>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockUpstream {
+    /// A mock whose certificate the gateway will trust (its CA goes in `ca_file`).
+    pub fn start() -> MockUpstream {
+        let ca = DemoCa::generate(&["localhost"]).unwrap();
+        let ca_pem = ca.ca_pem.clone();
+        MockUpstream::start_with(ca, ca_pem)
+    }
+
+    /// A mock presenting a certificate from `ca`, while reporting `ca_pem` as the
+    /// CA to trust (a different CA makes the mock untrusted).
+    pub fn start_with(ca: DemoCa, ca_pem: String) -> MockUpstream {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(Mutex::new(Reply::Ok));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn({
+            let received = received.clone();
+            let reply = reply.clone();
+            move || {
+                let _quiet =
+                    tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let handler = move |request: Request<hyper::body::Incoming>| {
+                        let received = received.clone();
+                        let reply = reply.lock().unwrap().clone();
+                        async move { answer(request, received, reply).await }
+                    };
+                    tokio::select! {
+                        () = demo::serve_tls(listener, ca.server_config.clone(), handler) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            }
+        });
+        MockUpstream {
+            addr: addr_rx.recv().unwrap(),
+            ca_pem,
+            received,
+            reply,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The `base_url` that points the gateway here.
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}{PREFIX}", self.addr.port())
+    }
+
+    pub fn set_reply(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Recorded> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The last request received; panics if there was none.
+    pub fn last(&self) -> Recorded {
+        self.received()
+            .pop()
+            .expect("the upstream received a request")
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn answer(
+    request: Request<hyper::body::Incoming>,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    reply: Reply,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    received.lock().unwrap().push(Recorded {
+        method: parts.method.clone(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        version: parts.version,
+        authority,
+        body,
+    });
+    let json = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("set-cookie", "sb-session=upstream-only")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    match reply {
+        Reply::Ok => json(
+            200,
+            serde_json::json!({"ok": true, "target": target}).to_string(),
+        ),
+        Reply::Status(status, body) => json(status, body.to_owned()),
+        Reply::Redirect(location) => Response::builder()
+            .status(302)
+            .header("location", location)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        Reply::Hang => std::future::pending().await,
+        Reply::Gate(notify) => {
+            notify.notified().await;
+            json(200, r#"{"ok": true, "gated": true}"#.to_owned())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway under test
+
+/// A gateway running in the test's runtime, configured against a mock upstream.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    /// The token the gateway injects (a canary).
+    pub token: String,
+    pub token_file: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// A gateway in front of `upstream` with the default settings.
+    pub async fn start(upstream: &MockUpstream) -> TestGateway {
+        TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, "").await
+    }
+
+    /// A gateway in front of `base_url`, trusting `ca_pem`, with `extra` TOML
+    /// appended to the config: keys land in `[upstream]` unless `extra` opens a table.
+    pub async fn start_with(base_url: &str, ca_pem: &str, extra: &str) -> TestGateway {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let token = canary();
+        let token_file = dir.path().join("joulo_token");
+        demo::write_private(&token_file, &format!("{token}\n")).unwrap();
+        demo::write_private(&dir.path().join("ca.pem"), ca_pem).unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
+             [upstream]\nbase_url = \"{base_url}\"\ntoken_file = \"joulo_token\"\n\
+             ca_file = \"ca.pem\"\n{extra}"
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let tokens = TokenSource::new(config.upstream.token_file.clone());
+        tokens.reload().unwrap();
+        let listener = TcpListener::bind(config.server.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            joulo_gateway::server::run(listener, &config, tokens, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestGateway {
+            addr,
+            token,
+            token_file,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends a request and returns status, headers and body text.
+    pub async fn send(
+        &self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, HeaderMap, String) {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{target}", self.addr));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = client.request(request).await.expect("the gateway answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// A plain GET.
+    pub async fn get(&self, target: &str) -> (StatusCode, HeaderMap, String) {
+        self.send(Method::GET, target, &[], "").await
+    }
+
+    /// Writes raw bytes on a fresh connection and returns everything read back
+    /// until the gateway closes it (`Connection: close` should be in `raw`).
+    pub async fn raw(&self, raw: &[u8]) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Replaces the token file atomically (write beside, then rename), as Docker
+    /// and Kubernetes secret updates do. Returns the new token.
+    pub fn rotate_token(&self) -> String {
+        let token = canary();
+        let staged = self.dir.path().join(".joulo_token.new");
+        demo::write_private(&staged, &token).unwrap();
+        std::fs::rename(&staged, &self.token_file).unwrap();
+        token
+    }
+
+    /// Asks the gateway to stop and waits for it to finish draining.
+    pub async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    /// Signals shutdown without waiting; returns the task to await.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether
+/// it held. For events driven by the real file system (token rotation).
+pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Parses a JSON body, failing the test with the text if it is not JSON.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}

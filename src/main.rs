@@ -61,7 +61,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             let config = Config::load(&cli.config)?;
-            TokenSource::new(config.upstream.token_file.clone()).reload()?;
+            let tokens = TokenSource::new(config.upstream.token_file.clone());
+            // So a too-open token file's warning is shown.
+            logging::init(&config.log, Some(tokens.clone()))?;
+            tokens.reload()?;
             println!(
                 "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token",
                 cli.config.display(),
@@ -71,17 +74,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { listen } => runtime()?.block_on(demo::run(listen, shutdown_signal())),
+        Command::Demo { listen } => {
+            let runtime = runtime()?;
+            let _guard = runtime.enter();
+            runtime.block_on(demo::run(listen, shutdown_signal()))
+        }
         Command::Run => {
             let config = Config::load(&cli.config)?;
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             logging::init(&config.log, Some(tokens.clone()))?;
             tokens.reload()?;
-            runtime()?.block_on(async {
+            let runtime = runtime()?;
+            let _guard = runtime.enter();
+            let shutdown = shutdown_signal();
+            runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-                server::run(listener, &config, tokens, shutdown_signal()).await?;
+                server::run(listener, &config, tokens, shutdown).await?;
                 Ok(())
             })
         }
@@ -95,17 +105,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Docker).
-async fn shutdown_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Docker). The handlers are
+/// installed when this is called, not when first polled, so a stop request that
+/// arrives during start-up is not lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -162,8 +162,24 @@ impl TokenSource {
     /// Keeps the token current until `shutdown` resolves: the file's metadata is
     /// checked every `interval` (an atomic rename or a Kubernetes symlink swap
     /// changes it), and SIGHUP forces a re-read.
-    pub async fn watch(self, interval: Duration, shutdown: impl Future<Output = ()>) {
-        let mut hangup = hangup_signal();
+    ///
+    /// The SIGHUP handler is installed before this returns, so a reload requested
+    /// right after start cannot hit the default action (terminating the process).
+    pub fn watch(
+        self,
+        interval: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> impl Future<Output = ()> {
+        let hangup = hangup_signal();
+        self.watch_with(interval, hangup, shutdown)
+    }
+
+    async fn watch_with(
+        self,
+        interval: Duration,
+        mut hangup: Hangup,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut last = fingerprint(&self.inner.path).await;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

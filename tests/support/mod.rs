@@ -338,24 +338,7 @@ impl TestGateway {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, HeaderMap, String) {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{target}", self.addr));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = client.request(request).await.expect("the gateway answers");
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
+        send(self.addr, method, target, headers, body).await
     }
 
     /// A plain GET.
@@ -394,6 +377,34 @@ impl TestGateway {
         self.stop.take().unwrap().send(()).unwrap();
         self.task.take().unwrap()
     }
+}
+
+/// Sends one HTTP/1.1 request to `addr` and returns status, headers and body text.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether

@@ -1,0 +1,205 @@
+//! The built `joulo-gateway` binary: its command line, `check` exit codes, and a
+//! full run against a recording TLS upstream with SIGHUP rotation and SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use joulo_gateway::demo::write_private;
+use support::{MockUpstream, PREFIX, canary};
+
+const BIN: &str = env!("CARGO_BIN_EXE_joulo-gateway");
+
+fn write_config(dir: &Path, upstream: &MockUpstream, extra: &str) -> std::path::PathBuf {
+    write_private(&dir.join("ca.pem"), &upstream.ca_pem).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nbase_url = \"{}\"\ntoken_file = \"joulo_token\"\nca_file = \"ca.pem\"\n{extra}",
+            upstream.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("joulo-gateway "));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["check", "demo", "--config"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+#[test]
+fn check_validates_config_and_token_with_exit_64() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = canary();
+    let config = write_config(dir.path(), &upstream, "");
+    let check = |config: &Path| {
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(64), "no token file yet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("joulo_token") && err.contains("cannot read token file"),
+        "{err}"
+    );
+
+    write_private(&dir.path().join("joulo_token"), &format!("{token}\n")).unwrap();
+    let out = check(&config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    let torn = format!("{} {}", &token[..20], &token[20..]);
+    write_private(&dir.path().join("joulo_token"), &torn).unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("whitespace"), "{err}");
+    assert!(
+        !err.contains(&token[..20]),
+        "the error never quotes the file"
+    );
+
+    let typo = write_config(dir.path(), &upstream, "tiemout = \"5s\"\n");
+    let out = check(&typo);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.toml") && err.contains("upstream.tiemout"),
+        "{err}"
+    );
+    assert!(err.contains("unknown field"), "{err}");
+
+    let out = check(&dir.path().join("missing.toml"));
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn the_binary_forwards_reloads_on_sighup_and_stops_on_sigterm() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Only SIGHUP can trigger a reload within this test.
+    let config = write_config(dir.path(), &upstream, "token_poll_interval = \"1h\"\n");
+    let first = canary();
+    let token_file = dir.path().join("joulo_token");
+    write_private(&token_file, &first).unwrap();
+
+    let mut child = Command::new(BIN)
+        .args(["--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let wait_for = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    };
+
+    let listening = wait_for("listening");
+    let addr: SocketAddr = listening
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {listening}"));
+
+    let leaked = canary();
+    let (status, _, body) = support::send(
+        addr,
+        Method::GET,
+        &format!("/sessions?limit=2&token={leaked}&Access_Token={leaked}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = upstream.last();
+    assert_eq!(got.target, format!("{PREFIX}/sessions?limit=2"));
+    assert_eq!(
+        got.headers["authorization"],
+        format!("Bearer {first}").as_str()
+    );
+
+    let second = canary();
+    write_private(&token_file, &second).unwrap();
+    signal(pid, "HUP");
+    wait_for("token reloaded");
+    let (status, _, _) = support::send(addr, Method::GET, "/chargers", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        format!("Bearer {second}").as_str()
+    );
+
+    signal(pid, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+    let log = reader.join().unwrap();
+    assert!(log.contains("TRACE"), "trace level was on");
+    assert!(
+        log.contains("token=[REDACTED]"),
+        "the access log marks the removed parameter"
+    );
+    for secret in [&first, &second, &leaked] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret reached the binary's log"
+        );
+        assert!(!body.contains(secret.as_str()));
+    }
+}

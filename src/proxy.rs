@@ -103,6 +103,7 @@ async fn forward(
     query: &CleanQuery<'_>,
     body: Incoming,
 ) -> Result<Response<Body>, GatewayError> {
+    let uri = state.upstream.uri_for(route, &query.forwarded)?;
     let token = state
         .tokens
         .current()
@@ -123,7 +124,7 @@ async fn forward(
 
     let mut upstream_request = Request::new(body);
     *upstream_request.method_mut() = route.method();
-    *upstream_request.uri_mut() = state.upstream.uri_for(route, &query.forwarded);
+    *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
 
     let response = state.upstream.send(upstream_request).await?;

@@ -18,6 +18,9 @@ pub enum GatewayError {
     /// The request did not match an enabled route.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The query string cannot be forwarded as a URI.
+    #[error("Invalid query string")]
+    BadQuery,
     /// CONNECT: the gateway is not a forward proxy.
     #[error("CONNECT is not supported: this gateway only forwards Joulo API routes")]
     Connect,
@@ -36,7 +39,9 @@ impl GatewayError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
+            GatewayError::Route(RouteError::BadPath(_)) | GatewayError::BadQuery => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {
                 StatusCode::METHOD_NOT_ALLOWED

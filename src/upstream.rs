@@ -77,7 +77,7 @@ impl Upstream {
 
     /// The upstream URI for `route`: always `base_url` + the route's own path, so
     /// nothing a client sends can change the host or reach another path.
-    pub fn uri_for(&self, route: RouteId, query: &str) -> Uri {
+    pub fn uri_for(&self, route: RouteId, query: &str) -> Result<Uri, GatewayError> {
         let mut uri = String::with_capacity(self.base.len() + 32 + query.len());
         uri.push_str(&self.base);
         uri.push_str(route.path());
@@ -85,10 +85,9 @@ impl Upstream {
             uri.push('?');
             uri.push_str(query);
         }
-        // The base was validated, the path is a constant and the query came in as
-        // part of a valid request URI, so the parts are valid URI characters.
-        uri.parse()
-            .expect("base_url, route path and request query form a valid URI")
+        // The base is validated and the path constant, so only the query can be at
+        // fault; hyper already parsed it once, but a refusal beats a panic.
+        uri.parse().map_err(|_| GatewayError::BadQuery)
     }
 
     /// Sends `request` and waits at most `timeout` for the response head. Redirects

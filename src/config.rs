@@ -3,8 +3,9 @@
 //! ever re-checks a string. Every error names the file, the key and the problem,
 //! never a secret value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,7 +65,33 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    upstream_per_minute: Option<u32>,
+    upstream_burst: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    queue_timeout: Option<Duration>,
+    client_per_minute: Option<u32>,
+    client_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stale_if_error: Option<Duration>,
+    max_entries: Option<usize>,
+    max_body: Option<bytesize::ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +129,8 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------
@@ -116,8 +145,54 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// How the gateway reports what it does.
     pub log: LogConfig,
+    /// How the token's upstream budget is shared out.
+    pub limits: LimitsConfig,
+    /// What is cached, and for how long.
+    pub cache: CacheConfig,
     /// The account-changing routes the operator switched on; read routes are always on.
     pub enabled_write_routes: Vec<RouteId>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Sustained rate of calls reaching Joulo, all devices together.
+    pub upstream_per_minute: NonZeroU32,
+    /// Calls that may reach Joulo back to back before the rate applies.
+    pub upstream_burst: NonZeroU32,
+    /// How long a request may wait for an upstream (or client) slot before 429.
+    pub queue_timeout: Duration,
+    /// Sustained rate of requests one device may make, cache hits included.
+    pub client_per_minute: NonZeroU32,
+    /// Requests one device may make back to back (Home Assistant polls all its
+    /// sensors at once).
+    pub client_burst: NonZeroU32,
+}
+
+/// The `[cache]` table plus each route's own `ttl`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Freshness for routes without a `ttl` of their own; zero turns caching off.
+    pub ttl: Duration,
+    /// Per-route freshness from `[routes.<name>] ttl`.
+    pub route_ttl: HashMap<RouteId, Duration>,
+    /// How old a copy may be and still stand in when the upstream fails.
+    pub stale_if_error: Duration,
+    /// Bound on cached responses.
+    pub max_entries: usize,
+    /// Larger responses are not cached (they are still served).
+    pub max_body: usize,
+}
+
+impl CacheConfig {
+    /// How long a 200 answer on `route` stays fresh; zero means it is not cached.
+    /// Routes that change the account are never cached.
+    pub fn ttl_for(&self, route: RouteId) -> Duration {
+        if route.changes_account() || self.max_entries == 0 {
+            return Duration::ZERO;
+        }
+        self.route_ttl.get(&route).copied().unwrap_or(self.ttl)
+    }
 }
 
 /// The `[server]` table.
@@ -189,6 +264,15 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const UPSTREAM_PER_MINUTE: u32 = 30;
+    pub const UPSTREAM_BURST: u32 = 10;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const CLIENT_PER_MINUTE: u32 = 120;
+    pub const CLIENT_BURST: u32 = 30;
+    pub const CACHE_TTL: Duration = Duration::from_secs(15);
+    pub const STALE_IF_ERROR: Duration = Duration::from_secs(600);
+    pub const MAX_ENTRIES: usize = 512;
+    pub const MAX_BODY: usize = 1024 * 1024;
 }
 
 impl Config {
@@ -293,6 +377,46 @@ fn validate(
         format: raw.log.format.unwrap_or(LogFormat::Text),
     };
 
+    let non_zero = |value: Option<u32>, default: u32, key: &'static str| {
+        NonZeroU32::new(value.unwrap_or(default))
+            .ok_or_else(|| invalid(key, "must be at least 1".to_owned()))
+    };
+    let limits = LimitsConfig {
+        upstream_per_minute: non_zero(
+            raw.limits.upstream_per_minute,
+            defaults::UPSTREAM_PER_MINUTE,
+            "limits.upstream_per_minute",
+        )?,
+        upstream_burst: non_zero(
+            raw.limits.upstream_burst,
+            defaults::UPSTREAM_BURST,
+            "limits.upstream_burst",
+        )?,
+        queue_timeout: raw.limits.queue_timeout.unwrap_or(defaults::QUEUE_TIMEOUT),
+        client_per_minute: non_zero(
+            raw.limits.client_per_minute,
+            defaults::CLIENT_PER_MINUTE,
+            "limits.client_per_minute",
+        )?,
+        client_burst: non_zero(
+            raw.limits.client_burst,
+            defaults::CLIENT_BURST,
+            "limits.client_burst",
+        )?,
+    };
+    let max_body = raw
+        .cache
+        .max_body
+        .map_or(Ok(defaults::MAX_BODY), |b| usize::try_from(b.as_u64()))
+        .map_err(|_| invalid("cache.max_body", "is larger than this machine can address".to_owned()))?;
+    let mut cache = CacheConfig {
+        ttl: raw.cache.ttl.unwrap_or(defaults::CACHE_TTL),
+        route_ttl: HashMap::new(),
+        stale_if_error: raw.cache.stale_if_error.unwrap_or(defaults::STALE_IF_ERROR),
+        max_entries: raw.cache.max_entries.unwrap_or(defaults::MAX_ENTRIES),
+        max_body,
+    };
+
     let mut enabled_write_routes = Vec::new();
     for (name, route) in &raw.routes {
         let Some(id) = RouteId::from_config_name(name) else {
@@ -310,6 +434,17 @@ fn validate(
                 ),
             });
         };
+        if let Some(ttl) = route.ttl {
+            if id.changes_account() && !ttl.is_zero() {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    key: format!("routes.{name}.ttl"),
+                    line: 0,
+                    message: "routes that change the account are never cached".to_owned(),
+                });
+            }
+            cache.route_ttl.insert(id, ttl);
+        }
         match (id.changes_account(), route.enabled) {
             (true, Some(true)) => enabled_write_routes.push(id),
             (false, Some(false)) => {
@@ -341,6 +476,8 @@ fn validate(
             token_poll_interval,
         },
         log,
+        limits,
+        cache,
         enabled_write_routes,
     })
 }
@@ -550,5 +687,34 @@ mod tests {
         assert_eq!(s.log.level, d.log.level);
         assert_eq!(s.log.format, d.log.format);
         assert_eq!(s.enabled_write_routes, d.enabled_write_routes);
+        assert_eq!(s.limits.upstream_per_minute, d.limits.upstream_per_minute);
+        assert_eq!(s.limits.upstream_burst, d.limits.upstream_burst);
+        assert_eq!(s.limits.queue_timeout, d.limits.queue_timeout);
+        assert_eq!(s.limits.client_per_minute, d.limits.client_per_minute);
+        assert_eq!(s.limits.client_burst, d.limits.client_burst);
+        assert_eq!(s.cache.ttl, d.cache.ttl);
+        assert_eq!(s.cache.stale_if_error, d.cache.stale_if_error);
+        assert_eq!(s.cache.max_entries, d.cache.max_entries);
+        assert_eq!(s.cache.max_body, d.cache.max_body);
+        // The shipped file sets per-route TTLs following Joulo's polling advice:
+        // live status in seconds, slow-moving totals in minutes.
+        assert_eq!(s.cache.ttl_for(RouteId::Chargers), Duration::from_secs(15));
+        assert_eq!(s.cache.ttl_for(RouteId::Energy), Duration::from_secs(600));
+        assert_eq!(s.cache.ttl_for(RouteId::ErePosition), Duration::from_secs(600));
+        assert_eq!(s.cache.ttl_for(RouteId::AddCharger), Duration::ZERO);
+    }
+
+    #[test]
+    fn cache_ttls_fall_back_to_the_cache_table() {
+        let c = parse("[cache]\nttl = \"20s\"\nmax_body = \"64KiB\"\n[routes.energy]\nttl = \"5m\"").unwrap();
+        assert_eq!(c.cache.ttl_for(RouteId::Chargers), Duration::from_secs(20));
+        assert_eq!(c.cache.ttl_for(RouteId::Energy), Duration::from_secs(300));
+        assert_eq!(c.cache.max_body, 64 * 1024);
+        let off = parse("[cache]\nttl = \"0s\"").unwrap();
+        assert_eq!(off.cache.ttl_for(RouteId::Sessions), Duration::ZERO);
+        let err = parse("[routes.add_charger]\nttl = \"5s\"").unwrap_err().to_string();
+        assert!(err.contains("routes.add_charger.ttl"), "{err}");
+        let err = parse("[limits]\nupstream_per_minute = 0").unwrap_err().to_string();
+        assert!(err.contains("limits.upstream_per_minute"), "{err}");
     }
 }

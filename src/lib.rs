@@ -14,6 +14,10 @@
 //!   credentials, forwarding and hop-by-hop headers, upstream cookies.
 //! - [`token`]: where the token comes from (a secrets file, reloaded on change or
 //!   SIGHUP, fail-closed) and the one function that puts it in a request.
+//! - [`budget`]: how the token's upstream budget is kept: a limit on all calls to
+//!   Joulo, one per device, and the back-off after Joulo answers 429.
+//! - [`cache`]: what is cached: fresh and stale copies, and one upstream call
+//!   shared by identical concurrent requests.
 //! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
@@ -21,6 +25,8 @@
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
+pub mod budget;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod logging;

@@ -1,17 +1,22 @@
-//! One request's way through the gateway: which route it is, what is removed from
-//! it, where the token is added, and the access-log line that records it.
+//! One request's way through the gateway: who may call and how often, which route
+//! it is, what is removed from it, whether the cache answers, where the token is
+//! added, and the access-log line that records it.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
-use http::header;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::budget::{ClientLimiter, UpstreamBudget};
+use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, ResponseCache, X_CACHE};
+use crate::config::{CacheConfig, Config};
 use crate::respond::{Body, GatewayError};
 use crate::routes::{RouteId, RouteTable};
 use crate::sanitize::{self, CleanQuery};
@@ -27,6 +32,14 @@ pub struct AppState {
     pub upstream: Upstream,
     /// The token injected into every upstream request.
     pub tokens: TokenSource,
+    /// The token's budget of upstream calls, shared by all devices.
+    pub budget: UpstreamBudget,
+    /// Each device's own allowance.
+    pub clients: ClientLimiter,
+    /// Cached answers and in-flight upstream calls.
+    pub cache: ResponseCache,
+    /// Per-route freshness.
+    pub cache_config: CacheConfig,
 }
 
 impl AppState {
@@ -36,14 +49,22 @@ impl AppState {
             routes: RouteTable::new(&config.enabled_write_routes),
             upstream: Upstream::new(&config.upstream)?,
             tokens,
+            budget: UpstreamBudget::new(&config.limits),
+            clients: ClientLimiter::new(&config.limits),
+            cache: ResponseCache::new(&config.cache),
+            cache_config: config.cache.clone(),
         })
     }
 }
 
+/// The status Joulo answered with, kept on a response for the access log.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamStatus(StatusCode);
+
 /// Serves one request. Never fails: every error becomes a JSON response, because
 /// an `Err` handed to hyper would drop the whole connection.
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     client: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -51,28 +72,28 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
 
-    let (route, result) = match resolve(state, &parts) {
-        Ok(route) => (
-            Some(route),
-            forward(state, route, &parts, &query, body).await,
-        ),
-        Err(e) => (None, Err(e)),
-    };
-    let (response, upstream_status) = match result {
-        Ok(response) => {
-            let status = response.status();
-            (response, Some(status.as_u16()))
+    let mut route = None;
+    let result = async {
+        state.clients.acquire(&client.ip().to_canonical()).await?;
+        let id = resolve(state, &parts)?;
+        route = Some(id);
+        let ttl = state.cache_config.ttl_for(id);
+        if ttl.is_zero() {
+            forward(state, id, &parts, &query, Some(body)).await
+        } else {
+            cached(state, id, ttl, &parts, &query).await
         }
-        Err(e) => {
-            if matches!(
-                e,
-                GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout
-            ) {
-                warn!(client = %client, error = %ErrorChain(&e), "upstream request failed");
-            }
-            (e.into_response(), None)
+    }
+    .await;
+    let response = result.unwrap_or_else(|e| {
+        if matches!(
+            e,
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamTimeout
+        ) {
+            warn!(client = %client, error = %ErrorChain(&e), "upstream request failed");
         }
-    };
+        e.response()
+    });
 
     info!(
         target: "joulo_gateway::access",
@@ -81,7 +102,12 @@ pub async fn handle(
         path = %LoggedTarget { path: parts.uri.path(), query: &query },
         route = route.map_or("-", RouteId::config_name),
         status = response.status().as_u16(),
-        upstream_status,
+        upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
+        cache = response
+            .headers()
+            .get(&X_CACHE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
     );
     response
@@ -96,50 +122,218 @@ fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {
     Ok(state.routes.resolve(&parts.method, parts.uri.path())?)
 }
 
+/// A cacheable GET: a fresh copy if there is one, else one upstream call shared
+/// with every identical request under way, with a stale copy standing in when
+/// that call fails.
+async fn cached(
+    state: &Arc<AppState>,
+    route: RouteId,
+    ttl: Duration,
+    parts: &Parts,
+    query: &CleanQuery<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    // Fail closed before the cache too: a withdrawn token stops all service.
+    if state.tokens.current().is_none() {
+        return Err(GatewayError::TokenUnavailable);
+    }
+    let key = CacheKey::new(route, &query.forwarded, &parts.headers);
+    let copy = state.cache.lookup(&key, &parts.headers);
+    if let Some(copy) = &copy
+        && copy.is_fresh(Instant::now())
+    {
+        return Ok(state.cache.serve_hit(copy, Instant::now()));
+    }
+
+    let uri = state.upstream.uri_for(route, &query.forwarded)?;
+    let headers = upstream_headers(&parts.headers);
+    let fetch = fetch_for_cache(state.clone(), key.clone(), uri, headers, ttl);
+    let outcome = state.cache.coalesce(key, fetch).await;
+    let stale = || state.cache.serve_stale(copy.as_deref(), Instant::now());
+    match &*outcome {
+        Outcome::Answer(answer) => {
+            let failed = answer.status.is_server_error()
+                || answer.status == StatusCode::TOO_MANY_REQUESTS;
+            let mut response = match stale().filter(|_| failed) {
+                Some(stale) => stale,
+                None => answer.response(CacheStatus::Miss, None),
+            };
+            response
+                .extensions_mut()
+                .insert(UpstreamStatus(answer.status));
+            Ok(response)
+        }
+        Outcome::Failed(e) => Ok(stale()
+            .filter(|_| e.allows_stale())
+            .unwrap_or_else(|| e.response())),
+        Outcome::TooLarge => forward(state, route, parts, query, None).await,
+    }
+}
+
+/// One upstream call for the cache, run in its own task: takes a budget slot,
+/// reads the answer whole (up to `cache.max_body`) and stores it if cacheable.
+async fn fetch_for_cache(
+    state: Arc<AppState>,
+    key: CacheKey,
+    uri: Uri,
+    request_headers: HeaderMap,
+    ttl: Duration,
+) -> Outcome {
+    let result = async {
+        let token = state
+            .tokens
+            .current()
+            .ok_or(GatewayError::TokenUnavailable)?;
+        state.budget.acquire().await?;
+        let mut headers = request_headers.clone();
+        headers.insert(header::AUTHORIZATION, token.authorization_header());
+        drop(token);
+        let request = upstream_request(Method::GET, uri, headers, None);
+        let response = state.upstream.send(request).await?;
+        let (mut head, body) = response.into_parts();
+        after_upstream_answer(&state, head.status, &mut head.headers);
+        let max_body = state.cache.max_body();
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > max_body) {
+            return Ok(None);
+        }
+        let body = match Limited::new(body, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return match e.downcast::<hyper::Error>() {
+                    Ok(e) => Err(GatewayError::UpstreamBody(*e)),
+                    Err(_) => Ok(None),
+                };
+            }
+        };
+        head.headers.remove(header::CONTENT_LENGTH);
+        Ok(Some(Buffered {
+            status: head.status,
+            headers: head.headers,
+            body,
+        }))
+    }
+    .await;
+    match result {
+        Ok(Some(answer)) => {
+            state
+                .cache
+                .store(key, &answer, ttl, &request_headers, Instant::now());
+            Outcome::Answer(answer)
+        }
+        Ok(None) => Outcome::TooLarge,
+        Err(e) => {
+            if matches!(
+                e,
+                GatewayError::UpstreamUnreachable(_)
+                    | GatewayError::UpstreamTimeout
+                    | GatewayError::UpstreamBody(_)
+            ) {
+                // Logged once here, not once per request that shared the call.
+                warn!(route = key.route().config_name(), error = %ErrorChain(&e), "upstream request failed");
+            }
+            Outcome::Failed(e)
+        }
+    }
+}
+
+/// Forwards a request as it streams: for routes that are not cached, and for
+/// answers too large to buffer.
 async fn forward(
     state: &AppState,
     route: RouteId,
     parts: &Parts,
     query: &CleanQuery<'_>,
-    body: Incoming,
+    body: Option<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let uri = state.upstream.uri_for(route, &query.forwarded)?;
+    // Token first: a request that fails closed must not use up a budget slot.
     let token = state
         .tokens
         .current()
         .ok_or(GatewayError::TokenUnavailable)?;
-
-    let mut headers = parts.headers.clone();
-    sanitize::clean_request_headers(&mut headers);
-    let body = if route.method() == Method::GET {
-        // A GET body means nothing to Joulo; dropping it (and its framing) means the
-        // upstream cannot be handed a request it might frame differently.
-        headers.remove(header::CONTENT_LENGTH);
-        Empty::new().map_err(|never| match never {}).boxed()
-    } else {
-        body.boxed()
-    };
+    state.budget.acquire().await?;
+    let mut headers = upstream_headers(&parts.headers);
     headers.insert(header::AUTHORIZATION, token.authorization_header());
     drop(token);
+    let body = body.filter(|_| route.method() != Method::GET);
+    let request = upstream_request(route.method(), uri, headers, body);
 
-    let mut upstream_request = Request::new(body);
-    *upstream_request.method_mut() = route.method();
-    *upstream_request.uri_mut() = uri;
-    *upstream_request.headers_mut() = headers;
-
-    let response = state.upstream.send(upstream_request).await?;
-    if response.status() == StatusCode::UNAUTHORIZED && state.tokens.mark_rejected() {
-        warn!(
-            token_file = %state.tokens.path().display(),
-            "Joulo rejected the token (401): was it rotated or deactivated in the Joulo \
-             dashboard? Put the current token in the token file; it is picked up without a restart"
-        );
-    }
+    let response = state.upstream.send(request).await?;
     let (mut head, body) = response.into_parts();
-    sanitize::clean_response_headers(&mut head.headers);
+    after_upstream_answer(state, head.status, &mut head.headers);
     // The upstream may have spoken HTTP/2; the device's connection decides its own.
     head.version = Version::HTTP_11;
+    head.extensions.insert(UpstreamStatus(head.status));
     Ok(Response::from_parts(head, body.boxed()))
+}
+
+/// The client's headers as they may go upstream (no token yet).
+fn upstream_headers(client_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = client_headers.clone();
+    sanitize::clean_request_headers(&mut headers);
+    headers
+}
+
+/// A request to the upstream. A GET carries no body: it means nothing to Joulo,
+/// and dropping it with its framing means the upstream cannot be handed a request
+/// it might frame differently.
+fn upstream_request(
+    method: Method,
+    uri: Uri,
+    mut headers: HeaderMap,
+    body: Option<Incoming>,
+) -> Request<Body> {
+    let body = match body {
+        Some(body) => body.boxed(),
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::CONTENT_TYPE);
+            Empty::new().map_err(|never| match never {}).boxed()
+        }
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// What every upstream answer teaches the gateway: a 429 starts a back-off (and
+/// gets a `Retry-After` if Joulo sent none), a 401 means the token is rejected,
+/// anything else resets the back-off. Cleans the answer's headers for devices.
+fn after_upstream_answer(state: &AppState, status: StatusCode, headers: &mut HeaderMap) {
+    sanitize::clean_response_headers(headers);
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let wait = state.budget.on_upstream_429(headers.get(header::RETRY_AFTER));
+            warn!(
+                backoff_s = wait.as_secs(),
+                "Joulo answered 429: no upstream calls until the back-off ends"
+            );
+            if !headers.contains_key(header::RETRY_AFTER) {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::budget::retry_after_secs(wait)),
+                );
+            }
+        }
+        StatusCode::UNAUTHORIZED => {
+            state.budget.on_upstream_answer();
+            state.cache.purge();
+            if state.tokens.mark_rejected() {
+                warn!(
+                    token_file = %state.tokens.path().display(),
+                    "Joulo rejected the token (401): was it rotated or deactivated in the Joulo \
+                     dashboard? Put the current token in the token file; it is picked up without a restart"
+                );
+            }
+        }
+        _ => state.budget.on_upstream_answer(),
+    }
 }
 
 /// The request target as logged: the raw path and the query with credential

@@ -1,11 +1,14 @@
 //! How errors look: every failure on the request path becomes one synthetic
 //! response in Joulo's JSON shape (`{"error": "..."}`), built here and nowhere else.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::budget::retry_after_secs;
 use crate::routes::RouteError;
 
 /// The response body type the gateway serves: streamed upstream bodies and
@@ -33,6 +36,30 @@ pub enum GatewayError {
     /// The upstream did not send a response head within `upstream.timeout`.
     #[error("Upstream timed out")]
     UpstreamTimeout,
+    /// The upstream broke off while sending the body of an answer being cached.
+    #[error("Upstream unreachable")]
+    UpstreamBody(#[source] hyper::Error),
+    /// The token's upstream budget has no slot within `queue_timeout`.
+    #[error("Too many requests: the gateway's upstream budget is used up for now")]
+    BudgetExhausted {
+        /// When a slot frees up.
+        retry_after: Duration,
+    },
+    /// Joulo answered 429 recently; no call goes out until its wait is over.
+    #[error("Too many requests: Joulo asked the gateway to slow down")]
+    UpstreamBackoff {
+        /// What is left of the back-off.
+        retry_after: Duration,
+    },
+    /// A gateway task failed unexpectedly.
+    #[error("Internal gateway error")]
+    Internal,
+    /// This device used up its own allowance.
+    #[error("Too many requests from this device")]
+    ClientRateLimited {
+        /// When the device may send again.
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -47,16 +74,45 @@ impl GatewayError {
                 StatusCode::METHOD_NOT_ALLOWED
             }
             GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamBody(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::BudgetExhausted { .. }
+            | GatewayError::UpstreamBackoff { .. }
+            | GatewayError::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
+    }
+
+    /// How long the client should wait before retrying, for refusals that know.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::BudgetExhausted { retry_after }
+            | GatewayError::UpstreamBackoff { retry_after }
+            | GatewayError::ClientRateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether a recent cached copy may stand in for this failure
+    /// (stale-if-error). A missing token is not such a failure: it fails closed.
+    pub fn allows_stale(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamUnreachable(_)
+                | GatewayError::UpstreamBody(_)
+                | GatewayError::UpstreamTimeout
+                | GatewayError::BudgetExhausted { .. }
+                | GatewayError::UpstreamBackoff { .. }
+        )
     }
 
     /// The synthetic response. Only the error's own words go in the body: never
     /// an inner error chain, which could quote a URL or a header.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn response(&self) -> Response<Body> {
         let status = self.status();
-        let message = match &self {
+        let message = match self {
             GatewayError::Route(RouteError::NotFound) => format!(
                 "Unknown path: the gateway serves GET {}",
                 crate::routes::RouteId::ALL
@@ -66,19 +122,24 @@ impl GatewayError {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            other => other.to_string(),
+            other => match other.retry_after() {
+                Some(wait) => format!("{other}; retry in {} s", retry_after_secs(wait)),
+                None => other.to_string(),
+            },
         };
         let mut response = json_error(status, &message);
+        let headers = response.headers_mut();
         match self {
             GatewayError::Route(RouteError::MethodNotAllowed { allow }) => {
-                response.headers_mut().insert(header::ALLOW, allow);
+                headers.insert(header::ALLOW, allow.clone());
             }
             GatewayError::Connect => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
             _ => {}
+        }
+        if let Some(wait) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
         }
         response
     }
@@ -125,7 +186,7 @@ mod tests {
             (GatewayError::UpstreamTimeout, 504),
         ];
         for (err, status) in cases {
-            let r = err.into_response();
+            let r = err.response();
             assert_eq!(r.status().as_u16(), status);
             assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
             let v = body_json(r).await;
@@ -137,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_unavailable_has_the_documented_words() {
-        let v = body_json(GatewayError::TokenUnavailable.into_response()).await;
+        let v = body_json(GatewayError::TokenUnavailable.response()).await;
         assert_eq!(
             v,
             serde_json::json!({"error": "Upstream token unavailable"})
@@ -145,11 +206,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rate_limits_are_429_with_whole_second_retry_after() {
+        let r = GatewayError::BudgetExhausted {
+            retry_after: Duration::from_millis(2500),
+        }
+        .response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let v = body_json(r).await;
+        assert!(v["error"].as_str().unwrap().ends_with("retry in 3 s"), "{v}");
+    }
+
+    #[tokio::test]
     async fn method_not_allowed_carries_allow() {
         let r = GatewayError::Route(RouteError::MethodNotAllowed {
             allow: HeaderValue::from_static("GET"),
         })
-        .into_response();
+        .response();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[header::ALLOW], "GET");
     }

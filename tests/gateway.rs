@@ -348,7 +348,15 @@ async fn a_hanging_upstream_is_a_504_after_the_timeout() {
 #[tokio::test]
 async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start(&upstream).await;
+    // Every poll below must reach the upstream: no cache, and limits the polling
+    // cannot reach.
+    let gateway = TestGateway::start_with(
+        &upstream.base_url(),
+        &upstream.ca_pem,
+        "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 60000\nupstream_burst = 1000\n\
+         client_per_minute = 60000\nclient_burst = 1000\n",
+    )
+    .await;
     let first = gateway.token.clone();
     assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
 

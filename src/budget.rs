@@ -1,0 +1,311 @@
+//! How the token's upstream budget is kept for every device at once: a GCRA
+//! limiter on all calls that reach Joulo, a limiter per device, and a back-off
+//! after Joulo answers 429, during which no call goes out at all.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::config::LimitsConfig;
+use crate::respond::GatewayError;
+
+/// Back-off after a 429 without a usable `Retry-After`; doubled on each repeat.
+const BACKOFF_BASE: Duration = Duration::from_secs(60);
+/// The longest back-off the gateway imposes on itself without being told.
+const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// The longest `Retry-After` believed; a larger one is a misconfiguration upstream.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// How many per-device checks pass between sweeps of idle devices' state.
+const CLIENT_SWEEP_EVERY: u64 = 4096;
+
+/// governor's clock, read from tokio's, so limits follow a paused test clock and
+/// waits are tokio sleeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> Self::Instant {
+        Instant::now().into_std()
+    }
+}
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+type Keyed<K> =
+    RateLimiter<K, HashMapStateStore<K>, TokioClock, NoOpMiddleware<std::time::Instant>>;
+
+/// The budget of calls to Joulo shared by all devices.
+#[derive(Debug)]
+pub struct UpstreamBudget {
+    /// All upstream calls together.
+    limiter: Direct,
+    /// Bound on waiting for a slot.
+    queue_timeout: Duration,
+    /// Set after an upstream 429.
+    backoff: Mutex<Backoff>,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    /// No upstream call before this instant.
+    until: Option<Instant>,
+    /// 429s in a row, for the growing default back-off.
+    streak: u32,
+}
+
+impl UpstreamBudget {
+    /// A budget from the `[limits]` table.
+    pub fn new(cfg: &LimitsConfig) -> UpstreamBudget {
+        let quota = Quota::per_minute(cfg.upstream_per_minute).allow_burst(cfg.upstream_burst);
+        UpstreamBudget {
+            limiter: RateLimiter::direct_with_clock(quota, TokioClock),
+            queue_timeout: cfg.queue_timeout,
+            backoff: Mutex::new(Backoff::default()),
+        }
+    }
+
+    /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
+    /// Refused outright while backing off after a 429.
+    pub async fn acquire(&self) -> Result<(), GatewayError> {
+        if let Some(remaining) = self.backoff_remaining() {
+            return Err(GatewayError::UpstreamBackoff {
+                retry_after: remaining,
+            });
+        }
+        wait_for_slot(|| self.limiter.check(), self.queue_timeout)
+            .await
+            .map_err(|wait| GatewayError::BudgetExhausted { retry_after: wait })
+    }
+
+    /// How long the back-off still runs, if one is in force.
+    pub fn backoff_remaining(&self) -> Option<Duration> {
+        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let until = backoff.until?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
+    }
+
+    /// Records an upstream 429 and returns the back-off imposed: Joulo's
+    /// `Retry-After` when it sent a usable one, else 60 s doubling on each repeat
+    /// up to 15 min, with ±20 % jitter so several gateways do not retry in step.
+    pub fn on_upstream_429(&self, retry_after: Option<&HeaderValue>) -> Duration {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        backoff.streak = backoff.streak.saturating_add(1);
+        let wait = retry_after
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            .unwrap_or_else(|| {
+                let doubled = BACKOFF_BASE.saturating_mul(1 << (backoff.streak - 1).min(8));
+                jitter(doubled.min(BACKOFF_MAX))
+            });
+        backoff.until = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// Records an upstream answer that was not a 429: the default back-off
+    /// starts again from 60 s next time.
+    pub fn on_upstream_answer(&self) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .streak = 0;
+    }
+}
+
+/// A limiter per device, so one misbehaving device cannot crowd out the others.
+#[derive(Debug)]
+pub struct ClientLimiter<K: Hash + Eq + Clone = IpAddr> {
+    /// One GCRA state per device.
+    limiter: Keyed<K>,
+    /// Bound on waiting for a slot.
+    queue_timeout: Duration,
+    /// Checks since the last sweep of idle devices.
+    checks: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> ClientLimiter<K> {
+    /// Per-device limits from the `[limits]` table.
+    pub fn new(cfg: &LimitsConfig) -> ClientLimiter<K> {
+        let quota = Quota::per_minute(cfg.client_per_minute).allow_burst(cfg.client_burst);
+        ClientLimiter {
+            limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
+            queue_timeout: cfg.queue_timeout,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request from `client`'s allowance, waiting up to `queue_timeout`.
+    pub async fn acquire(&self, client: &K) -> Result<(), GatewayError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
+            // Forget devices whose allowance is full again, so the map stays small.
+            self.limiter.retain_recent();
+        }
+        wait_for_slot(|| self.limiter.check_key(client), self.queue_timeout)
+            .await
+            .map_err(|wait| GatewayError::ClientRateLimited { retry_after: wait })
+    }
+}
+
+/// Retries `check` until it passes, sleeping until the limiter's next slot, as
+/// long as that falls within `queue_timeout`; otherwise returns the wait needed.
+async fn wait_for_slot(
+    mut check: impl FnMut() -> Result<(), NotUntil<std::time::Instant>>,
+    queue_timeout: Duration,
+) -> Result<(), Duration> {
+    let deadline = Instant::now() + queue_timeout;
+    loop {
+        let refusal = match check() {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        let now = Instant::now();
+        let wait = refusal.wait_time_from(now.into_std());
+        if now + wait > deadline {
+            return Err(wait);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 section 10.2.3),
+/// capped at an hour; `None` when absent, malformed or already past.
+pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let wait = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(text)
+            .ok()?
+            .duration_since(now)
+            .ok()?,
+    };
+    (!wait.is_zero()).then(|| wait.min(RETRY_AFTER_MAX))
+}
+
+/// `Retry-After` seconds for a wait: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// `d` scaled by a random factor in [0.8, 1.2].
+fn jitter(d: Duration) -> Duration {
+    let mut byte = [0u8; 2];
+    let random = getrandom::fill(&mut byte).map_or(0.5, |()| {
+        f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX)
+    });
+    d.mul_f64(0.8 + 0.4 * random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn limits(per_minute: u32, burst: u32, queue: u64) -> LimitsConfig {
+        LimitsConfig {
+            upstream_per_minute: NonZeroU32::new(per_minute).unwrap(),
+            upstream_burst: NonZeroU32::new(burst).unwrap(),
+            queue_timeout: Duration::from_secs(queue),
+            client_per_minute: NonZeroU32::new(per_minute).unwrap(),
+            client_burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_refusal_with_the_wait() {
+        let budget = UpstreamBudget::new(&limits(2, 2, 0));
+        budget.acquire().await.unwrap();
+        budget.acquire().await.unwrap();
+        let Err(GatewayError::BudgetExhausted { retry_after }) = budget.acquire().await else {
+            panic!("the third call in the same instant is over budget");
+        };
+        assert_eq!(retry_after, Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        budget.acquire().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_in_the_queue_up_to_queue_timeout() {
+        let budget = UpstreamBudget::new(&limits(6, 1, 15));
+        let start = Instant::now();
+        budget.acquire().await.unwrap();
+        budget.acquire().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "waited for the next slot");
+        // The next slot is 10 s away again: within 15 s, so it waits once more.
+        budget.acquire().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_429_blocks_every_call_for_retry_after() {
+        let budget = UpstreamBudget::new(&limits(60, 10, 2));
+        let wait = budget.on_upstream_429(Some(&HeaderValue::from_static("120")));
+        assert_eq!(wait, Duration::from_secs(120));
+        for _ in 0..5 {
+            let Err(GatewayError::UpstreamBackoff { retry_after }) = budget.acquire().await else {
+                panic!("no call during the back-off");
+            };
+            assert!(retry_after <= Duration::from_secs(120));
+        }
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(budget.acquire().await.is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        budget.acquire().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_backoff_is_about_a_minute_and_grows() {
+        let budget = UpstreamBudget::new(&limits(60, 10, 2));
+        let first = budget.on_upstream_429(None);
+        assert!((48..=72).contains(&first.as_secs()), "{first:?}");
+        let second = budget.on_upstream_429(Some(&HeaderValue::from_static("soon")));
+        assert!((96..=144).contains(&second.as_secs()), "{second:?}");
+        budget.on_upstream_answer();
+        let reset = budget.on_upstream_429(None);
+        assert!((48..=72).contains(&reset.as_secs()), "{reset:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_are_limited_separately() {
+        let clients: ClientLimiter = ClientLimiter::new(&limits(60, 2, 0));
+        let a: IpAddr = "192.168.1.10".parse().unwrap();
+        let b: IpAddr = "192.168.1.11".parse().unwrap();
+        clients.acquire(&a).await.unwrap();
+        clients.acquire(&a).await.unwrap();
+        let Err(GatewayError::ClientRateLimited { retry_after }) = clients.acquire(&a).await else {
+            panic!("a's burst is used up");
+        };
+        assert_eq!(retry_after, Duration::from_secs(1));
+        clients.acquire(&b).await.unwrap();
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_retry_after(&v("30"), now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after(&v("0"), now), None);
+        assert_eq!(parse_retry_after(&v("99999"), now), Some(RETRY_AFTER_MAX));
+        let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_str(&in_90s).unwrap(), now),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&HeaderValue::from_str(&past).unwrap(), now), None);
+        assert_eq!(parse_retry_after(&v("later"), now), None);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(30_001)), 31);
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+}

@@ -1,0 +1,556 @@
+//! What is cached: GET 200 answers, kept fresh for their route's TTL and as stale
+//! stand-ins when Joulo fails, and the coalescing of identical concurrent
+//! requests into one upstream call whose answer they all share.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::CacheConfig;
+use crate::respond::{Body, GatewayError, full};
+use crate::routes::RouteId;
+
+/// What a request is cached and coalesced under: the route, the query as sent
+/// upstream (credential parameters already removed, so they never split or enter
+/// a key) and `Accept-Encoding`, the request header Joulo's answers vary on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    route: RouteId,
+    query: Box<str>,
+    accept_encoding: Option<HeaderValue>,
+}
+
+impl CacheKey {
+    /// The route the key belongs to.
+    pub fn route(&self) -> RouteId {
+        self.route
+    }
+
+    /// The key for a request on `route` with the sanitised `query`.
+    pub fn new(route: RouteId, query: &str, request_headers: &HeaderMap) -> CacheKey {
+        CacheKey {
+            route,
+            query: query.into(),
+            accept_encoding: request_headers.get(header::ACCEPT_ENCODING).cloned(),
+        }
+    }
+}
+
+/// How an answer relates to the cache, as told in `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from a fresh copy; no upstream call.
+    Hit,
+    /// Fetched from the upstream (possibly shared with concurrent requests).
+    Miss,
+    /// The upstream failed; an older copy stood in.
+    Stale,
+}
+
+impl CacheStatus {
+    /// The `X-Cache` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// The `X-Cache` response header.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// An upstream answer read whole, ready to be shared and stored.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The upstream's headers, already cleaned for devices; no `Content-Length`
+    /// (the body's own length is sent).
+    pub headers: HeaderMap,
+    /// The body, shared by reference count between every request served from it.
+    pub body: Bytes,
+}
+
+impl Buffered {
+    /// A response carrying this answer, labelled for `X-Cache`; `age` is sent as
+    /// `Age` when the answer comes from the cache.
+    pub fn response(&self, label: CacheStatus, age: Option<Duration>) -> Response<Body> {
+        let mut response = Response::new(full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        let headers = response.headers_mut();
+        headers.insert(X_CACHE.clone(), HeaderValue::from_static(label.as_str()));
+        if let Some(age) = age {
+            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        }
+        response
+    }
+}
+
+/// A cached copy.
+#[derive(Debug)]
+pub struct Stored {
+    /// The answer itself (always a 200).
+    pub answer: Buffered,
+    /// When it arrived.
+    stored_at: Instant,
+    /// How long it is served without asking the upstream.
+    fresh_for: Duration,
+    /// Request headers the upstream's `Vary` named (beyond `Accept-Encoding`,
+    /// which is in the key) and their values on the request that fetched it.
+    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl Stored {
+    /// Time since the copy arrived.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Whether it may be served without asking the upstream.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.fresh_for
+    }
+
+    fn matches(&self, request_headers: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request_headers.get(name) == value.as_ref())
+    }
+}
+
+/// The result of one upstream call, shared by every request that waited on it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The upstream answered (any status).
+    Answer(Buffered),
+    /// The body was larger than `cache.max_body`: each waiter fetches on its own,
+    /// streaming.
+    TooLarge,
+    /// No answer: the error every waiter reports (or covers with a stale copy).
+    Failed(GatewayError),
+}
+
+/// Counters for what the cache did.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Answers served fresh from the cache.
+    pub hits: AtomicU64,
+    /// Upstream calls made for cacheable requests.
+    pub misses: AtomicU64,
+    /// Stale copies served in place of a failure.
+    pub stale: AtomicU64,
+    /// Requests that joined another request's upstream call instead of making one.
+    pub coalesced: AtomicU64,
+}
+
+type Flights = Arc<Mutex<HashMap<CacheKey, watch::Sender<Option<Arc<Outcome>>>>>>;
+
+/// Cached copies and in-flight upstream calls, shared by all connections.
+#[derive(Debug)]
+pub struct ResponseCache {
+    /// Copies by key.
+    entries: Mutex<HashMap<CacheKey, Arc<Stored>>>,
+    /// Upstream calls under way, by key; late requests subscribe to them.
+    flights: Flights,
+    /// How old a copy may be and still stand in for a failure.
+    stale_if_error: Duration,
+    /// Bound on `entries`.
+    max_entries: usize,
+    /// Bound on a cached body.
+    max_body: usize,
+    /// What the cache did, for tests, logs and metrics.
+    pub stats: CacheStats,
+}
+
+impl ResponseCache {
+    /// An empty cache with the `[cache]` settings.
+    pub fn new(cfg: &CacheConfig) -> ResponseCache {
+        ResponseCache {
+            entries: Mutex::new(HashMap::new()),
+            flights: Arc::default(),
+            stale_if_error: cfg.stale_if_error,
+            max_entries: cfg.max_entries,
+            max_body: cfg.max_body,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The largest body that is buffered and cached.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The copy for `key` whose `Vary` values match the request, fresh or not.
+    pub fn lookup(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<Arc<Stored>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|s| s.matches(request_headers))
+            .cloned()
+    }
+
+    /// Serves a fresh copy and counts the hit.
+    pub fn serve_hit(&self, stored: &Stored, now: Instant) -> Response<Body> {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        stored
+            .answer
+            .response(CacheStatus::Hit, Some(stored.age(now)))
+    }
+
+    /// Serves `copy` in place of a failure if it is young enough.
+    pub fn serve_stale(&self, copy: Option<&Stored>, now: Instant) -> Option<Response<Body>> {
+        let copy = copy.filter(|c| c.age(now) < self.stale_if_error)?;
+        self.stats.stale.fetch_add(1, Ordering::Relaxed);
+        Some(copy.answer.response(CacheStatus::Stale, Some(copy.age(now))))
+    }
+
+    /// Stores `answer` under `key` if it is cacheable: a 200 within `max_body`
+    /// that the upstream's `Cache-Control` and `Vary` allow to be shared. Fresh for
+    /// `ttl`, or less if `max-age` says so.
+    pub fn store(
+        &self,
+        key: CacheKey,
+        answer: &Buffered,
+        ttl: Duration,
+        request_headers: &HeaderMap,
+        now: Instant,
+    ) -> bool {
+        if answer.status != StatusCode::OK
+            || answer.body.len() > self.max_body
+            || self.max_entries == 0
+        {
+            return false;
+        }
+        let Some(fresh_for) = freshness(&answer.headers, ttl) else {
+            return false;
+        };
+        let Some(vary) = vary_values(&answer.headers, request_headers) else {
+            return false;
+        };
+        let stored = Arc::new(Stored {
+            answer: answer.clone(),
+            stored_at: now,
+            fresh_for,
+            vary,
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+            // Make room: first everything too old even to stand in, then the oldest.
+            entries.retain(|_, s| s.age(now) < s.fresh_for.max(self.stale_if_error));
+            while entries.len() >= self.max_entries {
+                let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, s)| s.stored_at)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(key, stored);
+        true
+    }
+
+    /// Drops every copy: after Joulo rejects the token, nothing fetched with it is
+    /// served again.
+    pub fn purge(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How many copies are held.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no copy is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `fetch` once for all concurrent requests with the same `key` and gives
+    /// each its outcome. The fetch runs in its own task, so a device that hangs up
+    /// does not cancel the call the others are waiting on.
+    pub async fn coalesce<F>(&self, key: CacheKey, fetch: F) -> Arc<Outcome>
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let mut receiver = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = flights.get(&key) {
+                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                sender.subscribe()
+            } else {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                let (sender, receiver) = watch::channel(None);
+                flights.insert(key.clone(), sender.clone());
+                let landing = Landing {
+                    flights: self.flights.clone(),
+                    key,
+                };
+                tokio::spawn(async move {
+                    let outcome = Arc::new(fetch.await);
+                    // Leave the table before publishing, so a request arriving now
+                    // sees the stored copy or starts a new call, never a finished one.
+                    drop(landing);
+                    sender.send_replace(Some(outcome));
+                });
+                receiver
+            }
+        };
+        let outcome = receiver.wait_for(Option::is_some).await;
+        match outcome {
+            Ok(outcome) => outcome.clone().expect("waited for Some"),
+            // The fetch task panicked: report it rather than hang.
+            Err(_) => Arc::new(Outcome::Failed(GatewayError::Internal)),
+        }
+    }
+
+    /// Requests currently waiting on the upstream call for `key`.
+    pub fn waiting(&self, key: &CacheKey) -> usize {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map_or(0, watch::Sender::receiver_count)
+    }
+}
+
+/// Removes a flight from the table when its task ends, even by panic.
+struct Landing {
+    flights: Flights,
+    key: CacheKey,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// How long an answer with these headers may be served fresh, given the route's
+/// `ttl`; `None` if it must not be stored at all.
+fn freshness(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
+    let mut fresh_for = ttl;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            return None;
+        };
+        for directive in value.split(',') {
+            let directive = directive.trim();
+            let (name, arg) = directive
+                .split_once('=')
+                .map_or((directive, None), |(n, a)| (n.trim(), Some(a.trim())));
+            if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private") {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("no-cache") {
+                // Kept only as a stand-in for failures; never served fresh.
+                fresh_for = Duration::ZERO;
+            }
+            if name.eq_ignore_ascii_case("max-age")
+                && let Some(seconds) = arg.and_then(|a| a.trim_matches('"').parse::<u64>().ok())
+            {
+                fresh_for = fresh_for.min(Duration::from_secs(seconds));
+            }
+        }
+    }
+    Some(fresh_for)
+}
+
+/// The request values of the headers the answer's `Vary` names, beyond
+/// `Accept-Encoding`; `None` for `Vary: *` (never shareable).
+fn vary_values(
+    response_headers: &HeaderMap,
+    request_headers: &HeaderMap,
+) -> Option<Vec<(HeaderName, Option<HeaderValue>)>> {
+    let mut vary = Vec::new();
+    for value in response_headers.get_all(header::VARY) {
+        for name in value.to_str().ok()?.split(',') {
+            let name = name.trim();
+            if name == "*" {
+                return None;
+            }
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                return None;
+            };
+            if name != header::ACCEPT_ENCODING && !vary.iter().any(|(n, _)| *n == name) {
+                let value = request_headers.get(&name).cloned();
+                vary.push((name, value));
+            }
+        }
+    }
+    Some(vary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap as Map;
+
+    fn cache(max_entries: usize, max_body: usize) -> ResponseCache {
+        ResponseCache::new(&CacheConfig {
+            ttl: Duration::from_secs(15),
+            route_ttl: Map::new(),
+            stale_if_error: Duration::from_secs(600),
+            max_entries,
+            max_body,
+        })
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &'static str) -> Buffered {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        Buffered {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    fn key(query: &str) -> CacheKey {
+        CacheKey::new(RouteId::Chargers, query, &HeaderMap::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_for_the_ttl_then_stale_within_the_window() {
+        let c = cache(8, 1024);
+        let t0 = Instant::now();
+        assert!(c.store(key(""), &answer(200, &[], "{}"), Duration::from_secs(15), &HeaderMap::new(), t0));
+        let copy = c.lookup(&key(""), &HeaderMap::new()).unwrap();
+        assert!(copy.is_fresh(t0 + Duration::from_secs(14)));
+        assert!(!copy.is_fresh(t0 + Duration::from_secs(15)));
+        assert!(c.serve_stale(Some(&copy), t0 + Duration::from_secs(599)).is_some());
+        assert!(c.serve_stale(Some(&copy), t0 + Duration::from_secs(600)).is_none());
+        let hit = c.serve_hit(&copy, t0 + Duration::from_secs(7));
+        assert_eq!(hit.headers()["age"], "7");
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+        assert_eq!(c.stats.hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn only_shareable_200s_within_max_body_are_stored() {
+        let c = cache(8, 4);
+        let now = Instant::now();
+        let ttl = Duration::from_secs(15);
+        let none = HeaderMap::new();
+        assert!(!c.store(key("a"), &answer(500, &[], "{}"), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(401, &[], "{}"), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(302, &[], ""), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(200, &[], "12345"), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(200, &[("cache-control", "no-store")], "{}"), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(200, &[("cache-control", "private, max-age=60")], "{}"), ttl, &none, now));
+        assert!(!c.store(key("a"), &answer(200, &[("vary", "*")], "{}"), ttl, &none, now));
+        assert!(c.is_empty());
+        assert!(c.store(key("a"), &answer(200, &[("cache-control", "max-age=5")], "{}"), ttl, &none, now));
+        let copy = c.lookup(&key("a"), &none).unwrap();
+        assert!(copy.is_fresh(now + Duration::from_secs(4)));
+        assert!(!copy.is_fresh(now + Duration::from_secs(5)), "max-age shortens the ttl");
+        assert!(c.store(key("b"), &answer(200, &[("cache-control", "no-cache")], "{}"), ttl, &none, now));
+        assert!(!c.lookup(&key("b"), &none).unwrap().is_fresh(now));
+    }
+
+    #[test]
+    fn keys_split_on_query_and_accept_encoding_and_vary() {
+        let c = cache(8, 1024);
+        let now = Instant::now();
+        let ttl = Duration::from_secs(15);
+        let gzip: HeaderMap = [(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"))]
+            .into_iter()
+            .collect();
+        let k_gzip = CacheKey::new(RouteId::Chargers, "", &gzip);
+        assert!(c.store(k_gzip.clone(), &answer(200, &[("vary", "Accept-Encoding, Accept-Language")], "{}"), ttl, &gzip, now));
+        assert!(c.lookup(&k_gzip, &gzip).is_some());
+        assert!(c.lookup(&key(""), &HeaderMap::new()).is_none(), "another encoding");
+        assert!(c.lookup(&CacheKey::new(RouteId::Chargers, "x=1", &gzip), &gzip).is_none());
+        let mut dutch = gzip.clone();
+        dutch.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("nl"));
+        assert!(c.lookup(&k_gzip, &dutch).is_none(), "a Vary-listed header differs");
+    }
+
+    #[test]
+    fn bounded_by_max_entries_oldest_first() {
+        let c = cache(2, 1024);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(15);
+        let none = HeaderMap::new();
+        for (i, q) in ["a", "b", "c"].into_iter().enumerate() {
+            let at = t0 + Duration::from_secs(i as u64);
+            assert!(c.store(key(q), &answer(200, &[], "{}"), ttl, &none, at));
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.lookup(&key("a"), &none).is_none());
+        assert!(c.lookup(&key("c"), &none).is_some());
+        c.purge();
+        assert!(c.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fifty_concurrent_requests_share_one_fetch() {
+        let c = Arc::new(cache(8, 1024));
+        let calls = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut waiters = Vec::new();
+        for _ in 0..50 {
+            let c = c.clone();
+            let calls = calls.clone();
+            let gate = gate.clone();
+            waiters.push(tokio::spawn(async move {
+                c.coalesce(key("q"), async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    gate.notified().await;
+                    Outcome::Answer(answer(200, &[], "{\"n\":1}"))
+                })
+                .await
+            }));
+        }
+        while c.waiting(&key("q")) < 50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for w in waiters {
+            let outcome = w.await.unwrap();
+            let Outcome::Answer(a) = &*outcome else { panic!("answer expected") };
+            assert_eq!(a.body, "{\"n\":1}");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.coalesced.load(Ordering::Relaxed), 49);
+        assert_eq!(c.waiting(&key("q")), 0, "the flight has landed");
+    }
+
+    #[tokio::test]
+    async fn followers_of_a_failed_fetch_get_its_failure_and_a_panic_does_not_hang() {
+        let c = Arc::new(cache(8, 1024));
+        let failed = c
+            .coalesce(key("f"), async { Outcome::Failed(GatewayError::UpstreamTimeout) })
+            .await;
+        assert!(matches!(&*failed, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        let panicked = c
+            .coalesce(key("p"), async { panic!("fetch task failure") })
+            .await;
+        assert!(matches!(&*panicked, Outcome::Failed(GatewayError::Internal)));
+        assert_eq!(c.waiting(&key("p")), 0);
+    }
+}

@@ -240,7 +240,11 @@ mod tests {
         let start = Instant::now();
         budget.acquire().await.unwrap();
         budget.acquire().await.unwrap();
-        assert_eq!(start.elapsed(), Duration::from_secs(10), "waited for the next slot");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "waited for the next slot"
+        );
         // The next slot is 10 s away again: within 15 s, so it waits once more.
         budget.acquire().await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(20));
@@ -293,7 +297,10 @@ mod tests {
     fn retry_after_parses_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(parse_retry_after(&v("30"), now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&v("30"), now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_retry_after(&v("0"), now), None);
         assert_eq!(parse_retry_after(&v("99999"), now), Some(RETRY_AFTER_MAX));
         let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
@@ -302,7 +309,10 @@ mod tests {
             Some(Duration::from_secs(90))
         );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&HeaderValue::from_str(&past).unwrap(), now), None);
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_str(&past).unwrap(), now),
+            None
+        );
         assert_eq!(parse_retry_after(&v("later"), now), None);
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(30_001)), 31);

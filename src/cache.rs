@@ -133,8 +133,7 @@ impl Stored {
 pub enum Outcome {
     /// The upstream answered (any status).
     Answer(Buffered),
-    /// The body was larger than `cache.max_body`: each waiter fetches on its own,
-    /// streaming.
+    /// The body was too large to buffer: each waiter fetches on its own, streaming.
     TooLarge,
     /// No answer: the error every waiter reports (or covers with a stale copy).
     Failed(GatewayError),
@@ -185,7 +184,7 @@ impl ResponseCache {
         }
     }
 
-    /// The largest body that is buffered and cached.
+    /// The largest body that is cached.
     pub fn max_body(&self) -> usize {
         self.max_body
     }
@@ -211,7 +210,10 @@ impl ResponseCache {
     pub fn serve_stale(&self, copy: Option<&Stored>, now: Instant) -> Option<Response<Body>> {
         let copy = copy.filter(|c| c.age(now) < self.stale_if_error)?;
         self.stats.stale.fetch_add(1, Ordering::Relaxed);
-        Some(copy.answer.response(CacheStatus::Stale, Some(copy.age(now))))
+        Some(
+            copy.answer
+                .response(CacheStatus::Stale, Some(copy.age(now))),
+        )
     }
 
     /// Stores `answer` under `key` if it is cacheable: a 200 within `max_body`
@@ -437,12 +439,24 @@ mod tests {
     async fn fresh_for_the_ttl_then_stale_within_the_window() {
         let c = cache(8, 1024);
         let t0 = Instant::now();
-        assert!(c.store(key(""), &answer(200, &[], "{}"), Duration::from_secs(15), &HeaderMap::new(), t0));
+        assert!(c.store(
+            key(""),
+            &answer(200, &[], "{}"),
+            Duration::from_secs(15),
+            &HeaderMap::new(),
+            t0
+        ));
         let copy = c.lookup(&key(""), &HeaderMap::new()).unwrap();
         assert!(copy.is_fresh(t0 + Duration::from_secs(14)));
         assert!(!copy.is_fresh(t0 + Duration::from_secs(15)));
-        assert!(c.serve_stale(Some(&copy), t0 + Duration::from_secs(599)).is_some());
-        assert!(c.serve_stale(Some(&copy), t0 + Duration::from_secs(600)).is_none());
+        assert!(
+            c.serve_stale(Some(&copy), t0 + Duration::from_secs(599))
+                .is_some()
+        );
+        assert!(
+            c.serve_stale(Some(&copy), t0 + Duration::from_secs(600))
+                .is_none()
+        );
         let hit = c.serve_hit(&copy, t0 + Duration::from_secs(7));
         assert_eq!(hit.headers()["age"], "7");
         assert_eq!(hit.headers()["x-cache"], "HIT");
@@ -459,15 +473,48 @@ mod tests {
         assert!(!c.store(key("a"), &answer(401, &[], "{}"), ttl, &none, now));
         assert!(!c.store(key("a"), &answer(302, &[], ""), ttl, &none, now));
         assert!(!c.store(key("a"), &answer(200, &[], "12345"), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(200, &[("cache-control", "no-store")], "{}"), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(200, &[("cache-control", "private, max-age=60")], "{}"), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(200, &[("vary", "*")], "{}"), ttl, &none, now));
+        assert!(!c.store(
+            key("a"),
+            &answer(200, &[("cache-control", "no-store")], "{}"),
+            ttl,
+            &none,
+            now
+        ));
+        assert!(!c.store(
+            key("a"),
+            &answer(200, &[("cache-control", "private, max-age=60")], "{}"),
+            ttl,
+            &none,
+            now
+        ));
+        assert!(!c.store(
+            key("a"),
+            &answer(200, &[("vary", "*")], "{}"),
+            ttl,
+            &none,
+            now
+        ));
         assert!(c.is_empty());
-        assert!(c.store(key("a"), &answer(200, &[("cache-control", "max-age=5")], "{}"), ttl, &none, now));
+        assert!(c.store(
+            key("a"),
+            &answer(200, &[("cache-control", "max-age=5")], "{}"),
+            ttl,
+            &none,
+            now
+        ));
         let copy = c.lookup(&key("a"), &none).unwrap();
         assert!(copy.is_fresh(now + Duration::from_secs(4)));
-        assert!(!copy.is_fresh(now + Duration::from_secs(5)), "max-age shortens the ttl");
-        assert!(c.store(key("b"), &answer(200, &[("cache-control", "no-cache")], "{}"), ttl, &none, now));
+        assert!(
+            !copy.is_fresh(now + Duration::from_secs(5)),
+            "max-age shortens the ttl"
+        );
+        assert!(c.store(
+            key("b"),
+            &answer(200, &[("cache-control", "no-cache")], "{}"),
+            ttl,
+            &none,
+            now
+        ));
         assert!(!c.lookup(&key("b"), &none).unwrap().is_fresh(now));
     }
 
@@ -480,13 +527,28 @@ mod tests {
             .into_iter()
             .collect();
         let k_gzip = CacheKey::new(RouteId::Chargers, "", &gzip);
-        assert!(c.store(k_gzip.clone(), &answer(200, &[("vary", "Accept-Encoding, Accept-Language")], "{}"), ttl, &gzip, now));
+        assert!(c.store(
+            k_gzip.clone(),
+            &answer(200, &[("vary", "Accept-Encoding, Accept-Language")], "{}"),
+            ttl,
+            &gzip,
+            now
+        ));
         assert!(c.lookup(&k_gzip, &gzip).is_some());
-        assert!(c.lookup(&key(""), &HeaderMap::new()).is_none(), "another encoding");
-        assert!(c.lookup(&CacheKey::new(RouteId::Chargers, "x=1", &gzip), &gzip).is_none());
+        assert!(
+            c.lookup(&key(""), &HeaderMap::new()).is_none(),
+            "another encoding"
+        );
+        assert!(
+            c.lookup(&CacheKey::new(RouteId::Chargers, "x=1", &gzip), &gzip)
+                .is_none()
+        );
         let mut dutch = gzip.clone();
         dutch.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("nl"));
-        assert!(c.lookup(&k_gzip, &dutch).is_none(), "a Vary-listed header differs");
+        assert!(
+            c.lookup(&k_gzip, &dutch).is_none(),
+            "a Vary-listed header differs"
+        );
     }
 
     #[test]
@@ -531,7 +593,9 @@ mod tests {
         gate.notify_one();
         for w in waiters {
             let outcome = w.await.unwrap();
-            let Outcome::Answer(a) = &*outcome else { panic!("answer expected") };
+            let Outcome::Answer(a) = &*outcome else {
+                panic!("answer expected")
+            };
             assert_eq!(a.body, "{\"n\":1}");
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
@@ -544,13 +608,21 @@ mod tests {
     async fn followers_of_a_failed_fetch_get_its_failure_and_a_panic_does_not_hang() {
         let c = Arc::new(cache(8, 1024));
         let failed = c
-            .coalesce(key("f"), async { Outcome::Failed(GatewayError::UpstreamTimeout) })
+            .coalesce(key("f"), async {
+                Outcome::Failed(GatewayError::UpstreamTimeout)
+            })
             .await;
-        assert!(matches!(&*failed, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        assert!(matches!(
+            &*failed,
+            Outcome::Failed(GatewayError::UpstreamTimeout)
+        ));
         let panicked = c
             .coalesce(key("p"), async { panic!("fetch task failure") })
             .await;
-        assert!(matches!(&*panicked, Outcome::Failed(GatewayError::Internal)));
+        assert!(matches!(
+            &*panicked,
+            Outcome::Failed(GatewayError::Internal)
+        ));
         assert_eq!(c.waiting(&key("p")), 0);
     }
 }

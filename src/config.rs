@@ -408,7 +408,12 @@ fn validate(
         .cache
         .max_body
         .map_or(Ok(defaults::MAX_BODY), |b| usize::try_from(b.as_u64()))
-        .map_err(|_| invalid("cache.max_body", "is larger than this machine can address".to_owned()))?;
+        .map_err(|_| {
+            invalid(
+                "cache.max_body",
+                "is larger than this machine can address".to_owned(),
+            )
+        })?;
     let mut cache = CacheConfig {
         ttl: raw.cache.ttl.unwrap_or(defaults::CACHE_TTL),
         route_ttl: HashMap::new(),
@@ -700,21 +705,30 @@ mod tests {
         // live status in seconds, slow-moving totals in minutes.
         assert_eq!(s.cache.ttl_for(RouteId::Chargers), Duration::from_secs(15));
         assert_eq!(s.cache.ttl_for(RouteId::Energy), Duration::from_secs(600));
-        assert_eq!(s.cache.ttl_for(RouteId::ErePosition), Duration::from_secs(600));
+        assert_eq!(
+            s.cache.ttl_for(RouteId::ErePosition),
+            Duration::from_secs(600)
+        );
         assert_eq!(s.cache.ttl_for(RouteId::AddCharger), Duration::ZERO);
     }
 
     #[test]
     fn cache_ttls_fall_back_to_the_cache_table() {
-        let c = parse("[cache]\nttl = \"20s\"\nmax_body = \"64KiB\"\n[routes.energy]\nttl = \"5m\"").unwrap();
+        let c =
+            parse("[cache]\nttl = \"20s\"\nmax_body = \"64KiB\"\n[routes.energy]\nttl = \"5m\"")
+                .unwrap();
         assert_eq!(c.cache.ttl_for(RouteId::Chargers), Duration::from_secs(20));
         assert_eq!(c.cache.ttl_for(RouteId::Energy), Duration::from_secs(300));
         assert_eq!(c.cache.max_body, 64 * 1024);
         let off = parse("[cache]\nttl = \"0s\"").unwrap();
         assert_eq!(off.cache.ttl_for(RouteId::Sessions), Duration::ZERO);
-        let err = parse("[routes.add_charger]\nttl = \"5s\"").unwrap_err().to_string();
+        let err = parse("[routes.add_charger]\nttl = \"5s\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("routes.add_charger.ttl"), "{err}");
-        let err = parse("[limits]\nupstream_per_minute = 0").unwrap_err().to_string();
+        let err = parse("[limits]\nupstream_per_minute = 0")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("limits.upstream_per_minute"), "{err}");
     }
 }

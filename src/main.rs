@@ -5,10 +5,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
+use joulo_gateway::proxy::AppState;
 use joulo_gateway::token::{TokenError, TokenSource};
 use joulo_gateway::{demo, logging, server};
 
@@ -91,7 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-                server::run(listener, &config, tokens, shutdown).await?;
+                let state = Arc::new(AppState::new(&config, tokens)?);
+                server::run(listener, &config, state, shutdown).await;
                 Ok(())
             })
         }

@@ -57,6 +57,10 @@ impl AppState {
     }
 }
 
+/// The most a shared upstream answer is buffered to; beyond it each waiting
+/// request refetches and streams.
+const BUFFER_LIMIT: usize = 16 * 1024 * 1024;
+
 /// The status Joulo answered with, kept on a response for the access log.
 #[derive(Debug, Clone, Copy)]
 struct UpstreamStatus(StatusCode);
@@ -151,8 +155,8 @@ async fn cached(
     let stale = || state.cache.serve_stale(copy.as_deref(), Instant::now());
     match &*outcome {
         Outcome::Answer(answer) => {
-            let failed = answer.status.is_server_error()
-                || answer.status == StatusCode::TOO_MANY_REQUESTS;
+            let failed =
+                answer.status.is_server_error() || answer.status == StatusCode::TOO_MANY_REQUESTS;
             let mut response = match stale().filter(|_| failed) {
                 Some(stale) => stale,
                 None => answer.response(CacheStatus::Miss, None),
@@ -165,6 +169,7 @@ async fn cached(
         Outcome::Failed(e) => Ok(stale()
             .filter(|_| e.allows_stale())
             .unwrap_or_else(|| e.response())),
+        // Nothing was shared; streaming is the only way to serve it.
         Outcome::TooLarge => forward(state, route, parts, query, None).await,
     }
 }
@@ -191,7 +196,10 @@ async fn fetch_for_cache(
         let response = state.upstream.send(request).await?;
         let (mut head, body) = response.into_parts();
         after_upstream_answer(&state, head.status, &mut head.headers);
-        let max_body = state.cache.max_body();
+        // Larger answers than the cache keeps are still buffered, up to a hard
+        // bound, so one call serves every waiter; only a huge answer (never seen
+        // from Joulo) is refetched per request, streaming.
+        let max_body = state.cache.max_body().max(BUFFER_LIMIT);
         let declared = head
             .headers
             .get(header::CONTENT_LENGTH)
@@ -309,7 +317,9 @@ fn after_upstream_answer(state: &AppState, status: StatusCode, headers: &mut Hea
     sanitize::clean_response_headers(headers);
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
-            let wait = state.budget.on_upstream_429(headers.get(header::RETRY_AFTER));
+            let wait = state
+                .budget
+                .on_upstream_429(headers.get(header::RETRY_AFTER));
             warn!(
                 backoff_s = wait.as_secs(),
                 "Joulo answered 429: no upstream calls until the back-off ends"

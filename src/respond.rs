@@ -139,7 +139,10 @@ impl GatewayError {
             _ => {}
         }
         if let Some(wait) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
         }
         response
     }
@@ -214,7 +217,10 @@ mod tests {
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
         let v = body_json(r).await;
-        assert!(v["error"].as_str().unwrap().ends_with("retry in 3 s"), "{v}");
+        assert!(
+            v["error"].as_str().unwrap().ends_with("retry in 3 s"),
+            "{v}"
+        );
     }
 
     #[tokio::test]

@@ -16,8 +16,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::proxy::{self, AppState};
-use crate::token::TokenSource;
-use crate::upstream::UpstreamError;
 
 /// Pause after a failed `accept` (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -25,21 +23,22 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting and gives in-flight requests up to `server.shutdown_grace`.
 ///
-/// `tokens` should already hold a token (see [`TokenSource::reload`]); it is kept
-/// current for as long as the gateway runs.
+/// `state.tokens` should already hold a token (see
+/// [`crate::token::TokenSource::reload`]); it is kept current for as long as the
+/// gateway runs.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
-    tokens: TokenSource,
+    state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), UpstreamError> {
-    let state = Arc::new(AppState::new(config, tokens.clone())?);
+) {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(
-        tokens.watch(config.upstream.token_poll_interval, async move {
+    let watcher = tokio::spawn(state.tokens.clone().watch(
+        config.upstream.token_poll_interval,
+        async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
-        }),
-    );
+        },
+    ));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -98,5 +97,4 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = watcher.await;
-    Ok(())
 }

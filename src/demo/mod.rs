@@ -129,10 +129,11 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
     tokens.reload()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = Arc::new(crate::proxy::AppState::new(&config, tokens)?);
     let gateway = tokio::spawn({
         let config = config.clone();
         async move {
-            crate::server::run(listener, &config, tokens, async {
+            crate::server::run(listener, &config, state, async {
                 let _ = stop_rx.await;
             })
             .await
@@ -169,7 +170,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
 
     shutdown.await;
     let _ = stop_tx.send(());
-    gateway.await??;
+    gateway.await?;
     sim_task.abort();
     println!(
         "\ndemo stopped: the simulated API saw {} requests, {} `token` query parameters.",

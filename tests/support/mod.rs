@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
 use joulo_gateway::demo::{self, DemoCa};
+use joulo_gateway::proxy::AppState;
 use joulo_gateway::token::TokenSource;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,6 +111,8 @@ pub enum Reply {
     Ok,
     /// This status and body, as JSON.
     Status(u16, &'static str),
+    /// 429, with this `Retry-After` if given.
+    TooMany(Option<&'static str>),
     /// A 302 to this location.
     Redirect(&'static str),
     /// Never answer.
@@ -258,6 +261,15 @@ async fn answer(
             serde_json::json!({"ok": true, "target": target}).to_string(),
         ),
         Reply::Status(status, body) => json(status, body.to_owned()),
+        Reply::TooMany(retry_after) => {
+            let mut response = json(429, r#"{"error":"Too many requests"}"#.to_owned());
+            if let Some(wait) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static(wait));
+            }
+            response
+        }
         Reply::Redirect(location) => Response::builder()
             .status(302)
             .header("location", location)
@@ -281,6 +293,8 @@ pub struct TestGateway {
     pub token: String,
     pub token_file: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The gateway's shared state, to look at its cache and counters.
+    pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -312,19 +326,23 @@ impl TestGateway {
         tokens.reload().unwrap();
         let listener = TcpListener::bind(config.server.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let state = Arc::new(AppState::new(&config, tokens).unwrap());
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            joulo_gateway::server::run(listener, &config, tokens, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                joulo_gateway::server::run(listener, &config, state, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            }
         });
         TestGateway {
             addr,
             token,
             token_file,
             dir,
+            state,
             stop: Some(stop),
             task: Some(task),
         }
@@ -405,6 +423,14 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// Moves the test runtime's clock (and so the gateway's cache ages and rate
+/// limits) forward by `by` at once, then lets it run on in real time.
+pub async fn jump_clock(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether

@@ -28,6 +28,8 @@ pub struct SimStats {
     pub authorized: AtomicU64,
     /// Requests that carried a `token` or `access_token` query parameter.
     pub token_params: AtomicU64,
+    /// Requests by path (after the API prefix).
+    pub by_path: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// The simulated API's state: its one valid token and fixed account data.
@@ -67,6 +69,13 @@ impl JouloSim {
         let Some(path) = request.uri().path().strip_prefix(API_PREFIX) else {
             return reply(StatusCode::NOT_FOUND, json!({"error": "Not found"}));
         };
+        *self
+            .stats
+            .by_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_owned())
+            .or_default() += 1;
         if !self.authorized(request) {
             return reply(
                 StatusCode::UNAUTHORIZED,

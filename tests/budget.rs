@@ -123,7 +123,7 @@ async fn keys_follow_the_sanitised_query() {
 }
 
 #[tokio::test]
-async fn a_stale_copy_stands_in_for_500_timeout_429_and_refused_connections() {
+async fn a_stale_copy_stands_in_for_500_timeout_reset_429_and_refused_connections() {
     let mut upstream = MockUpstream::start();
     let gateway = gateway(&upstream, "timeout = \"300ms\"\n").await;
     let (_, _, good) = gateway.get("/chargers").await;
@@ -131,6 +131,7 @@ async fn a_stale_copy_stands_in_for_500_timeout_429_and_refused_connections() {
     for (reply, what) in [
         (Reply::Status(500, r#"{"error":"boom"}"#), "500"),
         (Reply::Hang, "timeout"),
+        (Reply::Reset, "reset"),
         (Reply::TooMany(Some("1")), "429"),
     ] {
         upstream.set_reply(reply);
@@ -142,7 +143,7 @@ async fn a_stale_copy_stands_in_for_500_timeout_429_and_refused_connections() {
         assert_eq!(body, good, "{what}");
     }
     let calls = upstream.received().len();
-    assert_eq!(calls, 4);
+    assert_eq!(calls, 5);
 
     // The upstream gone entirely: connection refused.
     let port = upstream.addr.port();

@@ -476,3 +476,18 @@ async fn http2_clients_are_served_too() {
     assert_eq!(response.version(), Version::HTTP_2);
     assert_eq!(upstream.last().target, format!("{PREFIX}/chargers"));
 }
+
+#[tokio::test]
+async fn a_reset_before_the_answer_is_a_502_and_the_gateway_keeps_serving() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    upstream.set_reply(Reply::Reset);
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"error": "Upstream unreachable"})
+    );
+    upstream.set_reply(Reply::Ok);
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
+}

@@ -117,6 +117,9 @@ pub enum Reply {
     Redirect(&'static str),
     /// Never answer.
     Hang,
+    /// Drop the request without an answer, as a crashed server would: the
+    /// connection or stream is reset.
+    Reset,
     /// Answer 200 once the test notifies.
     Gate(Arc<Notify>),
 }
@@ -276,6 +279,8 @@ async fn answer(
             .body(Full::new(Bytes::new()))
             .unwrap(),
         Reply::Hang => std::future::pending().await,
+        // Unwinding without the panic hook: the connection task dies quietly.
+        Reply::Reset => std::panic::resume_unwind(Box::new("mock upstream reset")),
         Reply::Gate(notify) => {
             notify.notified().await;
             json(200, r#"{"ok": true, "gated": true}"#.to_owned())

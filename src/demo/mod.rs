@@ -186,6 +186,7 @@ async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
     let fake = format!("joulo_{}", "Leaked".repeat(6).get(..32).unwrap_or_default());
     let checks = [
         ("/chargers", "live charger status"),
+        ("/chargers", "again: answered from the cache"),
         ("/sessions?limit=2", "the two newest sessions"),
         ("/energy", "monthly totals"),
         (
@@ -206,6 +207,12 @@ async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
         match result {
             Ok(response) => {
                 let status = response.status();
+                let cache = response
+                    .headers()
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!(" X-Cache: {v}"))
+                    .unwrap_or_default();
                 let body = response
                     .into_body()
                     .collect()
@@ -217,7 +224,7 @@ async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
                     text.truncate(text.char_indices().nth(93).map_or(text.len(), |(i, _)| i));
                     text.push_str("...");
                 }
-                println!("  GET {shown:<34} {status}  ({what})\n      {text}");
+                println!("  GET {shown:<34} {status}{cache}  ({what})\n      {text}");
             }
             Err(e) => println!("  GET {shown:<34} failed: {e}"),
         }

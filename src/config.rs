@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
+use crate::access::{AccessConfig, DEFAULT_ALLOW, DeviceKey, Scope};
 use crate::routes::RouteId;
 
 /// The file name `joulo-gateway` reads when no `--config` is given.
@@ -65,11 +66,29 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
     routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    key_sha256: String,
+    scopes: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +117,11 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    tls_handshake_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -129,6 +153,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     enabled: Option<bool>,
+    scope: Option<String>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
 }
@@ -145,6 +170,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// How the gateway reports what it does.
     pub log: LogConfig,
+    /// Who may call.
+    pub access: AccessConfig,
     /// How the token's upstream budget is shared out.
     pub limits: LimitsConfig,
     /// What is cached, and for how long.
@@ -205,6 +232,19 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
+    /// Certificate and key for HTTPS on the LAN; plain HTTP when unset.
+    pub tls: Option<TlsFiles>,
+    /// Bound on a LAN client's TLS handshake.
+    pub tls_handshake_timeout: Duration,
+}
+
+/// PEM files for the gateway's own HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The `[upstream]` table.
@@ -264,6 +304,7 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const UPSTREAM_PER_MINUTE: u32 = 30;
     pub const UPSTREAM_BURST: u32 = 10;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -307,6 +348,7 @@ fn validate(
         message,
     };
 
+    let access = validate_access(&raw, path)?;
     let listen_text = raw.server.listen.as_deref().unwrap_or(defaults::LISTEN);
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         invalid(
@@ -422,6 +464,32 @@ fn validate(
         max_body,
     };
 
+    let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: base_dir.join(cert),
+            key: base_dir.join(key),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "server.tls_key",
+                "is needed with server.tls_cert".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "server.tls_cert",
+                "is needed with server.tls_key".to_owned(),
+            ));
+        }
+    };
+    let tls_handshake_timeout = positive(
+        raw.server.tls_handshake_timeout,
+        defaults::TLS_HANDSHAKE_TIMEOUT,
+        "server.tls_handshake_timeout",
+        path,
+    )?;
+
     let mut enabled_write_routes = Vec::new();
     for (name, route) in &raw.routes {
         let Some(id) = RouteId::from_config_name(name) else {
@@ -471,6 +539,8 @@ fn validate(
             listen,
             header_timeout,
             shutdown_grace,
+            tls,
+            tls_handshake_timeout,
         },
         upstream: UpstreamConfig {
             base_url,
@@ -481,10 +551,119 @@ fn validate(
             token_poll_interval,
         },
         log,
+        access,
         limits,
         cache,
         enabled_write_routes,
     })
+}
+
+fn validate_access(raw: &RawConfig, path: &Path) -> Result<AccessConfig, ConfigError> {
+    let parse_err = |key: String, message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        key,
+        line: 0,
+        message,
+    };
+    let allow = match &raw.access.allow {
+        None => DEFAULT_ALLOW
+            .iter()
+            .map(|n| n.parse().expect("defaults parse"))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        parse_err(
+                            "access.allow".to_owned(),
+                            format!("`{n}` is not a network like \"192.168.1.0/24\" or an address"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let allowed_hosts = raw
+        .server
+        .allowed_hosts
+        .iter()
+        .flatten()
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+
+    let mut clients: Vec<DeviceKey> = Vec::new();
+    for (i, client) in raw.clients.iter().enumerate() {
+        let key = |field: &str| format!("clients[{i}].{field}");
+        let name = client.name.trim();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(parse_err(
+                key("name"),
+                "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'".to_owned(),
+            ));
+        }
+        if clients.iter().any(|c| &*c.name == name) {
+            return Err(parse_err(key("name"), format!("`{name}` is used twice")));
+        }
+        let hex = client.key_sha256.trim();
+        let mut key_sha256 = [0u8; 32];
+        let valid_hex = hex.len() == 64
+            && hex.is_ascii()
+            && key_sha256.iter_mut().enumerate().all(|(j, byte)| {
+                u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
+                    .map(|b| *byte = b)
+                    .is_ok()
+            });
+        if !valid_hex {
+            // The value is not repeated: it is a credential's fingerprint.
+            return Err(parse_err(
+                key("key_sha256"),
+                "must be 64 hex digits (the line `joulo-gateway gen-key` prints)".to_owned(),
+            ));
+        }
+        let mut scopes = Vec::new();
+        for scope in &client.scopes {
+            scopes.push(Scope::parse(scope).ok_or_else(|| {
+                parse_err(
+                    key("scopes"),
+                    format!("`{scope}` is not a scope; known: {}", scope_list()),
+                )
+            })?);
+        }
+        clients.push(DeviceKey {
+            name: name.into(),
+            key_sha256,
+            scopes,
+        });
+    }
+
+    let mut route_scopes = HashMap::new();
+    for (name, route) in &raw.routes {
+        if let (Some(id), Some(scope)) = (RouteId::from_config_name(name), &route.scope) {
+            let scope = Scope::parse(scope).ok_or_else(|| {
+                parse_err(
+                    format!("routes.{name}.scope"),
+                    format!("`{scope}` is not a scope; known: {}", scope_list()),
+                )
+            })?;
+            route_scopes.insert(id, scope);
+        }
+    }
+    Ok(AccessConfig {
+        allow,
+        allowed_hosts,
+        clients,
+        route_scopes,
+    })
+}
+
+fn scope_list() -> String {
+    Scope::ALL.map(Scope::as_str).join(", ")
 }
 
 fn positive(
@@ -710,6 +889,46 @@ mod tests {
             Duration::from_secs(600)
         );
         assert_eq!(s.cache.ttl_for(RouteId::AddCharger), Duration::ZERO);
+    }
+
+    #[test]
+    fn access_settings_validate() {
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let c = parse(&format!(
+            "[access]\nallow = [\"192.168.1.0/24\", \"10.0.0.7\"]\n\
+             [server]\nallowed_hosts = [\"Joulo.Example.com\"]\n\
+             [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{hash}\"\nscopes = [\"chargers:read\"]\n\
+             [routes.me]\nscope = \"chargers:read\""
+        ))
+        .unwrap();
+        assert_eq!(c.access.allow.len(), 2);
+        assert_eq!(c.access.allowed_hosts, ["joulo.example.com"]);
+        assert_eq!(&*c.access.clients[0].name, "homeassistant");
+        assert_eq!(c.access.route_scopes[&RouteId::Me], Scope::ChargersRead);
+        assert_eq!(parse("").unwrap().access.allow.len(), DEFAULT_ALLOW.len());
+
+        let bad_hash = "[[clients]]\nname = \"a\"\nkey_sha256 = \"secretish-not-hex\"\nscopes = []";
+        let err = parse(bad_hash).unwrap_err().to_string();
+        assert!(
+            err.contains("clients[0].key_sha256") && !err.contains("secretish"),
+            "{err}"
+        );
+        for (text, key) in [
+            ("[access]\nallow = [\"lan\"]", "access.allow"),
+            (
+                &*format!("[[clients]]\nname = \"a b\"\nkey_sha256 = \"{hash}\"\nscopes = []"),
+                "clients[0].name",
+            ),
+            (
+                &*format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{hash}\"\nscopes = [\"all\"]"),
+                "clients[0].scopes",
+            ),
+            ("[routes.me]\nscope = \"me:read\"", "routes.me.scope"),
+            ("[server]\ntls_cert = \"c.pem\"", "server.tls_key"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text:?} gave {msg}");
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`server`]: accepts connections (HTTP/1.1 and cleartext HTTP/2), bounds
 //!   header reads, drains in-flight requests on shutdown.
 //! - [`proxy`]: one request end to end, and its access-log line.
+//! - [`access`]: who may call: the network allowlist, Host and Origin checks,
+//!   per-device keys and their scopes.
 //! - [`routes`]: which route it is: strict path normalisation and the allowlist
 //!   (404 / 405 with `Allow`).
 //! - [`sanitize`]: what is removed: `?token=` in every spelling, client
@@ -25,6 +27,7 @@
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod budget;
 pub mod cache;
 pub mod config;

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, UpstreamBudget};
 use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, ResponseCache, X_CACHE};
 use crate::config::{CacheConfig, Config};
@@ -34,8 +35,10 @@ pub struct AppState {
     pub tokens: TokenSource,
     /// The token's budget of upstream calls, shared by all devices.
     pub budget: UpstreamBudget,
-    /// Each device's own allowance.
-    pub clients: ClientLimiter,
+    /// Who may call.
+    pub access: AccessPolicy,
+    /// Each device's own allowance, by device name when keys are in use.
+    pub clients: ClientLimiter<Caller>,
     /// Cached answers and in-flight upstream calls.
     pub cache: ResponseCache,
     /// Per-route freshness.
@@ -50,6 +53,7 @@ impl AppState {
             upstream: Upstream::new(&config.upstream)?,
             tokens,
             budget: UpstreamBudget::new(&config.limits),
+            access: AccessPolicy::new(config.access.clone(), config.server.tls.is_some()),
             clients: ClientLimiter::new(&config.limits),
             cache: ResponseCache::new(&config.cache),
             cache_config: config.cache.clone(),
@@ -77,10 +81,16 @@ pub async fn handle(
     let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
 
     let mut route = None;
+    let mut caller = None;
     let result = async {
-        state.clients.acquire(&client.ip().to_canonical()).await?;
+        // Refused addresses get nothing else done for them.
+        state.access.check_network(client.ip())?;
+        let who = state.access.admit(client.ip(), &parts)?;
+        state.clients.acquire(&who).await?;
         let id = resolve(state, &parts)?;
         route = Some(id);
+        state.access.check_scope(&who, id)?;
+        caller = Some(who);
         let ttl = state.cache_config.ttl_for(id);
         if ttl.is_zero() {
             forward(state, id, &parts, &query, Some(body)).await
@@ -102,6 +112,10 @@ pub async fn handle(
     info!(
         target: "joulo_gateway::access",
         client = %client,
+        device = match &caller {
+            Some(Caller::Device(name)) => Some(&**name),
+            _ => None,
+        },
         method = %parts.method,
         path = %LoggedTarget { path: parts.uri.path(), query: &query },
         route = route.map_or("-", RouteId::config_name),

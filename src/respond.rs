@@ -8,6 +8,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::access::AccessError;
 use crate::budget::retry_after_secs;
 use crate::routes::RouteError;
 
@@ -21,6 +22,9 @@ pub enum GatewayError {
     /// The request did not match an enabled route.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The caller may not use the gateway, or not this route.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// The query string cannot be forwarded as a URI.
     #[error("Invalid query string")]
     BadQuery,
@@ -73,6 +77,9 @@ impl GatewayError {
             GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
+            GatewayError::Access(AccessError::Key) => StatusCode::UNAUTHORIZED,
+            GatewayError::Access(AccessError::Host(_)) => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::Access(_) => StatusCode::FORBIDDEN,
             GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamBody(_) => {
                 StatusCode::BAD_GATEWAY
@@ -127,7 +134,14 @@ impl GatewayError {
                 None => other.to_string(),
             },
         };
-        let mut response = json_error(status, &message);
+        let mut response = match self {
+            // Joulo's own words and shape, so clients written for Joulo understand.
+            GatewayError::Access(AccessError::Scope(scope)) => json_response(
+                status,
+                &serde_json::json!({"error": "Insufficient scope", "required_scope": scope.as_str()}),
+            ),
+            _ => json_error(status, &message),
+        };
         let headers = response.headers_mut();
         match self {
             GatewayError::Route(RouteError::MethodNotAllowed { allow }) => {
@@ -150,8 +164,12 @@ impl GatewayError {
 
 /// A `{"error": message}` response with the given status, never cached.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
-        .expect("a string map always serialises");
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// A JSON response with the given status, never cached.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("a JSON value always serialises");
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -221,6 +239,25 @@ mod tests {
             v["error"].as_str().unwrap().ends_with("retry in 3 s"),
             "{v}"
         );
+    }
+
+    #[tokio::test]
+    async fn access_refusals_use_joulos_words() {
+        let r = GatewayError::Access(AccessError::Key).response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"error": "Missing or invalid API token"})
+        );
+        let r =
+            GatewayError::Access(AccessError::Scope(crate::access::Scope::EnergyRead)).response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"error": "Insufficient scope", "required_scope": "energy:read"})
+        );
+        let r = GatewayError::Access(AccessError::Host("evil.com".into())).response();
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
     }
 
     #[tokio::test]

@@ -166,6 +166,16 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
     for name in &UPSTREAM_ONLY {
         headers.remove(name);
     }
+    // The gateway never grants cross-origin access, whatever Joulo allows: a page
+    // on another site must not read a LAN device's data through it.
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +275,8 @@ mod tests {
             ("set-cookie", "sb=1"),
             ("connection", "close"),
             ("alt-svc", "h3=\":443\""),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-headers", "authorization"),
             ("content-type", "application/json"),
             ("content-length", "2"),
         ]);

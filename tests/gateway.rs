@@ -175,9 +175,13 @@ async fn refused_requests_never_reach_the_upstream() {
     );
 
     let connect = gateway
-        .raw(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n")
+        .raw(b"CONNECT gateway.lan:443 HTTP/1.1\r\nHost: gateway.lan:443\r\nConnection: close\r\n\r\n")
         .await;
     assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    let connect = gateway
+        .raw(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(connect.starts_with("HTTP/1.1 421"), "{connect}");
 
     assert!(
         upstream.received().is_empty(),
@@ -189,8 +193,15 @@ async fn refused_requests_never_reach_the_upstream() {
 async fn an_absolute_form_target_cannot_change_the_upstream() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start(&upstream).await;
+    // A foreign authority is refused outright (it is what DNS rebinding looks like).
     let response = gateway
-        .raw(b"GET http://evil.example/chargers?token=x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .raw(b"GET http://evil.example/chargers HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(response.starts_with("HTTP/1.1 421"), "{response}");
+    assert!(upstream.received().is_empty());
+    // The gateway's own name in absolute form still goes only to base_url.
+    let response = gateway
+        .raw(b"GET http://gateway.lan:8080/chargers?token=x HTTP/1.1\r\nHost: gateway.lan:8080\r\nConnection: close\r\n\r\n")
         .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let got = upstream.last();

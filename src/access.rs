@@ -1,0 +1,543 @@
+//! Who may call: the network allowlist, the Host and Origin checks that stop DNS
+//! rebinding and cross-site requests from a browser on the LAN, and per-device
+//! keys with Joulo's scopes, compared in constant time.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::routes::RouteId;
+
+/// The prefix of every key `joulo-gateway gen-key` makes, so a leaked one is
+/// recognisable (and scrubbed from logs).
+pub const KEY_PREFIX: &str = "jgw_";
+
+/// The ranges allowed when `[access] allow` is not set: loopback, private and
+/// link-local, IPv4 and IPv6.
+pub const DEFAULT_ALLOW: [&str; 8] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// A Joulo API scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// GET /chargers.
+    ChargersRead,
+    /// POST /chargers, POST /chargers/reboot.
+    ChargersWrite,
+    /// GET /sessions.
+    SessionsRead,
+    /// GET /energy (and, by default, /ere-position and /me).
+    EnergyRead,
+}
+
+impl Scope {
+    /// Every scope, in the order they are listed to users.
+    pub const ALL: [Scope; 4] = [
+        Scope::ChargersRead,
+        Scope::ChargersWrite,
+        Scope::SessionsRead,
+        Scope::EnergyRead,
+    ];
+
+    /// Joulo's name for the scope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ChargersRead => "chargers:read",
+            Scope::ChargersWrite => "chargers:write",
+            Scope::SessionsRead => "sessions:read",
+            Scope::EnergyRead => "energy:read",
+        }
+    }
+
+    /// The scope called `name`, if Joulo has one.
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The scope Joulo requires for `route` (`/ere-position` and `/me` are not
+    /// documented; they are treated as energy data).
+    pub fn default_for(route: RouteId) -> Scope {
+        match route {
+            RouteId::Chargers => Scope::ChargersRead,
+            RouteId::AddCharger | RouteId::RebootCharger => Scope::ChargersWrite,
+            RouteId::Sessions => Scope::SessionsRead,
+            RouteId::Energy | RouteId::ErePosition | RouteId::Me => Scope::EnergyRead,
+        }
+    }
+}
+
+/// One device allowed to use the gateway.
+#[derive(Clone)]
+pub struct DeviceKey {
+    /// The device's name, in logs and in its rate limit.
+    pub name: Arc<str>,
+    /// SHA-256 of the device's whole key string; the key itself is never stored.
+    pub key_sha256: [u8; 32],
+    /// What the device may do.
+    pub scopes: Vec<Scope>,
+}
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("name", &self.name)
+            .field("key_sha256", &"[REDACTED]")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// The validated `[access]`, `[server] allowed_hosts`, `[[clients]]` and route
+/// scope settings.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Client networks allowed at all.
+    pub allow: Vec<IpNet>,
+    /// Host names accepted beyond IP literals, localhost, single labels and the
+    /// home suffixes; lower case.
+    pub allowed_hosts: Vec<String>,
+    /// Device keys; when empty, no key is asked for.
+    pub clients: Vec<DeviceKey>,
+    /// Route scopes set in `[routes.<name>] scope`.
+    pub route_scopes: HashMap<RouteId, Scope>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            allow: DEFAULT_ALLOW
+                .iter()
+                .map(|n| n.parse().expect("default ranges parse"))
+                .collect(),
+            allowed_hosts: Vec::new(),
+            clients: Vec::new(),
+            route_scopes: HashMap::new(),
+        }
+    }
+}
+
+/// Who is calling, once let in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// No keys are configured: the client's address is all there is.
+    Address(IpAddr),
+    /// A device that presented its key.
+    Device(Arc<str>),
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Address(ip) => write!(f, "{ip}"),
+            Caller::Device(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Why a caller was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// The client address is outside `[access] allow`.
+    #[error("Forbidden: this address may not use the gateway (see [access] allow)")]
+    Network,
+    /// The Host is not one of the gateway's names: possibly DNS rebinding.
+    #[error(
+        "Host `{0}` is not accepted; if it is this gateway's name, add it to [server] allowed_hosts"
+    )]
+    Host(String),
+    /// A browser page from another origin.
+    #[error("Forbidden: cross-origin requests are refused")]
+    Origin,
+    /// No key, or one that matches no device.
+    #[error("Missing or invalid API token")]
+    Key,
+    /// The device's key lacks the route's scope.
+    #[error("Insufficient scope")]
+    Scope(Scope),
+}
+
+/// The access rules, built once at start.
+#[derive(Debug)]
+pub struct AccessPolicy {
+    config: AccessConfig,
+    /// Whether the listener serves HTTPS, for the same-origin check.
+    https: bool,
+}
+
+impl AccessPolicy {
+    /// The policy for a listener that serves HTTPS when `https`.
+    pub fn new(config: AccessConfig, https: bool) -> AccessPolicy {
+        AccessPolicy { config, https }
+    }
+
+    /// Whether the client address may use the gateway at all. IPv4-mapped IPv6
+    /// addresses (from a dual-stack listener) are checked as IPv4.
+    pub fn check_network(&self, client: IpAddr) -> Result<(), AccessError> {
+        let client = client.to_canonical();
+        if self.config.allow.iter().any(|net| net.contains(&client)) {
+            Ok(())
+        } else {
+            Err(AccessError::Network)
+        }
+    }
+
+    /// Host and Origin checks, then the device key. Returns who is calling.
+    pub fn admit(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
+        let host = request_host(parts);
+        if let Some(host) = host
+            && !self.host_allowed(host)
+        {
+            return Err(AccessError::Host(host.to_owned()));
+        }
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let scheme = if self.https { "https://" } else { "http://" };
+            let same = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix(scheme))
+                .zip(host)
+                .is_some_and(|(o, h)| o.eq_ignore_ascii_case(h));
+            if !same {
+                return Err(AccessError::Origin);
+            }
+        }
+        if self.config.clients.is_empty() {
+            return Ok(Caller::Address(client.to_canonical()));
+        }
+        let key = presented_key(&parts.headers).ok_or(AccessError::Key)?;
+        self.device_for(&key)
+            .map(|d| Caller::Device(d.name.clone()))
+            .ok_or(AccessError::Key)
+    }
+
+    /// Whether `caller` may use `route`.
+    pub fn check_scope(&self, caller: &Caller, route: RouteId) -> Result<(), AccessError> {
+        let Caller::Device(name) = caller else {
+            return Ok(());
+        };
+        let needed = self.scope_for(route);
+        let device = self.config.clients.iter().find(|d| d.name == *name);
+        if device.is_some_and(|d| d.scopes.contains(&needed)) {
+            Ok(())
+        } else {
+            Err(AccessError::Scope(needed))
+        }
+    }
+
+    /// The scope `route` needs here.
+    pub fn scope_for(&self, route: RouteId) -> Scope {
+        self.config
+            .route_scopes
+            .get(&route)
+            .copied()
+            .unwrap_or_else(|| Scope::default_for(route))
+    }
+
+    /// The device whose key hashes to the same SHA-256. Every configured hash is
+    /// compared, in constant time, whatever matches.
+    fn device_for(&self, key: &str) -> Option<&DeviceKey> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for device in &self.config.clients {
+            if bool::from(device.key_sha256.ct_eq(&digest)) {
+                found = Some(device);
+            }
+        }
+        found
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        if name.parse::<IpAddr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<IpAddr>().is_ok())
+        {
+            return true;
+        }
+        if name == "localhost" || (!name.is_empty() && !name.contains('.')) {
+            return true;
+        }
+        const HOME_SUFFIXES: [&str; 4] = [".local", ".lan", ".home.arpa", ".internal"];
+        HOME_SUFFIXES.iter().any(|s| name.ends_with(s))
+            || self.config.allowed_hosts.iter().any(|h| h == name)
+    }
+}
+
+/// The authority the client addressed: the absolute-form target's or HTTP/2's
+/// `:authority`, else the `Host` header.
+fn request_host(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split_once("]:")
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// The key a device presented: `Authorization: Bearer <key>`, HTTP Basic with the
+/// key as password (Home Assistant's `authentication: basic`), or `X-Gateway-Key`.
+fn presented_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(key) = headers.get("x-gateway-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim().to_owned());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, value) = auth.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(value.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        return decoded
+            .split_once(':')
+            .map(|(_, password)| password.to_owned());
+    }
+    None
+}
+
+/// A new random device key: the prefix and 32 alphanumerics (about 190 bits).
+pub fn generate_key() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut key = String::with_capacity(KEY_PREFIX.len() + 32);
+    key.push_str(KEY_PREFIX);
+    while key.len() < KEY_PREFIX.len() + 32 {
+        let mut byte = [0u8; 1];
+        getrandom::fill(&mut byte).expect("the OS random source works");
+        // Rejection sampling keeps every character equally likely.
+        if usize::from(byte[0]) < 248 {
+            key.push(char::from(ALPHABET[usize::from(byte[0]) % ALPHABET.len()]));
+        }
+    }
+    key
+}
+
+/// Lower-case hex SHA-256 of a key, as `key_sha256` holds it.
+pub fn key_sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(host: Option<&str>, headers: &[(&str, &str)]) -> Parts {
+        let mut request = Request::get("/chargers");
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn policy(clients: Vec<DeviceKey>) -> AccessPolicy {
+        AccessPolicy::new(
+            AccessConfig {
+                clients,
+                allowed_hosts: vec!["joulo.example.com".into()],
+                ..AccessConfig::default()
+            },
+            false,
+        )
+    }
+
+    fn device(name: &str, key: &str, scopes: &[Scope]) -> DeviceKey {
+        DeviceKey {
+            name: name.into(),
+            key_sha256: Sha256::digest(key.as_bytes()).into(),
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn default_allowlist_is_the_home_network() {
+        let p = policy(vec![]);
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "172.20.0.5",
+            "192.168.178.2",
+            "169.254.1.1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:192.168.1.5",
+        ] {
+            assert!(p.check_network(ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for no in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+            "100.64.0.1",
+        ] {
+            assert_eq!(
+                p.check_network(no.parse().unwrap()),
+                Err(AccessError::Network),
+                "{no}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_must_be_the_gateways_own() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        for ok in [
+            "gateway.lan:8080",
+            "192.168.1.2:8080",
+            "[fe80::1]:8080",
+            "[::1]",
+            "localhost",
+            "gateway",
+            "pi.local",
+            "nas.home.arpa",
+            "gw.internal",
+            "JOULO.example.com:8080",
+            "gateway.lan.",
+        ] {
+            assert!(p.admit(ip, &parts(Some(ok), &[])).is_ok(), "{ok}");
+        }
+        for no in [
+            "evil.example.com",
+            "attacker.com:8080",
+            "gateway.lan.evil.com",
+            "example.com",
+        ] {
+            let err = p.admit(ip, &parts(Some(no), &[])).unwrap_err();
+            assert!(matches!(err, AccessError::Host(_)), "{no}");
+            assert!(err.to_string().contains("[server] allowed_hosts"));
+        }
+    }
+
+    #[test]
+    fn only_same_origin_browsers() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        assert!(
+            p.admit(
+                ip,
+                &parts(
+                    Some("gateway.lan:8080"),
+                    &[("origin", "http://gateway.lan:8080")]
+                )
+            )
+            .is_ok()
+        );
+        for origin in [
+            "http://evil.com",
+            "null",
+            "https://gateway.lan:8080",
+            "http://gateway.lan:8081",
+            "http://gateway.lan",
+        ] {
+            assert_eq!(
+                p.admit(ip, &parts(Some("gateway.lan:8080"), &[("origin", origin)])),
+                Err(AccessError::Origin),
+                "{origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_by_bearer_basic_and_header_and_their_scopes() {
+        let ha = generate_key();
+        let p = policy(vec![
+            device(
+                "homeassistant",
+                &ha,
+                &[Scope::ChargersRead, Scope::EnergyRead],
+            ),
+            device("other", &generate_key(), &[Scope::SessionsRead]),
+        ]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("ha:{ha}"))
+        );
+        for header in [
+            ("authorization", format!("Bearer {ha}")),
+            ("authorization", basic),
+            ("x-gateway-key", ha.clone()),
+        ] {
+            let caller = p
+                .admit(ip, &parts(Some("gw.lan"), &[(header.0, &header.1)]))
+                .unwrap();
+            assert_eq!(caller, Caller::Device("homeassistant".into()));
+            assert!(p.check_scope(&caller, RouteId::Chargers).is_ok());
+            assert!(
+                p.check_scope(&caller, RouteId::Me).is_ok(),
+                "/me is energy:read"
+            );
+            assert_eq!(
+                p.check_scope(&caller, RouteId::Sessions),
+                Err(AccessError::Scope(Scope::SessionsRead))
+            );
+        }
+        assert_eq!(
+            p.admit(ip, &parts(Some("gw.lan"), &[])),
+            Err(AccessError::Key)
+        );
+        let wrong = format!("Bearer {}", generate_key());
+        assert_eq!(
+            p.admit(ip, &parts(Some("gw.lan"), &[("authorization", &wrong)])),
+            Err(AccessError::Key)
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_distinct_and_hash_like_sha256sum() {
+        let a = generate_key();
+        assert!(a.starts_with(KEY_PREFIX) && a.len() == 36);
+        assert_ne!(a, generate_key());
+        assert_eq!(
+            key_sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let d = device("x", &a, &[]);
+        let shown = format!("{d:?}");
+        assert!(shown.contains("[REDACTED]"));
+        assert!(!shown.contains(&format!("{:?}", d.key_sha256)));
+    }
+}

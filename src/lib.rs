@@ -5,8 +5,8 @@
 //!
 //! A request's way through the gateway, module by module:
 //!
-//! - [`server`]: accepts connections (HTTP/1.1 and cleartext HTTP/2), bounds
-//!   header reads, drains in-flight requests on shutdown.
+//! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
+//!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
 //! - [`proxy`]: one request end to end, and its access-log line.
 //! - [`access`]: who may call: the network allowlist, Host and Origin checks,
 //!   per-device keys and their scopes.
@@ -24,6 +24,7 @@
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
+//! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod lan_tls;
 pub mod logging;
 pub mod proxy;
 pub mod respond;
@@ -40,3 +42,4 @@ pub mod sanitize;
 pub mod server;
 pub mod token;
 pub mod upstream;
+pub mod watch;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
-use joulo_gateway::proxy::AppState;
+use joulo_gateway::proxy::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
 use joulo_gateway::{demo, logging, server};
 
@@ -49,7 +49,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("joulo-gateway: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<TokenError>().is_some()
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<TokenError>().is_some()
+                || e.downcast_ref::<StartError>().is_some()
             {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -67,6 +69,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // So a too-open token file's warning is shown.
             logging::init(&config.log, Some(tokens.clone()))?;
             tokens.reload()?;
+            // Builds what a run would: upstream TLS settings, the LAN certificate.
+            AppState::new(&config, tokens)?;
             println!(
                 "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token",
                 cli.config.display(),

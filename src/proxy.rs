@@ -18,6 +18,7 @@ use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, UpstreamBudget};
 use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, ResponseCache, X_CACHE};
 use crate::config::{CacheConfig, Config};
+use crate::lan_tls::{LanTls, LanTlsError};
 use crate::respond::{Body, GatewayError};
 use crate::routes::{RouteId, RouteTable};
 use crate::sanitize::{self, CleanQuery};
@@ -43,11 +44,24 @@ pub struct AppState {
     pub cache: ResponseCache,
     /// Per-route freshness.
     pub cache_config: CacheConfig,
+    /// The LAN certificate, when the gateway serves HTTPS.
+    pub lan_tls: Option<Arc<LanTls>>,
+}
+
+/// Why the gateway could not be set up from a valid-looking config.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The upstream TLS settings.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The LAN certificate or key.
+    #[error(transparent)]
+    LanTls(#[from] LanTlsError),
 }
 
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
-    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, UpstreamError> {
+    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
         Ok(AppState {
             routes: RouteTable::new(&config.enabled_write_routes),
             upstream: Upstream::new(&config.upstream)?,
@@ -57,6 +71,10 @@ impl AppState {
             clients: ClientLimiter::new(&config.limits),
             cache: ResponseCache::new(&config.cache),
             cache_config: config.cache.clone(),
+            lan_tls: match &config.server.tls {
+                Some(files) => Some(Arc::new(LanTls::load(files)?)),
+                None => None,
+            },
         })
     }
 }

@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::HeaderValue;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
+
+use crate::watch::Trigger;
 
 /// Why a token file was not accepted. Never carries the file's contents.
 #[derive(Debug, thiserror::Error)]
@@ -159,82 +161,29 @@ impl TokenSource {
             .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Keeps the token current until `shutdown` resolves: the file's metadata is
-    /// checked every `interval` (an atomic rename or a Kubernetes symlink swap
-    /// changes it), and SIGHUP forces a re-read.
-    ///
-    /// The SIGHUP handler is installed before this returns, so a reload requested
-    /// right after start cannot hit the default action (terminating the process).
+    /// Keeps the token current until `shutdown` resolves: re-read when the file
+    /// changes (checked every `interval`) or on SIGHUP.
     pub fn watch(
         self,
         interval: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
-        let hangup = hangup_signal();
-        self.watch_with(interval, hangup, shutdown)
-    }
-
-    async fn watch_with(
-        self,
-        interval: Duration,
-        mut hangup: Hangup,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        let mut last = fingerprint(&self.inner.path).await;
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            let forced = tokio::select! {
-                _ = &mut shutdown => return,
-                _ = ticker.tick() => false,
-                _ = recv_hangup(&mut hangup) => true,
-            };
-            let now = fingerprint(&self.inner.path).await;
-            if !forced && now == last {
-                continue;
-            }
-            last = now;
+        let path = self.inner.path.clone();
+        crate::watch::watch_files(vec![path], interval, shutdown, move |trigger| {
             let had_token = self.current().is_some();
-            let source = self.clone();
-            let result = tokio::task::spawn_blocking(move || source.reload())
-                .await
-                .expect("token reload does not panic");
-            match result {
+            match self.reload() {
                 Ok(()) => info!(
                     path = %self.inner.path.display(),
-                    trigger = if forced { "SIGHUP" } else { "file change" },
+                    trigger = trigger.as_str(),
                     "token reloaded"
                 ),
-                Err(e) if had_token || forced => {
+                Err(e) if had_token || trigger == Trigger::Hangup => {
                     warn!(error = %e, "token withdrawn: requests get 503 until the file is fixed");
                 }
                 Err(e) => debug!(error = %e, "token file still unusable"),
             }
-        }
+        })
     }
-}
-
-/// What identifies one version of the token file without reading it.
-#[derive(Debug, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    modified: Option<SystemTime>,
-    #[cfg(unix)]
-    inode: (u64, u64, i64, i64),
-}
-
-async fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    Some(Fingerprint {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        #[cfg(unix)]
-        inode: {
-            use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-        },
-    })
 }
 
 fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
@@ -271,37 +220,6 @@ fn warn_if_shared(path: &Path) {
 
 #[cfg(not(unix))]
 fn warn_if_shared(_path: &Path) {}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup())
-        .map_err(|e| warn!(error = %e, "cannot listen for SIGHUP; file changes still reload"))
-        .ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-#[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) {
-    std::future::pending().await
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,122 @@
+//! HTTPS for devices on the LAN: the gateway's own certificate and key, served
+//! with rustls (ALPN h2 and http/1.1), swapped in without dropping connections
+//! when the files change or on SIGHUP.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::config::TlsFiles;
+
+/// Why the certificate or key could not be used. Never quotes the key.
+#[derive(Debug, thiserror::Error)]
+pub enum LanTlsError {
+    /// A file is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM block of the expected kind.
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+    /// rustls refused the pair (for example, a key that does not match).
+    #[error("server.tls_cert and server.tls_key cannot be used together: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The LAN listener's TLS settings, replaceable while connections run.
+#[derive(Debug)]
+pub struct LanTls {
+    /// Where the certificate and key are read from.
+    files: TlsFiles,
+    /// The settings new handshakes use; connections keep the ones they began with.
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl LanTls {
+    /// Reads and checks the certificate and key.
+    pub fn load(files: &TlsFiles) -> Result<LanTls, LanTlsError> {
+        Ok(LanTls {
+            files: files.clone(),
+            current: RwLock::new(build(files)?),
+        })
+    }
+
+    /// An acceptor with the current certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Re-reads the files; on failure the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), LanTlsError> {
+        let fresh = build(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP or when either file changes, until `shutdown` resolves.
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> impl Future<Output = ()> {
+        let paths = vec![self.files.cert.clone(), self.files.key.clone()];
+        crate::watch::watch_files(paths, interval, shutdown, move |trigger| {
+            match self.reload() {
+                Ok(()) => info!(trigger = trigger.as_str(), "LAN TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "LAN TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
+        })
+    }
+}
+
+fn build(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, LanTlsError> {
+    let cert_pem = read(&files.cert)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&files.cert, format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            &files.cert,
+            "holds no CERTIFICATE block".to_owned(),
+        ));
+    }
+    let key_pem = secrecy::zeroize::Zeroizing::new(read(&files.key)?);
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| invalid(&files.key, "holds no usable PRIVATE KEY block".to_owned()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LanTlsError> {
+    std::fs::read(path).map_err(|source| LanTlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, problem: String) -> LanTlsError {
+    LanTlsError::Invalid {
+        path: path.display().to_string(),
+        problem,
+    }
+}

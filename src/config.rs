@@ -596,12 +596,7 @@ fn validate_access(raw: &RawConfig, path: &Path) -> Result<AccessConfig, ConfigE
     for (i, client) in raw.clients.iter().enumerate() {
         let key = |field: &str| format!("clients[{i}].{field}");
         let name = client.name.trim();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
+        if !crate::access::valid_device_name(name) {
             return Err(parse_err(
                 key("name"),
                 "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'".to_owned(),

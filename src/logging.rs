@@ -13,10 +13,10 @@ use crate::config::{LogConfig, LogFormat};
 use crate::sanitize::REDACTED;
 use crate::token::TokenSource;
 
-/// The prefix of every Joulo personal API token.
-const TOKEN_PREFIX: &str = "joulo_";
-/// How many alphanumerics follow the prefix in a Joulo token.
-const TOKEN_BODY_LEN: usize = 32;
+/// Secret shapes scrubbed wherever they appear: a prefix and at least this many
+/// ASCII alphanumerics. Joulo's personal API tokens, and the gateway's own device
+/// keys.
+const SECRET_SHAPES: [(&str, usize); 2] = [("joulo_", 32), (crate::access::KEY_PREFIX, 32)];
 
 /// Installs the process-wide subscriber: `RUST_LOG` if set, else `cfg.level`;
 /// text or JSON lines on stderr, scrubbed of `tokens`' current token.
@@ -103,8 +103,8 @@ impl<W: Write> Drop for EventBuffer<'_, W> {
     }
 }
 
-/// `text` with every occurrence of `secret` and every Joulo-token-shaped word
-/// (`joulo_` and at least 32 ASCII alphanumerics) replaced by [`REDACTED`].
+/// `text` with every occurrence of `secret` and every secret-shaped word (a Joulo
+/// token or a device key) replaced by [`REDACTED`].
 pub fn redact<'t>(text: &'t str, secret: Option<&str>) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
     if let Some(secret) = secret.filter(|s| !s.is_empty())
@@ -112,28 +112,34 @@ pub fn redact<'t>(text: &'t str, secret: Option<&str>) -> Cow<'t, str> {
     {
         out = Cow::Owned(out.replace(secret, REDACTED));
     }
-    if !out.contains(TOKEN_PREFIX) {
-        return out;
+    for (prefix, body_len) in SECRET_SHAPES {
+        if out.contains(prefix) {
+            out = Cow::Owned(redact_shape(&out, prefix, body_len));
+        }
     }
-    let mut result = String::with_capacity(out.len());
-    let mut rest: &str = &out;
-    while let Some(at) = rest.find(TOKEN_PREFIX) {
-        let after = &rest[at + TOKEN_PREFIX.len()..];
+    out
+}
+
+fn redact_shape(text: &str, prefix: &str, body_len: usize) -> String {
+    let mut result = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(prefix) {
+        let after = &rest[at + prefix.len()..];
         let run = after
             .bytes()
             .take_while(|b| b.is_ascii_alphanumeric())
             .count();
         result.push_str(&rest[..at]);
-        if run >= TOKEN_BODY_LEN {
+        if run >= body_len {
             result.push_str(REDACTED);
             rest = &after[run..];
         } else {
-            result.push_str(TOKEN_PREFIX);
+            result.push_str(prefix);
             rest = after;
         }
     }
     result.push_str(rest);
-    Cow::Owned(result)
+    result
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
 use joulo_gateway::proxy::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
-use joulo_gateway::{demo, logging, server};
+use joulo_gateway::{access, demo, logging, server};
 
 /// Exit status for a bad config or token file (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -35,6 +35,16 @@ enum Command {
     Run,
     /// Validate the config and the token file, then exit (0 = valid, 64 = not).
     Check,
+    /// Make a key for one device and print it once, with its `[[clients]]` entry.
+    GenKey {
+        /// The device's name, as the access log will show it.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated Joulo scopes: chargers:read, chargers:write,
+        /// sessions:read, energy:read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
     /// Start a simulated Joulo API and the gateway in front of it, on loopback.
     Demo {
         /// Where the demo gateway listens (a free port is used if this one is taken).
@@ -78,6 +88,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.upstream.base_url,
                 config.upstream.token_file.display()
             );
+            Ok(())
+        }
+        Command::GenKey { name, scopes } => {
+            print!("{}", access::gen_key_text(&name, &scopes)?);
             Ok(())
         }
         Command::Demo { listen } => {

@@ -12,6 +12,10 @@ pub struct DemoCa {
     pub ca_pem: String,
     /// The CA certificate, DER: a trust anchor for a client.
     pub ca_der: CertificateDer<'static>,
+    /// The signed server certificate, PEM (for `server.tls_cert`).
+    pub leaf_cert_pem: String,
+    /// Its private key, PEM (for `server.tls_key`).
+    pub leaf_key_pem: String,
     /// TLS settings for a server presenting the signed certificate, offering h2
     /// and http/1.1 by ALPN.
     pub server_config: Arc<rustls::ServerConfig>,
@@ -59,6 +63,8 @@ impl DemoCa {
             )?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(DemoCa {
+            leaf_cert_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
             ca_pem: ca_cert.pem(),
             ca_der: ca_cert.der().clone(),
             server_config: Arc::new(server_config),

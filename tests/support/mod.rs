@@ -255,6 +255,7 @@ async fn answer(
             .status(status)
             .header("content-type", "application/json")
             .header("set-cookie", "sb-session=upstream-only")
+            .header("access-control-allow-origin", "*")
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
@@ -310,8 +311,9 @@ impl TestGateway {
         TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, "").await
     }
 
-    /// A gateway in front of `base_url`, trusting `ca_pem`, with `extra` TOML
-    /// appended to the config: keys land in `[upstream]` unless `extra` opens a table.
+    /// A gateway in front of `base_url`, trusting `ca_pem`, with `extra` TOML merged
+    /// into the config: its tables into the same tables, arrays of tables (such as
+    /// `[[clients]]`) at the top, and bare keys into `[upstream]`.
     pub async fn start_with(base_url: &str, ca_pem: &str, extra: &str) -> TestGateway {
         capture_logs();
         let dir = tempfile::tempdir().unwrap();
@@ -319,11 +321,12 @@ impl TestGateway {
         let token_file = dir.path().join("joulo_token");
         demo::write_private(&token_file, &format!("{token}\n")).unwrap();
         demo::write_private(&dir.path().join("ca.pem"), ca_pem).unwrap();
-        let text = format!(
+        let base = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
              [upstream]\nbase_url = \"{base_url}\"\ntoken_file = \"joulo_token\"\n\
-             ca_file = \"ca.pem\"\n{extra}"
+             ca_file = \"ca.pem\"\n"
         );
+        let text = merge_toml(&base, extra);
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
@@ -400,6 +403,32 @@ impl TestGateway {
         self.stop.take().unwrap().send(()).unwrap();
         self.task.take().unwrap()
     }
+}
+
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut merged: toml::Table = base.parse().unwrap();
+    let extra: toml::Table = extra.parse().expect("extra TOML parses");
+    for (key, value) in extra {
+        match value {
+            toml::Value::Table(table) => {
+                let target = merged
+                    .entry(key)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let target = target.as_table_mut().expect("a table");
+                target.extend(table);
+            }
+            toml::Value::Array(array) => {
+                merged.insert(key, toml::Value::Array(array));
+            }
+            scalar => {
+                merged["upstream"]
+                    .as_table_mut()
+                    .expect("[upstream]")
+                    .insert(key, scalar);
+            }
+        }
+    }
+    merged.to_string()
 }
 
 /// Sends one HTTP/1.1 request to `addr` and returns status, headers and body text.

@@ -1,0 +1,321 @@
+//! Who may call, end to end: the network allowlist, Host and Origin refusals,
+//! device keys by Bearer, Basic and X-Gateway-Key with Joulo's scope answers, and
+//! HTTPS for LAN clients with a test CA and certificate reload.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use joulo_gateway::access::{generate_key, key_sha256_hex};
+use joulo_gateway::demo::{DemoCa, write_private};
+use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, json};
+use tokio::io::AsyncReadExt;
+
+async fn gateway(upstream: &MockUpstream, extra: &str) -> TestGateway {
+    TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, extra).await
+}
+
+fn clients_toml(devices: &[(&str, &str, &[&str])]) -> String {
+    devices
+        .iter()
+        .map(|(name, key, scopes)| {
+            format!(
+                "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nscopes = [{}]\n",
+                key_sha256_hex(key),
+                scopes
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn addresses_outside_the_allowlist_get_403_before_anything_else() {
+    let upstream = MockUpstream::start();
+    // A configured list that leaves loopback out: the test client is refused.
+    let gateway = gateway(
+        &upstream,
+        "[access]\nallow = [\"192.168.0.0/16\", \"fd00::/8\"]\n",
+    )
+    .await;
+    for target in ["/chargers", "/teleport", "/chargers/../me"] {
+        let (status, headers, body) = gateway.get(target).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{target}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(
+            json(&body)["error"]
+                .as_str()
+                .unwrap()
+                .contains("[access] allow")
+        );
+    }
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused_and_no_cors_is_granted() {
+    let upstream = MockUpstream::start();
+    let gateway = gateway(
+        &upstream,
+        "[server]\nallowed_hosts = [\"joulo.example.com\"]\n",
+    )
+    .await;
+    let (status, _, body) = gateway
+        .send(
+            Method::GET,
+            "/chargers",
+            &[("host", "attacker.example:8080")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    let error = json(&body)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("[server] allowed_hosts") && error.contains("attacker.example"),
+        "{error}"
+    );
+
+    let host = format!("joulo.example.com:{}", gateway.addr.port());
+    let (status, headers, _) = gateway
+        .send(Method::GET, "/chargers", &[("host", &host)], "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "a listed host is accepted");
+    assert!(
+        headers
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")),
+        "the upstream's CORS grant never reaches a device"
+    );
+
+    let own = format!("http://gateway.lan:{}", gateway.addr.port());
+    let lan_host = format!("gateway.lan:{}", gateway.addr.port());
+    for (origin, expected) in [
+        (own.as_str(), StatusCode::OK),
+        ("http://evil.example", StatusCode::FORBIDDEN),
+        ("null", StatusCode::FORBIDDEN),
+    ] {
+        let (status, headers, body) = gateway
+            .send(
+                Method::GET,
+                "/chargers",
+                &[("host", &lan_host), ("origin", origin)],
+                "",
+            )
+            .await;
+        assert_eq!(status, expected, "{origin}: {body}");
+        assert!(headers.get("access-control-allow-origin").is_none());
+    }
+    // The first accepted request went out; the same-origin one was a cache hit.
+    assert_eq!(upstream.received().len(), 1, "no refused request went out");
+}
+
+#[tokio::test]
+async fn device_keys_by_bearer_basic_and_header_never_travel_upstream() {
+    let upstream = MockUpstream::start();
+    let ha_key = generate_key();
+    let meter_key = generate_key();
+    let gateway = gateway(
+        &upstream,
+        &clients_toml(&[
+            ("homeassistant", &ha_key, &["chargers:read", "energy:read"]),
+            ("meter", &meter_key, &["sessions:read"]),
+        ]),
+    )
+    .await;
+
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("homeassistant:{ha_key}"))
+    );
+    let bearer = format!("Bearer {ha_key}");
+    for header in [
+        ("authorization", bearer.as_str()),
+        ("authorization", basic.as_str()),
+        ("x-gateway-key", ha_key.as_str()),
+    ] {
+        let (status, _, body) = gateway
+            .send(Method::GET, "/chargers?limit=1", &[header], "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{}: {body}", header.0);
+        let got = upstream.last();
+        assert_eq!(got.target, format!("{PREFIX}/chargers?limit=1"));
+        assert_eq!(
+            got.headers["authorization"],
+            format!("Bearer {}", gateway.token).as_str()
+        );
+        assert!(got.headers.get("x-gateway-key").is_none());
+        // Fresh copies are served from the cache from now on; drop it so each
+        // spelling reaches the upstream.
+        gateway.state.cache.purge();
+    }
+
+    let wrong = format!("Bearer {}", generate_key());
+    for headers in [
+        vec![],
+        vec![("authorization", wrong.as_str())],
+        vec![("x-gateway-key", "")],
+    ] {
+        let (status, _, body) = gateway.send(Method::GET, "/chargers", &headers, "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            json(&body),
+            serde_json::json!({"error": "Missing or invalid API token"})
+        );
+    }
+
+    let (status, _, body) = gateway
+        .send(
+            Method::GET,
+            "/sessions",
+            &[("authorization", bearer.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        r#"{"error":"Insufficient scope","required_scope":"sessions:read"}"#
+    );
+    let (status, _, _) = gateway
+        .send(
+            Method::GET,
+            "/sessions",
+            &[("x-gateway-key", meter_key.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the meter has sessions:read");
+    assert_eq!(upstream.received().len(), 4);
+
+    let logs = support::logs();
+    assert!(logs.contains("device=\"homeassistant\"") || logs.contains("device=homeassistant"));
+    let (ha_hash, meter_hash) = (key_sha256_hex(&ha_key), key_sha256_hex(&meter_key));
+    assert_no_leak(
+        &[&ha_key, &meter_key, &ha_hash, &meter_hash, &gateway.token],
+        &[],
+    );
+}
+
+#[tokio::test]
+async fn the_per_device_limit_follows_the_device_not_the_address() {
+    let upstream = MockUpstream::start();
+    let (a, b) = (generate_key(), generate_key());
+    let gateway = gateway(
+        &upstream,
+        &format!(
+            "[limits]\nclient_per_minute = 60\nclient_burst = 2\nqueue_timeout = \"0s\"\n{}",
+            clients_toml(&[("a", &a, &["chargers:read"]), ("b", &b, &["chargers:read"])])
+        ),
+    )
+    .await;
+    let get = |key: &str| {
+        let key = key.to_owned();
+        let gateway = &gateway;
+        async move {
+            gateway
+                .send(Method::GET, "/chargers", &[("x-gateway-key", &key)], "")
+                .await
+                .0
+        }
+    };
+    assert_eq!(get(&a).await, StatusCode::OK);
+    assert_eq!(get(&a).await, StatusCode::OK);
+    assert_eq!(get(&a).await, StatusCode::TOO_MANY_REQUESTS);
+    // Same address, another device: its own allowance.
+    assert_eq!(get(&b).await, StatusCode::OK);
+}
+
+/// A client that trusts only `ca_pem`, speaking h2 or http/1.1 by ALPN.
+fn https_client(ca: &DemoCa) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.ca_der.clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+#[tokio::test]
+async fn https_for_lan_clients_with_reload_and_bounded_handshakes() {
+    let upstream = MockUpstream::start();
+    let first = DemoCa::generate(&["localhost"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("gateway.crt");
+    let key = dir.path().join("gateway.key");
+    write_private(&cert, &first.leaf_cert_pem).unwrap();
+    write_private(&key, &first.leaf_key_pem).unwrap();
+    let gateway = gateway(
+        &upstream,
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_handshake_timeout = \"300ms\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let url: http::Uri = format!("https://localhost:{}/chargers", gateway.addr.port())
+        .parse()
+        .unwrap();
+
+    let old_client = https_client(&first);
+    let response = old_client.get(url.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2, "h2 by ALPN");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        json(std::str::from_utf8(&body).unwrap())["target"],
+        format!("{PREFIX}/chargers")
+    );
+
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = gateway
+        .raw(b"GET /chargers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(!plain.contains("200 OK"), "{plain}");
+
+    // A client that opens a connection and says nothing is cut at the handshake bound.
+    let mut silent = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent connection was closed");
+
+    // A new certificate, swapped in by rename: new clients get it within 3 s.
+    let second = DemoCa::generate(&["localhost"]).unwrap();
+    write_private(&dir.path().join("k.new"), &second.leaf_key_pem).unwrap();
+    write_private(&dir.path().join("c.new"), &second.leaf_cert_pem).unwrap();
+    std::fs::rename(dir.path().join("k.new"), &key).unwrap();
+    std::fs::rename(dir.path().join("c.new"), &cert).unwrap();
+    let new_client = https_client(&second);
+    let reloaded = support::eventually(Duration::from_secs(3), || async {
+        new_client
+            .get(url.clone())
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(reloaded, "the new certificate is served");
+    // The connection opened before the reload keeps working.
+    let response = old_client.get(url.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -856,7 +856,10 @@ mod tests {
         assert_eq!(s.server.listen, d.server.listen);
         assert_eq!(s.server.header_timeout, d.server.header_timeout);
         assert_eq!(s.server.shutdown_grace, d.server.shutdown_grace);
-        assert_eq!(s.server.tls_handshake_timeout, d.server.tls_handshake_timeout);
+        assert_eq!(
+            s.server.tls_handshake_timeout,
+            d.server.tls_handshake_timeout
+        );
         assert!(s.server.tls.is_none());
         assert_eq!(s.access.allow, d.access.allow);
         assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);

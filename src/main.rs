@@ -14,7 +14,7 @@ use joulo_gateway::proxy::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
 use joulo_gateway::{access, demo, logging, server};
 
-/// Exit status for a bad config or token file (EX_USAGE from sysexits.h).
+/// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
 /// A LAN gateway for the Joulo EV-charging API: home devices call it without the
@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()
                 || e.downcast_ref::<StartError>().is_some()
+                || e.downcast_ref::<access::GenKeyError>().is_some()
             {
                 ExitCode::from(EXIT_CONFIG)
             } else {

@@ -203,3 +203,38 @@ async fn the_binary_forwards_reloads_on_sighup_and_stops_on_sigterm() {
         assert!(!body.contains(secret.as_str()));
     }
 }
+
+#[test]
+fn gen_key_prints_a_key_once_and_an_entry_holding_its_hash() {
+    let out = Command::new(BIN)
+        .args([
+            "gen-key",
+            "--name",
+            "homeassistant",
+            "--scopes",
+            "chargers:read,energy:read",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("jgw_"))
+        .expect("a key is printed");
+    assert_eq!(key.len(), 36);
+    assert_eq!(text.matches(key).count(), 1, "the key is printed once");
+    let hash = joulo_gateway::access::key_sha256_hex(key);
+    assert!(text.contains(&format!("key_sha256 = \"{hash}\"")), "{text}");
+    assert!(
+        text.contains("scopes = [\"chargers:read\", \"energy:read\"]"),
+        "{text}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["gen-key", "--name", "x", "--scopes", "everything"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("everything"));
+}

@@ -199,6 +199,13 @@ impl AccessPolicy {
 
     /// Host and Origin checks, then the device key. Returns who is calling.
     pub fn admit(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
+        self.check_host_and_origin(parts)?;
+        self.authenticate(client, parts)
+    }
+
+    /// Refuses a Host that is not one of the gateway's names (DNS rebinding) and
+    /// an Origin that is not the gateway's own (a cross-site page).
+    pub fn check_host_and_origin(&self, parts: &Parts) -> Result<(), AccessError> {
         let host = request_host(parts);
         if let Some(host) = host
             && !self.host_allowed(host)
@@ -217,6 +224,12 @@ impl AccessPolicy {
                 return Err(AccessError::Origin);
             }
         }
+        Ok(())
+    }
+
+    /// Who is calling: the device whose key the request carries, or, when no keys
+    /// are configured, the client address.
+    pub fn authenticate(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
         if self.config.clients.is_empty() {
             return Ok(Caller::Address(client.to_canonical()));
         }

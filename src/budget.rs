@@ -14,6 +14,10 @@ use governor::state::keyed::HashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 use http::HeaderValue;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
@@ -54,6 +58,15 @@ pub struct UpstreamBudget {
     queue_timeout: Duration,
     /// Set after an upstream 429.
     backoff: Mutex<Backoff>,
+    /// Requests refused by this budget, by reason.
+    refused: Family<LimitLabels, Counter>,
+}
+
+/// Metric labels for a rate-limit refusal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `upstream_budget`, `upstream_backoff` or `client`.
+    pub limit: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -72,20 +85,48 @@ impl UpstreamBudget {
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
             queue_timeout: cfg.queue_timeout,
             backoff: Mutex::new(Backoff::default()),
+            refused: Family::default(),
         }
+    }
+
+    /// Adds the refusal counters (this budget's and the device limiter's, which
+    /// shares them) to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 by the gateway, by limit",
+            self.refused.clone(),
+        );
+    }
+
+    /// The refusal counters, for the device limiter to share.
+    pub fn refusal_counters(&self) -> Family<LimitLabels, Counter> {
+        self.refused.clone()
     }
 
     /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
     /// Refused outright while backing off after a 429.
     pub async fn acquire(&self) -> Result<(), GatewayError> {
         if let Some(remaining) = self.backoff_remaining() {
+            self.refused
+                .get_or_create(&LimitLabels {
+                    limit: "upstream_backoff",
+                })
+                .inc();
             return Err(GatewayError::UpstreamBackoff {
                 retry_after: remaining,
             });
         }
         wait_for_slot(|| self.limiter.check(), self.queue_timeout)
             .await
-            .map_err(|wait| GatewayError::BudgetExhausted { retry_after: wait })
+            .map_err(|wait| {
+                self.refused
+                    .get_or_create(&LimitLabels {
+                        limit: "upstream_budget",
+                    })
+                    .inc();
+                GatewayError::BudgetExhausted { retry_after: wait }
+            })
     }
 
     /// How long the back-off still runs, if one is in force.
@@ -131,16 +172,19 @@ pub struct ClientLimiter<K: Hash + Eq + Clone = IpAddr> {
     queue_timeout: Duration,
     /// Checks since the last sweep of idle devices.
     checks: AtomicU64,
+    /// Refusals, shared with the upstream budget's metric family.
+    refused: Family<LimitLabels, Counter>,
 }
 
 impl<K: Hash + Eq + Clone> ClientLimiter<K> {
-    /// Per-device limits from the `[limits]` table.
-    pub fn new(cfg: &LimitsConfig) -> ClientLimiter<K> {
+    /// Per-device limits from the `[limits]` table, counting refusals in `refused`.
+    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> ClientLimiter<K> {
         let quota = Quota::per_minute(cfg.client_per_minute).allow_burst(cfg.client_burst);
         ClientLimiter {
             limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
             queue_timeout: cfg.queue_timeout,
             checks: AtomicU64::new(0),
+            refused,
         }
     }
 
@@ -152,7 +196,12 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
         }
         wait_for_slot(|| self.limiter.check_key(client), self.queue_timeout)
             .await
-            .map_err(|wait| GatewayError::ClientRateLimited { retry_after: wait })
+            .map_err(|wait| {
+                self.refused
+                    .get_or_create(&LimitLabels { limit: "client" })
+                    .inc();
+                GatewayError::ClientRateLimited { retry_after: wait }
+            })
     }
 }
 
@@ -281,7 +330,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn clients_are_limited_separately() {
-        let clients: ClientLimiter = ClientLimiter::new(&limits(60, 2, 0));
+        let clients: ClientLimiter = ClientLimiter::new(&limits(60, 2, 0), Family::default());
         let a: IpAddr = "192.168.1.10".parse().unwrap();
         let b: IpAddr = "192.168.1.11".parse().unwrap();
         clients.acquire(&a).await.unwrap();

@@ -3,13 +3,14 @@
 //! requests into one upstream call whose answer they all share.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -139,17 +140,43 @@ pub enum Outcome {
     Failed(GatewayError),
 }
 
-/// Counters for what the cache did.
+/// Counters for what the cache did, exported as metrics.
 #[derive(Debug, Default)]
 pub struct CacheStats {
     /// Answers served fresh from the cache.
-    pub hits: AtomicU64,
+    pub hits: Counter,
     /// Upstream calls made for cacheable requests.
-    pub misses: AtomicU64,
+    pub misses: Counter,
     /// Stale copies served in place of a failure.
-    pub stale: AtomicU64,
+    pub stale: Counter,
     /// Requests that joined another request's upstream call instead of making one.
-    pub coalesced: AtomicU64,
+    pub coalesced: Counter,
+}
+
+impl CacheStats {
+    /// Adds the counters to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cache_hits",
+            "Answers served fresh from the cache",
+            self.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Upstream calls made for cacheable requests",
+            self.misses.clone(),
+        );
+        registry.register(
+            "cache_stale",
+            "Stale copies served because the upstream failed",
+            self.stale.clone(),
+        );
+        registry.register(
+            "cache_coalesced",
+            "Requests that shared another request's upstream call",
+            self.coalesced.clone(),
+        );
+    }
 }
 
 type Flights = Arc<Mutex<HashMap<CacheKey, watch::Sender<Option<Arc<Outcome>>>>>>;
@@ -200,7 +227,7 @@ impl ResponseCache {
 
     /// Serves a fresh copy and counts the hit.
     pub fn serve_hit(&self, stored: &Stored, now: Instant) -> Response<Body> {
-        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.stats.hits.inc();
         stored
             .answer
             .response(CacheStatus::Hit, Some(stored.age(now)))
@@ -209,7 +236,7 @@ impl ResponseCache {
     /// Serves `copy` in place of a failure if it is young enough.
     pub fn serve_stale(&self, copy: Option<&Stored>, now: Instant) -> Option<Response<Body>> {
         let copy = copy.filter(|c| c.age(now) < self.stale_if_error)?;
-        self.stats.stale.fetch_add(1, Ordering::Relaxed);
+        self.stats.stale.inc();
         Some(
             copy.answer
                 .response(CacheStatus::Stale, Some(copy.age(now))),
@@ -293,10 +320,10 @@ impl ResponseCache {
         let mut receiver = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(sender) = flights.get(&key) {
-                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                self.stats.coalesced.inc();
                 sender.subscribe()
             } else {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                self.stats.misses.inc();
                 let (sender, receiver) = watch::channel(None);
                 flights.insert(key.clone(), sender.clone());
                 let landing = Landing {
@@ -405,6 +432,7 @@ fn vary_values(
 mod tests {
     use super::*;
     use std::collections::HashMap as Map;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn cache(max_entries: usize, max_body: usize) -> ResponseCache {
         ResponseCache::new(&CacheConfig {
@@ -460,7 +488,7 @@ mod tests {
         let hit = c.serve_hit(&copy, t0 + Duration::from_secs(7));
         assert_eq!(hit.headers()["age"], "7");
         assert_eq!(hit.headers()["x-cache"], "HIT");
-        assert_eq!(c.stats.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.hits.get(), 1);
     }
 
     #[test]
@@ -599,8 +627,8 @@ mod tests {
             assert_eq!(a.body, "{\"n\":1}");
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert_eq!(c.stats.misses.load(Ordering::Relaxed), 1);
-        assert_eq!(c.stats.coalesced.load(Ordering::Relaxed), 49);
+        assert_eq!(c.stats.misses.get(), 1);
+        assert_eq!(c.stats.coalesced.get(), 49);
         assert_eq!(c.waiting(&key("q")), 0, "the flight has landed");
     }
 

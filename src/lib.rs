@@ -23,6 +23,7 @@
 //! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
+//! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod lan_tls;
 pub mod logging;
+pub mod ops;
 pub mod proxy;
 pub mod respond;
 pub mod routes;

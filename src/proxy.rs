@@ -11,6 +11,10 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -19,6 +23,7 @@ use crate::budget::{ClientLimiter, UpstreamBudget};
 use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, ResponseCache, X_CACHE};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
+use crate::ops::OpsEndpoint;
 use crate::respond::{Body, GatewayError};
 use crate::routes::{RouteId, RouteTable};
 use crate::sanitize::{self, CleanQuery};
@@ -46,6 +51,19 @@ pub struct AppState {
     pub cache_config: CacheConfig,
     /// The LAN certificate, when the gateway serves HTTPS.
     pub lan_tls: Option<Arc<LanTls>>,
+    /// Requests by route and status, for `/metrics`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Every metric, as `/metrics` shows them.
+    pub registry: Registry,
+}
+
+/// Metric labels for a request. Never a query value or a header.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's config name, an ops endpoint, or `none`.
+    pub route: &'static str,
+    /// The status the gateway answered with.
+    pub status: u16,
 }
 
 /// Why the gateway could not be set up from a valid-looking config.
@@ -62,19 +80,38 @@ pub enum StartError {
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
     pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let budget = UpstreamBudget::new(&config.limits);
+        let clients = ClientLimiter::new(&config.limits, budget.refusal_counters());
+        let cache = ResponseCache::new(&config.cache);
+        let requests = Family::<RequestLabels, Counter>::default();
+
+        let mut registry = Registry::with_prefix("joulo_gateway");
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        upstream.register_metrics(&mut registry);
+        budget.register_metrics(&mut registry);
+        cache.stats.register(&mut registry);
+        tokens.register_metrics(&mut registry);
+
         Ok(AppState {
             routes: RouteTable::new(&config.enabled_write_routes),
-            upstream: Upstream::new(&config.upstream)?,
+            upstream,
             tokens,
-            budget: UpstreamBudget::new(&config.limits),
+            budget,
             access: AccessPolicy::new(config.access.clone(), config.server.tls.is_some()),
-            clients: ClientLimiter::new(&config.limits),
-            cache: ResponseCache::new(&config.cache),
+            clients,
+            cache,
             cache_config: config.cache.clone(),
             lan_tls: match &config.server.tls {
                 Some(files) => Some(Arc::new(LanTls::load(files)?)),
                 None => None,
             },
+            requests,
+            registry,
         })
     }
 }
@@ -99,11 +136,19 @@ pub async fn handle(
     let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
 
     let mut route = None;
+    let mut ops = None;
     let mut caller = None;
     let result = async {
         // Refused addresses get nothing else done for them.
         state.access.check_network(client.ip())?;
-        let who = state.access.admit(client.ip(), &parts)?;
+        state.access.check_host_and_origin(&parts)?;
+        // Health and metrics need no device key: a container health check or a
+        // Prometheus scraper has none, and they reveal no secret.
+        if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
+            ops = Some(endpoint);
+            return Ok(endpoint.respond(&parts.method, state));
+        }
+        let who = state.access.authenticate(client.ip(), &parts)?;
         state.clients.acquire(&who).await?;
         let id = resolve(state, &parts)?;
         route = Some(id);
@@ -127,6 +172,18 @@ pub async fn handle(
         e.response()
     });
 
+    let route_label = match (route, ops) {
+        (Some(route), _) => route.config_name(),
+        (None, Some(endpoint)) => endpoint.label(),
+        (None, None) => "none",
+    };
+    state
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route_label,
+            status: response.status().as_u16(),
+        })
+        .inc();
     info!(
         target: "joulo_gateway::access",
         client = %client,
@@ -136,7 +193,7 @@ pub async fn handle(
         },
         method = %parts.method,
         path = %LoggedTarget { path: parts.uri.path(), query: &query },
-        route = route.map_or("-", RouteId::config_name),
+        route = route_label,
         status = response.status().as_u16(),
         upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
         cache = response
@@ -225,7 +282,7 @@ async fn fetch_for_cache(
         headers.insert(header::AUTHORIZATION, token.authorization_header());
         drop(token);
         let request = upstream_request(Method::GET, uri, headers, None);
-        let response = state.upstream.send(request).await?;
+        let response = state.upstream.send(key.route(), request).await?;
         let (mut head, body) = response.into_parts();
         after_upstream_answer(&state, head.status, &mut head.headers);
         // Larger answers than the cache keeps are still buffered, up to a hard
@@ -302,7 +359,7 @@ async fn forward(
     let body = body.filter(|_| route.method() != Method::GET);
     let request = upstream_request(route.method(), uri, headers, body);
 
-    let response = state.upstream.send(request).await?;
+    let response = state.upstream.send(route, request).await?;
     let (mut head, body) = response.into_parts();
     after_upstream_answer(state, head.status, &mut head.headers);
     // The upstream may have spoken HTTP/2; the device's connection decides its own.

@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
@@ -101,6 +103,12 @@ struct TokenSourceInner {
     /// Set once the upstream answered 401 for the current token, so the warning
     /// is logged once per token rather than once per request.
     rejected: std::sync::atomic::AtomicBool,
+    /// Reloads that loaded a usable token.
+    reloads_ok: Counter,
+    /// Reloads that found no usable token (and withdrew the old one).
+    reloads_failed: Counter,
+    /// Upstream 401 answers.
+    unauthorized: Counter,
 }
 
 impl TokenSource {
@@ -111,6 +119,9 @@ impl TokenSource {
                 path,
                 current: RwLock::new(None),
                 rejected: false.into(),
+                reloads_ok: Counter::default(),
+                reloads_failed: Counter::default(),
+                unauthorized: Counter::default(),
             }),
         }
     }
@@ -140,6 +151,7 @@ impl TokenSource {
             .unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(token) => {
+                self.inner.reloads_ok.inc();
                 *current = Some(Arc::new(token));
                 self.inner
                     .rejected
@@ -147,6 +159,7 @@ impl TokenSource {
                 Ok(())
             }
             Err(e) => {
+                self.inner.reloads_failed.inc();
                 *current = None;
                 Err(e)
             }
@@ -155,10 +168,37 @@ impl TokenSource {
 
     /// Records an upstream 401 and reports whether it is the first for this token.
     pub fn mark_rejected(&self) -> bool {
+        self.inner.unauthorized.inc();
         !self
             .inner
             .rejected
             .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether Joulo has answered 401 for the current token.
+    pub fn is_rejected(&self) -> bool {
+        self.inner
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds token reload and upstream 401 counters to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "token_reloads_ok",
+            "Token file reads that loaded a usable token",
+            self.inner.reloads_ok.clone(),
+        );
+        registry.register(
+            "token_reloads_failed",
+            "Token file reads that found no usable token",
+            self.inner.reloads_failed.clone(),
+        );
+        registry.register(
+            "upstream_unauthorized",
+            "Joulo answers of 401 (token rejected)",
+            self.inner.unauthorized.clone(),
+        );
     }
 
     /// Keeps the token current until `shutdown` resolves: re-read when the file

@@ -12,6 +12,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
 use crate::config::UpstreamConfig;
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
@@ -36,6 +42,26 @@ pub struct Upstream {
     base: Arc<str>,
     /// Bound on waiting for the response head.
     timeout: Duration,
+    /// Calls by route and answer status (0: no answer).
+    calls: Family<CallLabels, Counter>,
+    /// Time to the response head, by route.
+    latency: Family<RouteLabels, Histogram>,
+}
+
+/// Metric labels for an upstream call. Never a query value or a header.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// The route's config name.
+    pub route: &'static str,
+    /// The upstream's status, or 0 when none came (timeout, connection or TLS error).
+    pub status: u16,
+}
+
+/// Metric labels naming a route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's config name.
+    pub route: &'static str,
 }
 
 impl Upstream {
@@ -72,6 +98,10 @@ impl Upstream {
             client,
             base: Arc::from(cfg.base_url.to_string().trim_end_matches('/')),
             timeout: cfg.timeout,
+            calls: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
         })
     }
 
@@ -92,11 +122,39 @@ impl Upstream {
 
     /// Sends `request` and waits at most `timeout` for the response head. Redirects
     /// are not followed: a 3xx is handed back as it is.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+    pub async fn send(
+        &self,
+        route: RouteId,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
-        }
+        };
+        let route = route.config_name();
+        let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+        self.calls
+            .get_or_create(&CallLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Adds the upstream call counters and latency histogram to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_calls",
+            "Calls to the Joulo API by route and status (0: no answer)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from sending a call to the Joulo API to its response head",
+            self.latency.clone(),
+        );
     }
 }

@@ -122,6 +122,12 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     tls_handshake_timeout: Option<Duration>,
+    max_header_size: Option<bytesize::ByteSize>,
+    max_request_body: Option<bytesize::ByteSize>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    h2_max_streams: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -236,6 +242,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Bound on a LAN client's TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Larger request heads get 431.
+    pub max_header_size: usize,
+    /// Larger request bodies (on the POST routes) get 413.
+    pub max_request_body: usize,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent requests on one HTTP/2 connection.
+    pub h2_max_streams: u32,
 }
 
 /// PEM files for the gateway's own HTTPS listener.
@@ -305,6 +321,11 @@ pub mod defaults {
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MAX_HEADER_SIZE: usize = 16 * 1024;
+    pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+    pub const MAX_CONNECTIONS: usize = 512;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const H2_MAX_STREAMS: u32 = 64;
     pub const UPSTREAM_PER_MINUTE: u32 = 30;
     pub const UPSTREAM_BURST: u32 = 10;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -490,6 +511,54 @@ fn validate(
         path,
     )?;
 
+    let size = |value: Option<bytesize::ByteSize>, default: usize, key: &'static str| {
+        let bytes = value.map_or(Ok(default), |b| usize::try_from(b.as_u64()));
+        match bytes {
+            Ok(0) => Err(invalid(key, "must be larger than 0".to_owned())),
+            Ok(n) => Ok(n),
+            Err(_) => Err(invalid(
+                key,
+                "is larger than this machine can address".to_owned(),
+            )),
+        }
+    };
+    let max_header_size = size(
+        raw.server.max_header_size,
+        defaults::MAX_HEADER_SIZE,
+        "server.max_header_size",
+    )?;
+    let max_request_body = size(
+        raw.server.max_request_body,
+        defaults::MAX_REQUEST_BODY,
+        "server.max_request_body",
+    )?;
+    let max_connections = raw
+        .server
+        .max_connections
+        .unwrap_or(defaults::MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(invalid(
+            "server.max_connections",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    let idle_timeout = positive(
+        raw.server.idle_timeout,
+        defaults::IDLE_TIMEOUT,
+        "server.idle_timeout",
+        path,
+    )?;
+    let h2_max_streams = raw
+        .server
+        .h2_max_streams
+        .unwrap_or(defaults::H2_MAX_STREAMS);
+    if h2_max_streams == 0 {
+        return Err(invalid(
+            "server.h2_max_streams",
+            "must be at least 1".to_owned(),
+        ));
+    }
+
     let mut enabled_write_routes = Vec::new();
     for (name, route) in &raw.routes {
         let Some(id) = RouteId::from_config_name(name) else {
@@ -541,6 +610,11 @@ fn validate(
             shutdown_grace,
             tls,
             tls_handshake_timeout,
+            max_header_size,
+            max_request_body,
+            max_connections,
+            idle_timeout,
+            h2_max_streams,
         },
         upstream: UpstreamConfig {
             base_url,
@@ -861,6 +935,11 @@ mod tests {
             d.server.tls_handshake_timeout
         );
         assert!(s.server.tls.is_none());
+        assert_eq!(s.server.max_header_size, d.server.max_header_size);
+        assert_eq!(s.server.max_request_body, d.server.max_request_body);
+        assert_eq!(s.server.max_connections, d.server.max_connections);
+        assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
+        assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
         assert_eq!(s.access.allow, d.access.allow);
         assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);
         assert!(s.access.clients.is_empty());

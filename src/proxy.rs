@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -53,6 +54,10 @@ pub struct AppState {
     pub lan_tls: Option<Arc<LanTls>>,
     /// Requests by route and status, for `/metrics`.
     pub requests: Family<RequestLabels, Counter>,
+    /// Larger request heads get 431.
+    pub max_header_size: usize,
+    /// Larger request bodies get 413.
+    pub max_request_body: usize,
     /// Every metric, as `/metrics` shows them.
     pub registry: Registry,
 }
@@ -111,6 +116,8 @@ impl AppState {
                 None => None,
             },
             requests,
+            max_header_size: config.server.max_header_size,
+            max_request_body: config.server.max_request_body,
             registry,
         })
     }
@@ -141,6 +148,11 @@ pub async fn handle(
     let result = async {
         // Refused addresses get nothing else done for them.
         state.access.check_network(client.ip())?;
+        if head_size(&parts) > state.max_header_size {
+            return Err(GatewayError::HeadersTooLarge {
+                limit: state.max_header_size,
+            });
+        }
         state.access.check_host_and_origin(&parts)?;
         // Health and metrics need no device key: a container health check or a
         // Prometheus scraper has none, and they reveal no secret.
@@ -347,7 +359,12 @@ async fn forward(
     body: Option<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let uri = state.upstream.uri_for(route, &query.forwarded)?;
-    // Token first: a request that fails closed must not use up a budget slot.
+    // Read (and bound) the body first: a refused body must not use a budget slot.
+    let body = match body.filter(|_| route.method() != Method::GET) {
+        Some(body) => Some(read_request_body(&parts.headers, body, state.max_request_body).await?),
+        None => None,
+    };
+    // Token before budget: a request that fails closed must not use a slot either.
     let token = state
         .tokens
         .current()
@@ -356,7 +373,6 @@ async fn forward(
     let mut headers = upstream_headers(&parts.headers);
     headers.insert(header::AUTHORIZATION, token.authorization_header());
     drop(token);
-    let body = body.filter(|_| route.method() != Method::GET);
     let request = upstream_request(route.method(), uri, headers, body);
 
     let response = state.upstream.send(route, request).await?;
@@ -382,12 +398,14 @@ fn upstream_request(
     method: Method,
     uri: Uri,
     mut headers: HeaderMap,
-    body: Option<Incoming>,
+    body: Option<Bytes>,
 ) -> Request<Body> {
+    // The body goes out re-framed by its own length, whatever framing the client
+    // used, so the upstream cannot read the request differently from the gateway.
+    headers.remove(header::CONTENT_LENGTH);
     let body = match body {
-        Some(body) => body.boxed(),
+        Some(body) => crate::respond::full(body),
         None => {
-            headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::CONTENT_TYPE);
             Empty::new().map_err(|never| match never {}).boxed()
         }
@@ -397,6 +415,42 @@ fn upstream_request(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     request
+}
+
+/// Reads a request body of at most `limit` bytes; larger is 413, refused from
+/// `Content-Length` alone when the client declares it.
+async fn read_request_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(GatewayError::ClientBody),
+    }
+}
+
+/// The size of a request's head as sent: request line and headers.
+fn head_size(parts: &Parts) -> usize {
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = parts.method.as_str().len() + target + 12;
+    parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// What every upstream answer teaches the gateway: a 429 starts a back-off (and

@@ -25,6 +25,21 @@ pub enum GatewayError {
     /// The caller may not use the gateway, or not this route.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The request line and headers are larger than `server.max_header_size`.
+    #[error("Request headers too large: the limit is {limit} bytes")]
+    HeadersTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request body is larger than `server.max_request_body`.
+    #[error("Request body too large: the limit is {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The client broke off while sending its body.
+    #[error("Request body could not be read")]
+    ClientBody,
     /// The query string cannot be forwarded as a URI.
     #[error("Invalid query string")]
     BadQuery,
@@ -70,9 +85,11 @@ impl GatewayError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Route(RouteError::BadPath(_)) | GatewayError::BadQuery => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::Route(RouteError::BadPath(_))
+            | GatewayError::BadQuery
+            | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {
                 StatusCode::METHOD_NOT_ALLOWED

@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Exit 0 if the gateway at URL answers 200 (for container health checks,
+    /// where no curl exists).
+    Healthcheck {
+        /// The health endpoint to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: http::Uri,
+    },
     /// Start a simulated Joulo API and the gateway in front of it, on loopback.
     Demo {
         /// Where the demo gateway listens (a free port is used if this one is taken).
@@ -95,6 +102,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", access::gen_key_text(&name, &scopes)?);
             Ok(())
         }
+        Command::Healthcheck { url } => {
+            let runtime = runtime()?;
+            runtime.block_on(healthcheck(url))
+        }
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();
@@ -113,11 +124,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
                 let state = Arc::new(AppState::new(&config, tokens)?);
+                // systemd Type=notify: ready once the listener is up (a no-op elsewhere).
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 server::run(listener, &config, state, shutdown).await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 Ok(())
             })
         }
     }
+}
+
+/// Asks `url` once, with a 3 s bound, and fails unless it answers 200.
+async fn healthcheck(url: http::Uri) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(url.clone()))
+        .await
+        .with_context(|| format!("{url} did not answer within 3 s"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    anyhow::ensure!(
+        response.status() == http::StatusCode::OK,
+        "{url} answered {}",
+        response.status()
+    );
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

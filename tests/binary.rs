@@ -238,3 +238,66 @@ fn gen_key_prints_a_key_once_and_an_entry_holding_its_hash() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("everything"));
 }
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_request_then_exits_0() {
+    let upstream = MockUpstream::start();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    upstream.set_reply(support::Reply::Gate(gate.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "");
+    write_private(&dir.path().join("joulo_token"), &canary()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                let _ = addr_tx.send(addr);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway listens");
+
+    let in_flight =
+        tokio::spawn(async move { support::send(addr, Method::GET, "/chargers", &[], "").await });
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            !upstream.received().is_empty()
+        })
+        .await
+    );
+    signal(child.id(), "TERM");
+    let refused = support::eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "no new connections after SIGTERM");
+    assert!(!in_flight.is_finished());
+    gate.notify_one();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let log = reader.join().unwrap();
+    assert!(log.contains("all connections drained"), "{log}");
+}

@@ -1,0 +1,135 @@
+//! The deploy/ files stay true to the gateway: their configs validate, Home
+//! Assistant polls no faster than the cache serves, no token is committed, and the
+//! systemd unit keeps its hardening score.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use joulo_gateway::config::Config;
+use joulo_gateway::routes::RouteId;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn deploy_configs_validate_and_take_the_token_from_the_platform() {
+    let systemd = Config::load(&repo("deploy/systemd/gateway.toml")).unwrap();
+    // Without $CREDENTIALS_DIRECTORY (as here) the Docker path is the fallback;
+    // under systemd the credential directory wins (unit-tested in config.rs).
+    assert!(systemd.upstream.token_file.ends_with("joulo_token"));
+    let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
+    assert_eq!(
+        docker.upstream.token_file,
+        Path::new("/run/secrets/joulo_token")
+    );
+    let shipped = Config::load(&repo("gateway.toml")).unwrap();
+    for config in [&systemd, &docker] {
+        for route in RouteId::ALL {
+            assert_eq!(
+                config.cache.ttl_for(route),
+                shipped.cache.ttl_for(route),
+                "{route:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn home_assistant_polls_no_faster_than_the_cache_serves() {
+    let shipped = Config::load(&repo("gateway.toml")).unwrap();
+    let text = read("deploy/homeassistant/configuration.yaml");
+    let mut resource = None;
+    let mut checked = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(url) = line.strip_prefix("- resource: ") {
+            let path = url.split("8080").nth(1).unwrap().split('?').next().unwrap();
+            resource = RouteId::ALL.into_iter().find(|r| r.path() == path);
+            assert!(resource.is_some(), "unknown route in {url}");
+        }
+        if let Some(rest) = line.strip_prefix("scan_interval: ") {
+            let seconds: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
+            let route = resource
+                .take()
+                .expect("scan_interval belongs to a resource");
+            let ttl = shipped.cache.ttl_for(route);
+            assert!(
+                Duration::from_secs(seconds) >= ttl,
+                "{}: polls every {seconds} s but the cache serves {ttl:?}",
+                route.path()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3, "the three resources were checked");
+    assert!(text.contains("password: !secret joulo_gateway_key"));
+}
+
+#[test]
+fn no_token_is_committed_in_deploy() {
+    let mut stack = vec![repo("deploy")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            files += 1;
+            for prefix in ["joulo_", "jgw_"] {
+                for (at, _) in text.match_indices(prefix) {
+                    let run = text[at + prefix.len()..]
+                        .bytes()
+                        .take_while(|b| b.is_ascii_alphanumeric())
+                        .count();
+                    assert!(run < 32, "{} holds a {prefix} secret shape", path.display());
+                }
+            }
+        }
+    }
+    assert!(files >= 10, "read {files} files");
+}
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let unit = read("deploy/systemd/joulo-gateway.service");
+    for line in [
+        "Type=notify",
+        "DynamicUser=yes",
+        "LoadCredential=joulo_token:/etc/joulo-gateway/joulo_token",
+        "ProtectSystem=strict",
+        "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes",
+        "CapabilityBoundingSet=",
+        "SystemCallFilter=@system-service",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    // The score itself, where systemd-analyze exists (Debian's systemd package).
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(repo("deploy/systemd/joulo-gateway.service"))
+        .output()
+    else {
+        eprintln!("systemd-analyze not installed: score not checked");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for joulo-gateway.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 1.5, "exposure {score}");
+}

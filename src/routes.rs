@@ -295,4 +295,63 @@ mod tests {
             assert_eq!(normalise_path(&once).unwrap(), once);
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces that make normalisation hard.
+        fn tricky_path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/"),
+                Just("."),
+                Just(".."),
+                Just("%2e"),
+                Just("%2E"),
+                Just("%2f"),
+                Just("%5c"),
+                Just("%00"),
+                Just("%61"),
+                Just("%"),
+                Just("\\"),
+                Just("chargers"),
+                Just("reboot"),
+                Just("me"),
+                Just("energy"),
+                Just("ere-position"),
+                Just("sessions"),
+                Just("c"),
+                Just("%63"),
+                Just("~"),
+                Just("-"),
+            ];
+            prop::collection::vec(piece, 0..10).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn normalising_is_idempotent_and_clean(raw in prop_oneof![tricky_path(), "[ -~]{0,24}"]) {
+                if let Ok(path) = normalise_path(&raw) {
+                    prop_assert_eq!(normalise_path(&path), Ok(path.clone()));
+                    prop_assert!(path.starts_with('/'));
+                    for bad in ["//", "/./", "/../", "%", "\\", "\0"] {
+                        prop_assert!(!path.contains(bad), "{:?} in {:?}", bad, path);
+                    }
+                    prop_assert!(!path.ends_with("/.") && !path.ends_with("/..") && !path.ends_with('/'));
+                }
+            }
+
+            #[test]
+            fn only_allowlisted_paths_resolve(raw in prop_oneof![tricky_path(), "[ -~]{0,24}"], post in any::<bool>()) {
+                let table = RouteTable::new(&[RouteId::AddCharger, RouteId::RebootCharger]);
+                let method = if post { Method::POST } else { Method::GET };
+                if let Ok(route) = table.resolve(&method, &raw) {
+                    prop_assert_eq!(Ok(route.path().to_owned()), normalise_path(&raw));
+                    prop_assert_eq!(route.method(), method);
+                }
+            }
+        }
+    }
 }

@@ -40,6 +40,7 @@ pub fn clean_query(raw: &str) -> CleanQuery<'_> {
     let mut forwarded = String::with_capacity(raw.len());
     let mut logged = String::with_capacity(raw.len());
     let mut removed = 0;
+    let mut kept = 0;
     for (i, param) in raw.split('&').enumerate() {
         if i > 0 {
             logged.push('&');
@@ -51,9 +52,12 @@ pub fn clean_query(raw: &str) -> CleanQuery<'_> {
             logged.push('=');
             logged.push_str(REDACTED);
         } else {
-            if !forwarded.is_empty() {
+            // Even empty pieces keep their place: everything not removed is
+            // forwarded exactly as sent.
+            if kept > 0 {
                 forwarded.push('&');
             }
+            kept += 1;
             forwarded.push_str(param);
             logged.push_str(param);
         }
@@ -284,5 +288,140 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-length", "content-type"]);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// An independent reading of a parameter name, as a form parser would.
+        fn decoded_name(param: &str) -> Vec<u8> {
+            let name = param.split('=').next().unwrap_or("").replace('+', " ");
+            let bytes = name.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|_| bytes[i] == b'%')
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        }
+
+        fn is_credential(param: &str) -> bool {
+            let name = decoded_name(param);
+            name.eq_ignore_ascii_case(b"token") || name.eq_ignore_ascii_case(b"access_token")
+        }
+
+        /// `token` or `access_token` in any spelling: each character in either
+        /// case, and any of them percent-encoded in upper or lower hex.
+        fn credential_name() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just("token"), Just("access_token")],
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+            )
+                .prop_map(|(name, case_bits, encode_bits, lower_hex)| {
+                    name.chars()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let c = if case_bits >> i & 1 == 1 {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c
+                            };
+                            if encode_bits >> i & 1 == 1 {
+                                let hex = format!("%{:02X}", c as u8);
+                                if lower_hex {
+                                    hex.to_ascii_lowercase()
+                                } else {
+                                    hex
+                                }
+                            } else {
+                                c.to_string()
+                            }
+                        })
+                        .collect()
+                })
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9%+=._~:-]{0,12}"
+        }
+
+        /// A parameter: a credential one (with or without a value) or another.
+        fn param() -> impl Strategy<Value = (bool, String)> {
+            prop_oneof![
+                (credential_name(), prop::option::of(value())).prop_map(|(n, v)| {
+                    (
+                        true,
+                        match v {
+                            Some(v) => format!("{n}={v}"),
+                            None => n,
+                        },
+                    )
+                }),
+                "[A-Za-z0-9%+._~-]{0,10}(=[A-Za-z0-9%+=._~:-]{0,10})?"
+                    .prop_filter("not a credential", |p| !is_credential(p))
+                    .prop_map(|p| (false, p)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn no_credential_survives_and_the_rest_is_untouched(params in prop::collection::vec(param(), 0..12)) {
+                let raw = params.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join("&");
+                let kept: Vec<&str> = params.iter().filter(|(c, _)| !c).map(|(_, p)| p.as_str()).collect();
+                let removed = params.iter().filter(|(c, _)| *c).count();
+                let q = clean_query(&raw);
+                prop_assert_eq!(q.removed, removed);
+                if kept.is_empty() {
+                    prop_assert_eq!(&*q.forwarded, "");
+                } else {
+                    prop_assert_eq!(&*q.forwarded, kept.join("&"));
+                }
+                for piece in q.forwarded.split('&') {
+                    prop_assert!(!is_credential(piece), "{} survived", piece);
+                }
+                // The log shows every piece, credential values replaced.
+                let logged: Vec<&str> = q.logged.split('&').collect();
+                prop_assert_eq!(logged.len(), params.len().max(1));
+                for ((is_cred, p), shown) in params.iter().zip(&logged) {
+                    if *is_cred {
+                        let name = p.split('=').next().unwrap();
+                        prop_assert_eq!(*shown, format!("{name}={REDACTED}"));
+                    } else {
+                        prop_assert_eq!(shown, p);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_queries_never_forward_a_credential(raw in "[ -~]{0,64}") {
+                let q = clean_query(&raw);
+                let original: Vec<&str> = raw.split('&').collect();
+                let mut rest = original.iter();
+                for piece in q.forwarded.split('&').filter(|_| !q.forwarded.is_empty()) {
+                    prop_assert!(!is_credential(piece));
+                    // Every forwarded piece is an original piece, in order.
+                    prop_assert!(rest.any(|o| *o == piece), "{} reordered or altered", piece);
+                }
+            }
+        }
     }
 }

@@ -26,9 +26,27 @@ use tokio::sync::{Notify, oneshot};
 /// The path prefix the mock serves, as Joulo does.
 pub const PREFIX: &str = "/functions/v1/api";
 
-/// A fresh canary shaped like a real Joulo token, made at run time.
+/// Every canary made in this test binary: none may ever appear in the logs.
+static CANARIES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A fresh canary shaped like a real Joulo token, made at run time and
+/// remembered, so every test's leak check looks for it.
 pub fn canary() -> String {
-    demo::generate_token().expose_secret().to_owned()
+    let canary = demo::generate_token().expose_secret().to_owned();
+    CANARIES.lock().unwrap().push(canary.clone());
+    canary
+}
+
+/// The leak check every gateway test gets when its gateway is dropped: no canary
+/// made so far (tokens, keys, query values) is in the trace-level logs.
+pub fn assert_no_canary_logged() {
+    let logs = logs();
+    for canary in CANARIES.lock().unwrap().iter() {
+        assert!(
+            !logs.contains(canary.as_str()),
+            "a canary appeared in the trace-level logs"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -205,6 +223,15 @@ impl MockUpstream {
         self.received()
             .pop()
             .expect("the upstream received a request")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        // Not while unwinding: a second panic would abort and hide the first.
+        if !std::thread::panicking() {
+            assert_no_canary_logged();
+        }
     }
 }
 

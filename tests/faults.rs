@@ -1,0 +1,291 @@
+//! Fault injection and framing: an upstream that talks garbage, resets mid-body,
+//! fails TLS or answers with an HTML 503, and requests framed to be read two ways.
+//! Each gets its documented answer, the gateway keeps serving, nothing leaks.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, StatusCode};
+use joulo_gateway::demo::DemoCa;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the raw upstream misbehaves after reading a request head.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Bytes that are not HTTP.
+    Garbage,
+    /// A 200 head promising 1000 bytes, a few of them, then the connection cut
+    /// without TLS close_notify, as when the upstream process dies.
+    ResetMidBody,
+    /// A 503 with an HTML body, as a proxy in front of Joulo might send.
+    Html503,
+    /// Plain HTTP where TLS was expected: the handshake fails.
+    NoTls,
+}
+
+/// A hand-rolled HTTP/1.1 upstream over TLS (certificate from `ca`), so faults a
+/// real server would never produce can be produced on purpose.
+async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
+    let certs = CertificateDer::pem_slice_iter(ca.leaf_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(ca.leaf_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let fault = *fault.lock().unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Fault::NoTls = fault {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let reply: &[u8] = match fault {
+                    Fault::Garbage => b"SSH-2.0-OpenSSH_9.2 this is not HTTP at all\r\n\r\n",
+                    Fault::ResetMidBody => {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"chargers\":[{\"id\":"
+                    }
+                    Fault::Html503 => {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html\r\ncontent-length: 45\r\n\r\n<html><body>Upstream maintenance</body></html"
+                    }
+                    Fault::NoTls => unreachable!(),
+                };
+                let _ = tls.write_all(reply).await;
+                let _ = tls.flush().await;
+                match fault {
+                    // An orderly end: the answer is complete.
+                    Fault::Html503 => {
+                        let _ = tls.shutdown().await;
+                    }
+                    // Cut: the TCP stream ends with no TLS close_notify, so the
+                    // peer knows the data was truncated.
+                    _ => {
+                        let (tcp, _) = tls.into_inner();
+                        drop(tcp);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn gateway_for(addr: SocketAddr, ca: &DemoCa, extra: &str) -> TestGateway {
+    TestGateway::start_with(
+        &format!("https://localhost:{}{PREFIX}", addr.port()),
+        &ca.ca_pem,
+        extra,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn garbage_no_tls_and_html_errors_get_their_documented_answers() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let fault = Arc::new(Mutex::new(Fault::Garbage));
+    let addr = raw_upstream(&ca, fault.clone()).await;
+    let gateway = gateway_for(addr, &ca, "[cache]\nttl = \"0s\"\n").await;
+
+    for kind in [Fault::Garbage, Fault::NoTls] {
+        *fault.lock().unwrap() = kind;
+        let (status, headers, body) = gateway.get("/chargers").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{kind:?}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(
+            json(&body),
+            serde_json::json!({"error": "Upstream unreachable"}),
+            "{kind:?}"
+        );
+    }
+
+    *fault.lock().unwrap() = Fault::Html503;
+    let (status, headers, body) = gateway.get("/chargers").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "passed through as Joulo's answer"
+    );
+    assert_eq!(headers["content-type"], "text/html");
+    assert_eq!(body, "<html><body>Upstream maintenance</body></html");
+
+    // And the gateway still serves the gateway's own endpoints afterwards.
+    assert_eq!(gateway.get("/healthz").await.0, StatusCode::OK);
+    assert_no_leak(&[&gateway.token], &[&body]);
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_reaches_the_client_as_a_cut_short_body() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let fault = Arc::new(Mutex::new(Fault::ResetMidBody));
+    let addr = raw_upstream(&ca, fault).await;
+    let gateway = gateway_for(addr, &ca, "[cache]\nttl = \"0s\"\n").await;
+
+    // Streamed: the head went out before the reset, so the client must see a body
+    // shorter than announced, never a complete-looking answer.
+    let response = gateway
+        .raw(b"GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n")
+        .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{head}"
+    );
+    assert!(
+        body.len() < 1000,
+        "the body is cut short ({} bytes)",
+        body.len()
+    );
+    assert_eq!(gateway.get("/healthz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_of_a_cached_route_is_502_or_a_stale_copy() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let fault = Arc::new(Mutex::new(Fault::ResetMidBody));
+    let addr = raw_upstream(&ca, fault).await;
+    let gateway = gateway_for(addr, &ca, "").await;
+    // Buffered for the cache: nothing was sent to the client yet, so a clean 502.
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["error"], "Upstream unreachable");
+}
+
+/// Sends `raw` to the gateway and returns the status line's code.
+async fn raw_status(gateway: &TestGateway, raw: &str) -> u16 {
+    let response = gateway.raw(raw.as_bytes()).await;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_or_reframed_never_passed_on() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_with(
+        &upstream.base_url(),
+        &upstream.ca_pem,
+        "[routes.add_charger]\nenabled = true\n",
+    )
+    .await;
+    let body = r#"{"nickname":"x"}"#;
+    let smuggled = "GET /me HTTP/1.1\r\nHost: g\r\n\r\n";
+    let cases = [
+        // Content-Length and Transfer-Encoding together (the classic CL.TE / TE.CL).
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n{smuggled}",
+            body.len(),
+            body.len()
+        ),
+        // Two different Content-Lengths.
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        // A comma-joined conflicting Content-Length.
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nContent-Length: {}, 3\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        // An obs-folded header line.
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nX-Folded: a\r\n b\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        // An invalid chunk size.
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{body}\r\n0\r\n\r\n"
+        ),
+        // A transfer coding other than a final chunked.
+        format!(
+            "POST /chargers HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked, identity\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        ),
+        // A GET with a body and a smuggled request behind it.
+        format!(
+            "GET /chargers HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggled}",
+            smuggled.len()
+        ),
+    ];
+    // Content-Length with Transfer-Encoding is refused outright.
+    assert_eq!(raw_status(&gateway, &cases[0]).await, 400);
+    for raw in &cases {
+        let before = upstream.received().len();
+        let status = raw_status(&gateway, raw).await;
+        let sent: Vec<_> = upstream.received().into_iter().skip(before).collect();
+        match status {
+            400 | 413 | 501 => assert!(sent.is_empty(), "refused but forwarded: {raw:?}"),
+            200 => {
+                assert_eq!(
+                    sent.len(),
+                    1,
+                    "one request, never a smuggled second: {raw:?}"
+                );
+                let got = &sent[0];
+                assert!(got.headers.get("transfer-encoding").is_none(), "{raw:?}");
+                assert!(got.target == format!("{PREFIX}/chargers"), "{raw:?}");
+                let declared = got
+                    .headers
+                    .get("content-length")
+                    .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+                assert_eq!(
+                    declared.unwrap_or(0),
+                    got.body.len(),
+                    "framed by its length: {raw:?}"
+                );
+                if got.method == Method::GET {
+                    assert!(got.body.is_empty());
+                }
+            }
+            other => panic!("unexpected {other} for {raw:?}"),
+        }
+    }
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| !r.target.ends_with("/me")),
+        "no smuggled request reached the upstream"
+    );
+    // A well-formed request on a fresh connection still works.
+    let ok = raw_status(
+        &gateway,
+        "GET /energy HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ok, 200);
+    let _ = TcpStream::connect(gateway.addr).await.unwrap();
+}

@@ -148,13 +148,6 @@ pub async fn handle(
     let result = async {
         // Refused addresses get nothing else done for them.
         state.access.check_network(client.ip())?;
-        // Both framings at once is how request smuggling starts (RFC 9112
-        // section 6.3): refuse rather than pick one.
-        if parts.headers.contains_key(header::CONTENT_LENGTH)
-            && parts.headers.contains_key(header::TRANSFER_ENCODING)
-        {
-            return Err(GatewayError::AmbiguousFraming);
-        }
         if head_size(&parts) > state.max_header_size {
             return Err(GatewayError::HeadersTooLarge {
                 limit: state.max_header_size,

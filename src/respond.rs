@@ -37,9 +37,6 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
-    /// The request carries both Content-Length and Transfer-Encoding.
-    #[error("Ambiguous request framing: both Content-Length and Transfer-Encoding")]
-    AmbiguousFraming,
     /// The client broke off while sending its body.
     #[error("Request body could not be read")]
     ClientBody,
@@ -90,8 +87,7 @@ impl GatewayError {
         match self {
             GatewayError::Route(RouteError::BadPath(_))
             | GatewayError::BadQuery
-            | GatewayError::ClientBody
-            | GatewayError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,

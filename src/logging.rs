@@ -25,7 +25,7 @@ pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> 
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
             .parse(&directives)
             .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?,
-        _ => EnvFilter::builder().parse(&cfg.level)?,
+        _ => EnvFilter::builder().parse(quiet_hyper(&cfg.level))?,
     };
     let writer = RedactingWriter::new(io::stderr, tokens);
     let builder = tracing_subscriber::fmt()
@@ -36,6 +36,18 @@ pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> 
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// `level` with hyper's own warnings held back, unless the directive names hyper:
+/// hyper warns about every keep-alive connection a device leaves idle past
+/// `header_timeout` and every half-sent request, which are the clients' doing and
+/// would bury the gateway's own warnings.
+fn quiet_hyper(level: &str) -> std::borrow::Cow<'_, str> {
+    if level.contains("hyper") {
+        level.into()
+    } else {
+        format!("{level},hyper=error").into()
+    }
 }
 
 /// A [`MakeWriter`] that hands out buffers; each is scrubbed and written through

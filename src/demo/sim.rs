@@ -34,8 +34,8 @@ pub struct SimStats {
 
 /// The simulated API's state: its one valid token and fixed account data.
 pub struct JouloSim {
-    /// The only token this simulated account accepts.
-    token: SecretString,
+    /// The only token this simulated account accepts; replaced on rotation.
+    token: std::sync::RwLock<SecretString>,
     /// When the simulator started: the live session grows from here.
     started: Instant,
     /// The session history, newest first.
@@ -48,7 +48,7 @@ impl JouloSim {
     /// A simulated account accepting `token`.
     pub fn new(token: SecretString) -> Arc<JouloSim> {
         Arc::new(JouloSim {
-            token,
+            token: std::sync::RwLock::new(token),
             started: Instant::now(),
             sessions: generate_sessions(SystemTime::now()),
             stats: SimStats::default(),
@@ -117,7 +117,19 @@ impl JouloSim {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == self.token.expose_secret())
+            .is_some_and(|t| {
+                t == self
+                    .token
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expose_secret()
+            })
+    }
+
+    /// Rotates the account's token, as the Joulo dashboard does: the old one
+    /// stops working at once.
+    pub fn rotate_token(&self, token: SecretString) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
     }
 
     fn chargers(&self) -> Value {

@@ -128,6 +128,7 @@ struct RawServer {
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     h2_max_streams: Option<u32>,
+    worker_threads: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -252,6 +253,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
     pub h2_max_streams: u32,
+    /// Threads serving requests.
+    pub worker_threads: usize,
 }
 
 /// PEM files for the gateway's own HTTPS listener.
@@ -326,6 +329,7 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 512;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const H2_MAX_STREAMS: u32 = 64;
+    pub const WORKER_THREADS: usize = 1;
     pub const UPSTREAM_PER_MINUTE: u32 = 30;
     pub const UPSTREAM_BURST: u32 = 10;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -548,6 +552,16 @@ fn validate(
         "server.idle_timeout",
         path,
     )?;
+    let worker_threads = raw
+        .server
+        .worker_threads
+        .unwrap_or(defaults::WORKER_THREADS);
+    if !(1..=64).contains(&worker_threads) {
+        return Err(invalid(
+            "server.worker_threads",
+            "must be from 1 to 64".to_owned(),
+        ));
+    }
     let h2_max_streams = raw
         .server
         .h2_max_streams
@@ -615,6 +629,7 @@ fn validate(
             max_connections,
             idle_timeout,
             h2_max_streams,
+            worker_threads,
         },
         upstream: UpstreamConfig {
             base_url,
@@ -940,6 +955,7 @@ mod tests {
         assert_eq!(s.server.max_connections, d.server.max_connections);
         assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
         assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
+        assert_eq!(s.server.worker_threads, d.server.worker_threads);
         assert_eq!(s.access.allow, d.access.allow);
         assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);
         assert!(s.access.clients.is_empty());

@@ -116,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             logging::init(&config.log, Some(tokens.clone()))?;
             tokens.reload()?;
-            let runtime = runtime()?;
+            let runtime = runtime_with(config.server.worker_threads)?;
             let _guard = runtime.enter();
             let shutdown = shutdown_signal();
             runtime.block_on(async {
@@ -153,7 +153,13 @@ async fn healthcheck(url: http::Uri) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(1)
+}
+
+/// The async runtime with `workers` threads (see `server.worker_threads`).
+fn runtime_with(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

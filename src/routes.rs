@@ -2,6 +2,8 @@
 //! server could read two ways is refused) and matched exactly against the
 //! allowlist, so the upstream only ever receives one of the paths listed here.
 
+use std::borrow::Cow;
+
 use http::{HeaderValue, Method};
 
 /// Every Joulo endpoint the gateway knows. Read routes are always on; routes that
@@ -146,9 +148,17 @@ impl RouteTable {
 /// `/ch%61rgers` is `/chargers`. Everything that different servers resolve
 /// differently is refused rather than guessed: encoded dots, slashes and
 /// backslashes, dot segments, empty segments, NUL and other control bytes.
-pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
+pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     if !raw.starts_with('/') {
         return Err(RouteError::BadPath("must start with /"));
+    }
+    // The usual case, nothing encoded: check it in place, no copy.
+    if !raw.contains('%') {
+        if let Some(bad) = raw.bytes().find_map(byte_problem) {
+            return Err(RouteError::BadPath(bad));
+        }
+        check_segments(raw)?;
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -178,25 +188,39 @@ pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
                 }
                 i += 3;
             }
-            b'\\' => return Err(RouteError::BadPath("backslash")),
-            0 => return Err(RouteError::BadPath("NUL byte")),
-            c if c.is_ascii_control() || c >= 0x80 => {
-                return Err(RouteError::BadPath("control or non-ASCII byte"));
-            }
             c => {
+                if let Some(bad) = byte_problem(c) {
+                    return Err(RouteError::BadPath(bad));
+                }
                 out.push(c as char);
                 i += 1;
             }
         }
     }
-    for segment in out[1..].split('/') {
+    check_segments(&out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// Why a raw (unencoded) path byte is refused, if it is.
+fn byte_problem(b: u8) -> Option<&'static str> {
+    match b {
+        b'\\' => Some("backslash"),
+        0 => Some("NUL byte"),
+        c if c.is_ascii_control() || c >= 0x80 => Some("control or non-ASCII byte"),
+        _ => None,
+    }
+}
+
+/// Refuses empty and dot segments in a decoded path.
+fn check_segments(path: &str) -> Result<(), RouteError> {
+    for segment in path[1..].split('/') {
         match segment {
             "" => return Err(RouteError::BadPath("empty path segment")),
             "." | ".." => return Err(RouteError::BadPath("dot segment")),
             _ => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -293,6 +317,7 @@ mod tests {
         for p in ["/chargers", "/ch%61rgers", "/a-b_c~d/e"] {
             let once = normalise_path(p).unwrap();
             assert_eq!(normalise_path(&once).unwrap(), once);
+            assert!(matches!(normalise_path("/chargers"), Ok(Cow::Borrowed(_))));
         }
     }
 
@@ -348,7 +373,7 @@ mod tests {
                 let table = RouteTable::new(&[RouteId::AddCharger, RouteId::RebootCharger]);
                 let method = if post { Method::POST } else { Method::GET };
                 if let Ok(route) = table.resolve(&method, &raw) {
-                    prop_assert_eq!(Ok(route.path().to_owned()), normalise_path(&raw));
+                    prop_assert_eq!(Ok(Cow::Borrowed(route.path())), normalise_path(&raw));
                     prop_assert_eq!(route.method(), method);
                 }
             }

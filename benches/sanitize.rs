@@ -1,0 +1,74 @@
+//! Micro-benchmarks of the request-sanitising path: query stripping, path
+//! normalisation and matching, header filtering, on what Home Assistant sends.
+//!
+//! Run: `cargo bench --bench sanitize`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Method;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use joulo_gateway::routes::{RouteTable, normalise_path};
+use joulo_gateway::sanitize::{clean_query, clean_request_headers};
+
+fn home_assistant_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "gateway.lan:8080"),
+        (
+            "user-agent",
+            "HomeAssistant/2026.2.0 aiohttp/3.13.2 Python/3.13",
+        ),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, deflate, br"),
+        (
+            "authorization",
+            "Basic aG9tZWFzc2lzdGFudDpqZ3dfMDEyMzQ1Njc4OWFiY2RlZg==",
+        ),
+        ("connection", "keep-alive"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    headers
+}
+
+fn sanitising(c: &mut Criterion) {
+    c.bench_function("clean_query: no credential", |b| {
+        b.iter(|| {
+            clean_query(black_box(
+                "limit=20&offset=40&charger_id=6f1c0d3e-8f43-4d8e-9f7b-2a1b3c4d5e6f",
+            ))
+        })
+    });
+    c.bench_function("clean_query: old ?token= config", |b| {
+        b.iter(|| {
+            clean_query(black_box(
+                "limit=20&token=joulo_AbCdEfGhIjKlMnOpQrStUvWxYz012345&offset=40",
+            ))
+        })
+    });
+    c.bench_function("normalise_path: plain", |b| {
+        b.iter(|| normalise_path(black_box("/chargers")))
+    });
+    c.bench_function("normalise_path: encoded", |b| {
+        b.iter(|| normalise_path(black_box("/ch%61rgers")))
+    });
+    let table = RouteTable::new(&[]);
+    c.bench_function("RouteTable::resolve", |b| {
+        b.iter(|| table.resolve(black_box(&Method::GET), black_box("/ere-position")))
+    });
+    let headers = home_assistant_headers();
+    c.bench_function("clean_request_headers: Home Assistant", |b| {
+        b.iter_batched(
+            || headers.clone(),
+            |mut h| {
+                clean_request_headers(&mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, sanitising);
+criterion_main!(benches);

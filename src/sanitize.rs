@@ -72,7 +72,7 @@ pub fn clean_query(raw: &str) -> CleanQuery<'_> {
 /// Whether one `name=value` piece names a credential, decoded the way a form
 /// parser (and Joulo's `URLSearchParams`) would decode it: `+` is a space and
 /// each `%XX` one byte.
-fn is_credential_param(param: &str) -> bool {
+pub fn is_credential_param(param: &str) -> bool {
     let name = param.split_once('=').map_or(param, |(n, _)| n);
     // Quick reject: the longest spelling of "access_token" is every byte encoded.
     if name.is_empty() || name.len() > "access_token".len() * 3 {

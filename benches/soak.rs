@@ -34,7 +34,21 @@ const MAX_GROWTH_KB: u64 = 2048;
 /// Answers by request class and status.
 type Tally = Arc<Mutex<BTreeMap<(&'static str, u16), u64>>>;
 
+/// How long after a rotation Joulo may still be sent the old token: Joulo
+/// invalidates it at once, and the gateway reads the new file within its 1 s
+/// poll. Those 401s are the rotation, not a fault.
+const ROTATION_WINDOW: Duration = Duration::from_secs(3);
+
+/// When the token was last rotated.
+static LAST_ROTATION: Mutex<Option<Instant>> = Mutex::new(None);
+
 fn record(tally: &Tally, class: &'static str, status: u16) {
+    let in_rotation = status == 401
+        && LAST_ROTATION
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at.elapsed() < ROTATION_WINDOW);
+    let class = if in_rotation { "rotation" } else { class };
     *tally.lock().unwrap().entry((class, status)).or_default() += 1;
 }
 
@@ -46,6 +60,7 @@ fn expected(class: &'static str, status: u16) -> bool {
         "poll" | "burst" | "paged" => matches!(status, 200 | 429 | 500),
         "junk" => matches!(status, 400 | 404 | 405 | 421 | 431 | 0),
         "ops" => status == 200,
+        "rotation" => status == 401,
         _ => false,
     }
 }
@@ -250,6 +265,7 @@ async fn soak(duration: Duration) -> bool {
             demo::write_private(&staged, token.expose_secret()).unwrap();
             std::fs::rename(&staged, &token_file).unwrap();
             sim.rotate_token(token.clone());
+            *LAST_ROTATION.lock().unwrap() = Some(Instant::now());
             tokens_used.push(token);
             next_rotation += Duration::from_secs(180);
         }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -293,8 +293,10 @@ async fn fetch_for_cache(
         let mut headers = request_headers.clone();
         headers.insert(header::AUTHORIZATION, token.authorization_header());
         drop(token);
-        let request = upstream_request(Method::GET, uri, headers, None);
-        let response = state.upstream.send(key.route(), request).await?;
+        let response = state
+            .upstream
+            .send(key.route(), Method::GET, uri, headers, None)
+            .await?;
         let (mut head, body) = response.into_parts();
         after_upstream_answer(&state, head.status, &mut head.headers);
         // Larger answers than the cache keeps are still buffered, up to a hard
@@ -373,9 +375,10 @@ async fn forward(
     let mut headers = upstream_headers(&parts.headers);
     headers.insert(header::AUTHORIZATION, token.authorization_header());
     drop(token);
-    let request = upstream_request(route.method(), uri, headers, body);
-
-    let response = state.upstream.send(route, request).await?;
+    let response = state
+        .upstream
+        .send(route, route.method(), uri, headers, body)
+        .await?;
     let (mut head, body) = response.into_parts();
     after_upstream_answer(state, head.status, &mut head.headers);
     // The upstream may have spoken HTTP/2; the device's connection decides its own.
@@ -389,32 +392,6 @@ fn upstream_headers(client_headers: &HeaderMap) -> HeaderMap {
     let mut headers = client_headers.clone();
     sanitize::clean_request_headers(&mut headers);
     headers
-}
-
-/// A request to the upstream. A GET carries no body: it means nothing to Joulo,
-/// and dropping it with its framing means the upstream cannot be handed a request
-/// it might frame differently.
-fn upstream_request(
-    method: Method,
-    uri: Uri,
-    mut headers: HeaderMap,
-    body: Option<Bytes>,
-) -> Request<Body> {
-    // The body goes out re-framed by its own length, whatever framing the client
-    // used, so the upstream cannot read the request differently from the gateway.
-    headers.remove(header::CONTENT_LENGTH);
-    let body = match body {
-        Some(body) => crate::respond::full(body),
-        None => {
-            headers.remove(header::CONTENT_TYPE);
-            Empty::new().map_err(|never| match never {}).boxed()
-        }
-    };
-    let mut request = Request::new(body);
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    request
 }
 
 /// Reads a request body of at most `limit` bytes; larger is 413, refused from

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::debug;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -120,15 +124,41 @@ impl Upstream {
         uri.parse().map_err(|_| GatewayError::BadQuery)
     }
 
-    /// Sends `request` and waits at most `timeout` for the response head. Redirects
-    /// are not followed: a 3xx is handed back as it is.
+    /// Sends a request and waits at most `timeout` for the response head.
+    /// Redirects are not followed: a 3xx is handed back as it is.
+    ///
+    /// A GET that fails before any answer (a connection the upstream closed or
+    /// shut down with an HTTP/2 GOAWAY while it was being used) is sent once more
+    /// on another connection, within the same `timeout`: a GET is idempotent, and
+    /// a refused stream was never processed. A request with a body is not.
     pub async fn send(
         &self,
         route: RouteId,
-        request: Request<Body>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Option<Bytes>,
     ) -> Result<Response<Incoming>, GatewayError> {
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let exchange = async {
+            if body.is_some() {
+                return self
+                    .client
+                    .request(request(method, uri, headers, body))
+                    .await;
+            }
+            let first = request(method.clone(), uri.clone(), headers.clone(), None);
+            match self.client.request(first).await {
+                Err(e) => {
+                    debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
+                    self.client
+                        .request(request(method, uri, headers, None))
+                        .await
+                }
+                answered => answered,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
@@ -157,4 +187,24 @@ impl Upstream {
             self.latency.clone(),
         );
     }
+}
+
+/// A request to the upstream. A GET carries no body: it means nothing to Joulo,
+/// and dropping it with its framing means the upstream cannot be handed a request
+/// it might frame differently. Any body goes out re-framed by its own length,
+/// whatever framing the client used.
+fn request(method: Method, uri: Uri, mut headers: HeaderMap, body: Option<Bytes>) -> Request<Body> {
+    headers.remove(header::CONTENT_LENGTH);
+    let body = match body {
+        Some(body) => crate::respond::full(body),
+        None => {
+            headers.remove(header::CONTENT_TYPE);
+            Empty::new().map_err(|never| match never {}).boxed()
+        }
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
 }

@@ -142,8 +142,9 @@ async fn a_stale_copy_stands_in_for_500_timeout_reset_429_and_refused_connection
         assert!(headers["age"].to_str().unwrap().parse::<u64>().unwrap() >= 16);
         assert_eq!(body, good, "{what}");
     }
+    // The reset GET was tried twice (one retry on another connection).
     let calls = upstream.received().len();
-    assert_eq!(calls, 5);
+    assert_eq!(calls, 6);
 
     // The upstream gone entirely: connection refused.
     let port = upstream.addr.port();

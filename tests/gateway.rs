@@ -502,3 +502,35 @@ async fn a_reset_before_the_answer_is_a_502_and_the_gateway_keeps_serving() {
     upstream.set_reply(Reply::Ok);
     assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_get_cut_before_its_answer_is_retried_once_but_a_post_is_not() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_with(
+        &upstream.base_url(),
+        &upstream.ca_pem,
+        "[cache]\nttl = \"0s\"\n[routes.add_charger]\nenabled = true\n",
+    )
+    .await;
+    upstream.set_reply(Reply::ResetOnce(Arc::default()));
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["after_reset"], true);
+    assert_eq!(upstream.received().len(), 2);
+
+    upstream.set_reply(Reply::ResetOnce(Arc::default()));
+    let (status, _, _) = gateway
+        .send(
+            Method::POST,
+            "/chargers",
+            &[],
+            r#"{"nickname":"x","connection_type":"ocpp"}"#,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "a POST is never sent twice"
+    );
+    assert_eq!(upstream.received().len(), 3);
+}

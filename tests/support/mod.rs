@@ -138,6 +138,8 @@ pub enum Reply {
     /// Drop the request without an answer, as a crashed server would: the
     /// connection or stream is reset.
     Reset,
+    /// Reset the first request (the flag not yet set), answer 200 after.
+    ResetOnce(Arc<std::sync::atomic::AtomicBool>),
     /// Answer 200 once the test notifies.
     Gate(Arc<Notify>),
 }
@@ -309,6 +311,12 @@ async fn answer(
         Reply::Hang => std::future::pending().await,
         // Unwinding without the panic hook: the connection task dies quietly.
         Reply::Reset => std::panic::resume_unwind(Box::new("mock upstream reset")),
+        Reply::ResetOnce(done) => {
+            if !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::panic::resume_unwind(Box::new("mock upstream reset"));
+            }
+            json(200, r#"{"ok": true, "after_reset": true}"#.to_owned())
+        }
         Reply::Gate(notify) => {
             notify.notified().await;
             json(200, r#"{"ok": true, "gated": true}"#.to_owned())

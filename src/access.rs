@@ -175,6 +175,7 @@ pub enum AccessError {
 /// The access rules, built once at start.
 #[derive(Debug)]
 pub struct AccessPolicy {
+    /// The validated rules.
     config: AccessConfig,
     /// Whether the listener serves HTTPS, for the same-origin check.
     https: bool,

@@ -23,8 +23,12 @@ use crate::routes::RouteId;
 /// a key) and `Accept-Encoding`, the request header Joulo's answers vary on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The route; its path is fixed, so it stands for the path.
     route: RouteId,
+    /// The query as forwarded upstream.
     query: Box<str>,
+    /// The request's `Accept-Encoding`: Joulo may answer gzip to one device and
+    /// plain JSON to another.
     accept_encoding: Option<HeaderValue>,
 }
 
@@ -360,7 +364,9 @@ impl ResponseCache {
 
 /// Removes a flight from the table when its task ends, even by panic.
 struct Landing {
+    /// The table to leave.
     flights: Flights,
+    /// The flight's key in it.
     key: CacheKey,
 }
 

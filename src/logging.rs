@@ -80,8 +80,11 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingWriter<M> {
 
 /// One event's text on its way to the real writer.
 pub struct EventBuffer<'a, W: Write> {
+    /// Where the scrubbed event goes.
     inner: W,
+    /// The live token to scrub, if any.
     tokens: Option<&'a TokenSource>,
+    /// The event's text so far.
     buf: Vec<u8>,
 }
 

@@ -164,8 +164,11 @@ async fn serve<I>(
 /// Closes a connection on which no byte has moved, either way, for `timeout`:
 /// an idle keep-alive connection, or a client that stalls mid-request.
 struct IdleTimeout<I> {
+    /// The connection.
     inner: I,
+    /// How long it may sit with no bytes moving.
     timeout: Duration,
+    /// When it is closed unless a byte moves first.
     deadline: Pin<Box<Sleep>>,
 }
 

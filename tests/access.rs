@@ -19,10 +19,6 @@ use joulo_gateway::demo::{DemoCa, write_private};
 use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, json};
 use tokio::io::AsyncReadExt;
 
-async fn gateway(upstream: &MockUpstream, extra: &str) -> TestGateway {
-    TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, extra).await
-}
-
 fn clients_toml(devices: &[(&str, &str, &[&str])]) -> String {
     devices
         .iter()
@@ -44,7 +40,7 @@ fn clients_toml(devices: &[(&str, &str, &[&str])]) -> String {
 async fn addresses_outside_the_allowlist_get_403_before_anything_else() {
     let upstream = MockUpstream::start();
     // A configured list that leaves loopback out: the test client is refused.
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         "[access]\nallow = [\"192.168.0.0/16\", \"fd00::/8\"]\n",
     )
@@ -66,7 +62,7 @@ async fn addresses_outside_the_allowlist_get_403_before_anything_else() {
 #[tokio::test]
 async fn foreign_hosts_and_origins_are_refused_and_no_cors_is_granted() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         "[server]\nallowed_hosts = [\"joulo.example.com\"]\n",
     )
@@ -125,7 +121,7 @@ async fn device_keys_by_bearer_basic_and_header_never_travel_upstream() {
     let upstream = MockUpstream::start();
     let ha_key = generate_key();
     let meter_key = generate_key();
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         &clients_toml(&[
             ("homeassistant", &ha_key, &["chargers:read", "energy:read"]),
@@ -211,7 +207,7 @@ async fn device_keys_by_bearer_basic_and_header_never_travel_upstream() {
 async fn the_per_device_limit_follows_the_device_not_the_address() {
     let upstream = MockUpstream::start();
     let (a, b) = (generate_key(), generate_key());
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         &format!(
             "[limits]\nclient_per_minute = 60\nclient_burst = 2\nqueue_timeout = \"0s\"\n{}",
@@ -265,7 +261,7 @@ async fn https_for_lan_clients_with_reload_and_bounded_handshakes() {
     let key = dir.path().join("gateway.key");
     write_private(&cert, &first.leaf_cert_pem).unwrap();
     write_private(&key, &first.leaf_key_pem).unwrap();
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         &format!(
             "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_handshake_timeout = \"300ms\"\n",

@@ -10,10 +10,6 @@ use support::{MockUpstream, Reply, TestGateway, assert_no_leak, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn gateway(upstream: &MockUpstream, extra: &str) -> TestGateway {
-    TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, extra).await
-}
-
 /// Reads until the gateway closes the connection; `None` if it stays open past `limit`.
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -26,7 +22,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8
 #[tokio::test]
 async fn slowloris_connections_are_cut_at_header_timeout_and_others_are_served() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[server]\nheader_timeout = \"500ms\"\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[server]\nheader_timeout = \"500ms\"\n").await;
     let mut half_sent = Vec::new();
     for _ in 0..200 {
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
@@ -56,8 +52,7 @@ async fn slowloris_connections_are_cut_at_header_timeout_and_others_are_served()
 #[tokio::test]
 async fn oversized_heads_get_431_and_bodies_413() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
-        &upstream,
+    let gateway = TestGateway::start_on(&upstream,
         "[server]\nmax_header_size = \"4KiB\"\nmax_request_body = \"1KiB\"\n[routes.add_charger]\nenabled = true\n",
     )
     .await;
@@ -119,7 +114,7 @@ async fn oversized_heads_get_431_and_bodies_413() {
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[server]\nidle_timeout = \"300ms\"\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[server]\nidle_timeout = \"300ms\"\n").await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
@@ -136,7 +131,7 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn connections_past_the_limit_wait_for_a_free_slot() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[server]\nmax_connections = 1\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[server]\nmax_connections = 1\n").await;
     let mut first = TcpStream::connect(gateway.addr).await.unwrap();
     first
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
@@ -169,8 +164,7 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
 async fn health_and_readiness_follow_the_token() {
     let upstream = MockUpstream::start();
     let key = joulo_gateway::access::generate_key();
-    let gateway = gateway(
-        &upstream,
+    let gateway = TestGateway::start_on(&upstream,
         &format!(
             "[cache]\nttl = \"0s\"\n[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
             joulo_gateway::access::key_sha256_hex(&key)
@@ -224,7 +218,7 @@ async fn health_and_readiness_follow_the_token() {
 #[tokio::test]
 async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         "[limits]\nclient_burst = 5\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n",
     )
@@ -263,7 +257,7 @@ async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
 #[tokio::test]
 async fn ops_endpoints_obey_the_allowlist_and_are_never_forwarded() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[access]\nallow = [\"10.0.0.0/8\"]\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[access]\nallow = [\"10.0.0.0/8\"]\n").await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(gateway.get(path).await.0, StatusCode::FORBIDDEN, "{path}");
     }

@@ -11,16 +11,12 @@ use joulo_gateway::cache::CacheKey;
 use joulo_gateway::routes::RouteId;
 use support::{MockUpstream, Reply, TestGateway, json, jump_clock};
 
-async fn gateway(upstream: &MockUpstream, extra: &str) -> TestGateway {
-    TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, extra).await
-}
-
 #[tokio::test]
 async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
     let upstream = MockUpstream::start();
     let gate = Arc::new(tokio::sync::Notify::new());
     upstream.set_reply(Reply::Gate(gate.clone()));
-    let gateway = gateway(&upstream, "[limits]\nclient_burst = 100\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[limits]\nclient_burst = 100\n").await;
 
     let mut requests = Vec::new();
     for i in 0..50 {
@@ -62,7 +58,7 @@ async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
 #[tokio::test]
 async fn fresh_within_the_ttl_then_fetched_again() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[routes.energy]\nttl = \"10m\"\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[routes.energy]\nttl = \"10m\"\n").await;
 
     let (status, headers, first) = gateway.get("/energy").await;
     assert_eq!(status, StatusCode::OK);
@@ -96,7 +92,7 @@ async fn fresh_within_the_ttl_then_fetched_again() {
 #[tokio::test]
 async fn keys_follow_the_sanitised_query() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "").await;
+    let gateway = TestGateway::start_on(&upstream, "").await;
     assert_eq!(gateway.get("/sessions?limit=5").await.1["x-cache"], "MISS");
     assert_eq!(
         gateway.get("/sessions?limit=5&token=x").await.1["x-cache"],
@@ -125,7 +121,7 @@ async fn keys_follow_the_sanitised_query() {
 #[tokio::test]
 async fn a_stale_copy_stands_in_for_500_timeout_reset_429_and_refused_connections() {
     let mut upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "timeout = \"300ms\"\n").await;
+    let gateway = TestGateway::start_on(&upstream, "timeout = \"300ms\"\n").await;
     let (_, _, good) = gateway.get("/chargers").await;
 
     for (reply, what) in [
@@ -169,7 +165,7 @@ async fn a_stale_copy_stands_in_for_500_timeout_reset_429_and_refused_connection
 #[tokio::test]
 async fn errors_and_rejections_are_never_cached_nor_hidden() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "").await;
+    let gateway = TestGateway::start_on(&upstream, "").await;
     upstream.set_reply(Reply::Status(500, r#"{"error":"boom"}"#));
     for _ in 0..2 {
         let (status, headers, _) = gateway.get("/energy").await;
@@ -207,8 +203,7 @@ async fn errors_and_rejections_are_never_cached_nor_hidden() {
 #[tokio::test]
 async fn an_empty_budget_is_a_429_with_retry_after_and_no_call() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
-        &upstream,
+    let gateway = TestGateway::start_on(&upstream,
         "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 2\nupstream_burst = 2\nqueue_timeout = \"0s\"\n",
     )
     .await;
@@ -230,8 +225,7 @@ async fn an_empty_budget_is_a_429_with_retry_after_and_no_call() {
 #[tokio::test]
 async fn a_request_queues_for_a_slot_within_queue_timeout() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
-        &upstream,
+    let gateway = TestGateway::start_on(&upstream,
         "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 600\nupstream_burst = 1\nqueue_timeout = \"2s\"\n",
     )
     .await;
@@ -244,7 +238,7 @@ async fn a_request_queues_for_a_slot_within_queue_timeout() {
 #[tokio::test]
 async fn each_device_has_its_own_allowance() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(
+    let gateway = TestGateway::start_on(
         &upstream,
         "[limits]\nclient_per_minute = 60\nclient_burst = 3\nqueue_timeout = \"0s\"\n",
     )
@@ -270,7 +264,7 @@ async fn each_device_has_its_own_allowance() {
 #[tokio::test]
 async fn joulo_429_starts_a_back_off_with_no_calls_in_between() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[cache]\nttl = \"0s\"\n").await;
+    let gateway = TestGateway::start_on(&upstream, "[cache]\nttl = \"0s\"\n").await;
     upstream.set_reply(Reply::TooMany(Some("120")));
     let (status, headers, _) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -294,7 +288,7 @@ async fn joulo_429_starts_a_back_off_with_no_calls_in_between() {
 #[tokio::test]
 async fn a_429_without_retry_after_gets_one_and_a_back_off_of_about_a_minute() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "").await;
+    let gateway = TestGateway::start_on(&upstream, "").await;
     assert_eq!(gateway.get("/chargers").await.1["x-cache"], "MISS");
     upstream.set_reply(Reply::TooMany(None));
     let (status, headers, _) = gateway.get("/energy").await;
@@ -315,7 +309,8 @@ async fn a_429_without_retry_after_gets_one_and_a_back_off_of_about_a_minute() {
 #[tokio::test]
 async fn cache_size_bounds_hold() {
     let upstream = MockUpstream::start();
-    let gateway = gateway(&upstream, "[cache]\nmax_entries = 1\nmax_body = \"16B\"\n").await;
+    let gateway =
+        TestGateway::start_on(&upstream, "[cache]\nmax_entries = 1\nmax_body = \"16B\"\n").await;
     // Reply::Ok bodies are about 50 bytes: served, never cached.
     for _ in 0..2 {
         let (status, headers, body) = gateway.get("/chargers").await;
@@ -334,12 +329,7 @@ async fn cache_size_bounds_hold() {
 
     let small = MockUpstream::start();
     small.set_reply(Reply::Status(200, "{}"));
-    let gateway = TestGateway::start_with(
-        &small.base_url(),
-        &small.ca_pem,
-        "[cache]\nmax_entries = 1\n",
-    )
-    .await;
+    let gateway = TestGateway::start_on(&small, "[cache]\nmax_entries = 1\n").await;
     gateway.get("/chargers").await;
     gateway.get("/energy").await;
     assert_eq!(gateway.state.cache.len(), 1);

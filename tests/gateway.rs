@@ -215,12 +215,7 @@ async fn an_absolute_form_target_cannot_change_the_upstream() {
 #[tokio::test]
 async fn write_routes_forward_their_body_once_enabled() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_with(
-        &upstream.base_url(),
-        &upstream.ca_pem,
-        "[routes.add_charger]\nenabled = true\n",
-    )
-    .await;
+    let gateway = TestGateway::start_on(&upstream, "[routes.add_charger]\nenabled = true\n").await;
     let body = r#"{"nickname":"Garage","connection_type":"ocpp"}"#;
     let (status, _, _) = gateway
         .send(
@@ -334,12 +329,7 @@ async fn a_closed_port_is_a_502() {
 async fn a_hanging_upstream_is_a_504_after_the_timeout() {
     let upstream = MockUpstream::start();
     upstream.set_reply(Reply::Hang);
-    let gateway = TestGateway::start_with(
-        &upstream.base_url(),
-        &upstream.ca_pem,
-        "timeout = \"300ms\"\n",
-    )
-    .await;
+    let gateway = TestGateway::start_on(&upstream, "timeout = \"300ms\"\n").await;
     let (status, _, body) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(
@@ -361,9 +351,8 @@ async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed(
     let upstream = MockUpstream::start();
     // Every poll below must reach the upstream: no cache, and limits the polling
     // cannot reach.
-    let gateway = TestGateway::start_with(
-        &upstream.base_url(),
-        &upstream.ca_pem,
+    let gateway = TestGateway::start_on(
+        &upstream,
         "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 60000\nupstream_burst = 1000\n\
          client_per_minute = 60000\nclient_burst = 1000\n",
     )
@@ -506,9 +495,8 @@ async fn a_reset_before_the_answer_is_a_502_and_the_gateway_keeps_serving() {
 #[tokio::test]
 async fn a_get_cut_before_its_answer_is_retried_once_but_a_post_is_not() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_with(
-        &upstream.base_url(),
-        &upstream.ca_pem,
+    let gateway = TestGateway::start_on(
+        &upstream,
         "[cache]\nttl = \"0s\"\n[routes.add_charger]\nenabled = true\n",
     )
     .await;

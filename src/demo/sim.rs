@@ -24,8 +24,6 @@ const DEMO_SCOPES: [&str; 3] = ["chargers:read", "sessions:read", "energy:read"]
 pub struct SimStats {
     /// Requests received.
     pub requests: AtomicU64,
-    /// Requests whose bearer token matched.
-    pub authorized: AtomicU64,
     /// Requests that carried a `token` or `access_token` query parameter.
     pub token_params: AtomicU64,
     /// Requests by path (after the API prefix).
@@ -82,7 +80,6 @@ impl JouloSim {
                 json!({"error": "Missing or invalid API token"}),
             );
         }
-        self.stats.authorized.fetch_add(1, Ordering::Relaxed);
         let scope = match (request.method(), path) {
             (&Method::GET, "/chargers") => "chargers:read",
             (&Method::GET, "/sessions") => "sessions:read",

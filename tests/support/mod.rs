@@ -343,7 +343,13 @@ pub struct TestGateway {
 impl TestGateway {
     /// A gateway in front of `upstream` with the default settings.
     pub async fn start(upstream: &MockUpstream) -> TestGateway {
-        TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, "").await
+        TestGateway::start_on(upstream, "").await
+    }
+
+    /// A gateway in front of `upstream`, with `extra` TOML merged into its config
+    /// (see [`TestGateway::start_with`]).
+    pub async fn start_on(upstream: &MockUpstream, extra: &str) -> TestGateway {
+        TestGateway::start_with(&upstream.base_url(), &upstream.ca_pem, extra).await
     }
 
     /// A gateway in front of `base_url`, trusting `ca_pem`, with `extra` TOML merged

@@ -2,8 +2,10 @@
 //! stand-ins when Joulo fails, and the coalescing of identical concurrent
 //! requests into one upstream call whose answer they all share.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +23,7 @@ use crate::routes::RouteId;
 /// What a request is cached and coalesced under: the route, the query as sent
 /// upstream (credential parameters already removed, so they never split or enter
 /// a key) and `Accept-Encoding`, the request header Joulo's answers vary on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct CacheKey {
     /// The route; its path is fixed, so it stands for the path.
     route: RouteId,
@@ -40,13 +42,103 @@ impl CacheKey {
 
     /// The key for a request on `route` with the sanitised `query`.
     pub fn new(route: RouteId, query: &str, request_headers: &HeaderMap) -> CacheKey {
-        CacheKey {
-            route,
-            query: query.into(),
-            accept_encoding: request_headers.get(header::ACCEPT_ENCODING).cloned(),
+        KeyRef::new(route, query, request_headers).to_owned()
+    }
+
+    /// The key, borrowed.
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            route: self.route,
+            query: &self.query,
+            accept_encoding: self.accept_encoding.as_ref(),
         }
     }
 }
+
+/// A [`CacheKey`] borrowed from the request, so that a cache hit allocates no
+/// key of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    /// The route.
+    route: RouteId,
+    /// The query as forwarded upstream.
+    query: &'a str,
+    /// The request's `Accept-Encoding`.
+    accept_encoding: Option<&'a HeaderValue>,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The key for a request on `route` with the sanitised `query`.
+    pub fn new(route: RouteId, query: &'a str, request_headers: &'a HeaderMap) -> KeyRef<'a> {
+        KeyRef {
+            route,
+            query,
+            accept_encoding: request_headers.get(header::ACCEPT_ENCODING),
+        }
+    }
+
+    /// The owned key, for storing and coalescing.
+    pub fn to_owned(self) -> CacheKey {
+        CacheKey {
+            route: self.route,
+            query: self.query.into(),
+            accept_encoding: self.accept_encoding.cloned(),
+        }
+    }
+}
+
+/// Lets a map keyed by [`CacheKey`] be searched with a [`KeyRef`] (the
+/// standard `Borrow` route to composite-key lookups).
+trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for CacheKey {
+    fn key_ref(&self) -> KeyRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn AsKeyRef + 'a> for CacheKey {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn AsKeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+// Hashes and compares exactly as its borrowed form, as `Borrow` requires.
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
+
+impl Eq for CacheKey {}
 
 /// How an answer relates to the cache, as told in `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +187,27 @@ impl Buffered {
         let headers = response.headers_mut();
         headers.insert(X_CACHE.clone(), HeaderValue::from_static(label.as_str()));
         if let Some(age) = age {
-            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+            headers.insert(header::AGE, age_value(age.as_secs()));
         }
         response
     }
+}
+
+/// The decimal numbers 0 to 999 written one after another, which `Age` values
+/// are sliced from: a hit then sends its age without allocating.
+static AGE_DIGITS: LazyLock<String> = LazyLock::new(|| (0..1000).map(|n| n.to_string()).collect());
+
+/// An `Age` header value of `seconds`.
+fn age_value(seconds: u64) -> HeaderValue {
+    let (start, len) = match seconds {
+        0..=9 => (seconds, 1),
+        10..=99 => (10 + (seconds - 10) * 2, 2),
+        100..=999 => (190 + (seconds - 100) * 3, 3),
+        // Copies this old are rare (hour-long TTLs, stale stand-ins).
+        _ => return HeaderValue::from(seconds),
+    };
+    let digits: &'static str = &AGE_DIGITS;
+    HeaderValue::from_static(&digits[start as usize..(start + len) as usize])
 }
 
 /// A cached copy.
@@ -106,6 +215,9 @@ impl Buffered {
 pub struct Stored {
     /// The answer itself (always a 200).
     pub answer: Buffered,
+    /// The answer's headers as a hit sends them, `X-Cache: HIT` and an `Age`
+    /// slot included, so serving a hit is one copy of the map and no insertion.
+    hit_headers: HeaderMap,
     /// When it arrived.
     stored_at: Instant,
     /// How long it is served without asking the upstream.
@@ -221,10 +333,10 @@ impl ResponseCache {
     }
 
     /// The copy for `key` whose `Vary` values match the request, fresh or not.
-    pub fn lookup(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<Arc<Stored>> {
+    pub fn lookup(&self, key: KeyRef<'_>, request_headers: &HeaderMap) -> Option<Arc<Stored>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
-            .get(key)
+            .get(&key as &dyn AsKeyRef)
             .filter(|s| s.matches(request_headers))
             .cloned()
     }
@@ -232,9 +344,14 @@ impl ResponseCache {
     /// Serves a fresh copy and counts the hit.
     pub fn serve_hit(&self, stored: &Stored, now: Instant) -> Response<Body> {
         self.stats.hits.inc();
-        stored
-            .answer
-            .response(CacheStatus::Hit, Some(stored.age(now)))
+        let mut response = Response::new(full(stored.answer.body.clone()));
+        *response.status_mut() = stored.answer.status;
+        let headers = response.headers_mut();
+        *headers = stored.hit_headers.clone();
+        if let Some(age) = headers.get_mut(header::AGE) {
+            *age = age_value(stored.age(now).as_secs());
+        }
+        response
     }
 
     /// Serves `copy` in place of a failure if it is young enough.
@@ -270,8 +387,12 @@ impl ResponseCache {
         let Some(vary) = vary_values(&answer.headers, request_headers) else {
             return false;
         };
+        let mut hit_headers = answer.headers.clone();
+        hit_headers.insert(X_CACHE.clone(), HeaderValue::from_static(CacheStatus::Hit.as_str()));
+        hit_headers.insert(header::AGE, age_value(0));
         let stored = Arc::new(Stored {
             answer: answer.clone(),
+            hit_headers,
             stored_at: now,
             fresh_for,
             vary,
@@ -465,6 +586,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn age_values_are_the_decimal_seconds() {
+        for seconds in (0..1100).chain([3599, 86_400]) {
+            assert_eq!(age_value(seconds), seconds.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn borrowed_and_owned_keys_find_the_same_entry() {
+        let gzip = map_of(&[("accept-encoding", "gzip")]);
+        let mut map = HashMap::new();
+        map.insert(CacheKey::new(RouteId::Sessions, "limit=1", &gzip), 1);
+        map.insert(CacheKey::new(RouteId::Sessions, "limit=1", &HeaderMap::new()), 2);
+        map.insert(CacheKey::new(RouteId::Chargers, "limit=1", &gzip), 3);
+        let find = |route, query, headers| {
+            map.get(&KeyRef::new(route, query, headers) as &dyn AsKeyRef)
+                .copied()
+        };
+        assert_eq!(find(RouteId::Sessions, "limit=1", &gzip), Some(1));
+        let none = HeaderMap::new();
+        assert_eq!(find(RouteId::Sessions, "limit=1", &none), Some(2));
+        assert_eq!(find(RouteId::Chargers, "limit=1", &gzip), Some(3));
+        assert_eq!(find(RouteId::Chargers, "limit=2", &gzip), None);
+    }
+
+    fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     fn key(query: &str) -> CacheKey {
         CacheKey::new(RouteId::Chargers, query, &HeaderMap::new())
     }
@@ -480,7 +638,7 @@ mod tests {
             &HeaderMap::new(),
             t0
         ));
-        let copy = c.lookup(&key(""), &HeaderMap::new()).unwrap();
+        let copy = c.lookup(key("").as_ref(), &HeaderMap::new()).unwrap();
         assert!(copy.is_fresh(t0 + Duration::from_secs(14)));
         assert!(!copy.is_fresh(t0 + Duration::from_secs(15)));
         assert!(
@@ -536,7 +694,7 @@ mod tests {
             &none,
             now
         ));
-        let copy = c.lookup(&key("a"), &none).unwrap();
+        let copy = c.lookup(key("a").as_ref(), &none).unwrap();
         assert!(copy.is_fresh(now + Duration::from_secs(4)));
         assert!(
             !copy.is_fresh(now + Duration::from_secs(5)),
@@ -549,7 +707,7 @@ mod tests {
             &none,
             now
         ));
-        assert!(!c.lookup(&key("b"), &none).unwrap().is_fresh(now));
+        assert!(!c.lookup(key("b").as_ref(), &none).unwrap().is_fresh(now));
     }
 
     #[test]
@@ -568,19 +726,19 @@ mod tests {
             &gzip,
             now
         ));
-        assert!(c.lookup(&k_gzip, &gzip).is_some());
+        assert!(c.lookup(k_gzip.as_ref(), &gzip).is_some());
         assert!(
-            c.lookup(&key(""), &HeaderMap::new()).is_none(),
+            c.lookup(key("").as_ref(), &HeaderMap::new()).is_none(),
             "another encoding"
         );
         assert!(
-            c.lookup(&CacheKey::new(RouteId::Chargers, "x=1", &gzip), &gzip)
+            c.lookup(CacheKey::new(RouteId::Chargers, "x=1", &gzip).as_ref(), &gzip)
                 .is_none()
         );
         let mut dutch = gzip.clone();
         dutch.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("nl"));
         assert!(
-            c.lookup(&k_gzip, &dutch).is_none(),
+            c.lookup(k_gzip.as_ref(), &dutch).is_none(),
             "a Vary-listed header differs"
         );
     }
@@ -596,8 +754,8 @@ mod tests {
             assert!(c.store(key(q), &answer(200, &[], "{}"), ttl, &none, at));
         }
         assert_eq!(c.len(), 2);
-        assert!(c.lookup(&key("a"), &none).is_none());
-        assert!(c.lookup(&key("c"), &none).is_some());
+        assert!(c.lookup(key("a").as_ref(), &none).is_none());
+        assert!(c.lookup(key("c").as_ref(), &none).is_some());
         c.purge();
         assert!(c.is_empty());
     }

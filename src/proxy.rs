@@ -3,7 +3,7 @@
 //! added, and the access-log line that records it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, UpstreamBudget};
-use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, ResponseCache, X_CACHE};
+use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, X_CACHE};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::ops::OpsEndpoint;
@@ -53,7 +53,7 @@ pub struct AppState {
     /// The LAN certificate, when the gateway serves HTTPS.
     pub lan_tls: Option<Arc<LanTls>>,
     /// Requests by route and status, for `/metrics`.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: RequestCounters,
     /// Larger request heads get 431.
     pub max_header_size: usize,
     /// Larger request bodies get 413.
@@ -69,6 +69,33 @@ pub struct RequestLabels {
     pub route: &'static str,
     /// The status the gateway answered with.
     pub status: u16,
+}
+
+/// Requests by route and status, for `/metrics`. Each route's `200` series is
+/// looked up in the family once and then kept: the family's lookup (a lock and a
+/// hash of the labels) would otherwise run for every answer.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    /// Every series.
+    family: Family<RequestLabels, Counter>,
+    /// The `status="200"` series, by route, once first used.
+    ok: [OnceLock<Counter>; RouteId::ALL.len()],
+}
+
+impl RequestCounters {
+    /// Counts one answer.
+    fn count(&self, route: Option<RouteId>, label: &'static str, status: u16) {
+        let labels = || RequestLabels {
+            route: label,
+            status,
+        };
+        match route {
+            Some(route) if status == 200 => self.ok[route as usize]
+                .get_or_init(|| self.family.get_or_create(&labels()).clone())
+                .inc(),
+            _ => self.family.get_or_create(&labels()).inc(),
+        };
+    }
 }
 
 /// Why the gateway could not be set up from a valid-looking config.
@@ -89,13 +116,13 @@ impl AppState {
         let budget = UpstreamBudget::new(&config.limits);
         let clients = ClientLimiter::new(&config.limits, budget.refusal_counters());
         let cache = ResponseCache::new(&config.cache);
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = RequestCounters::default();
 
         let mut registry = Registry::with_prefix("joulo_gateway");
         registry.register(
             "requests",
             "Requests answered, by route and status",
-            requests.clone(),
+            requests.family.clone(),
         );
         upstream.register_metrics(&mut registry);
         budget.register_metrics(&mut registry);
@@ -191,11 +218,7 @@ pub async fn handle(
     };
     state
         .requests
-        .get_or_create(&RequestLabels {
-            route: route_label,
-            status: response.status().as_u16(),
-        })
-        .inc();
+        .count(route, route_label, response.status().as_u16());
     info!(
         target: "joulo_gateway::access",
         client = %client,
@@ -238,16 +261,18 @@ async fn cached(
     query: &CleanQuery<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     // Fail closed before the cache too: a withdrawn token stops all service.
-    if state.tokens.current().is_none() {
+    if !state.tokens.is_loaded() {
         return Err(GatewayError::TokenUnavailable);
     }
-    let key = CacheKey::new(route, &query.forwarded, &parts.headers);
-    let copy = state.cache.lookup(&key, &parts.headers);
+    let key = KeyRef::new(route, &query.forwarded, &parts.headers);
+    let copy = state.cache.lookup(key, &parts.headers);
+    let now = Instant::now();
     if let Some(copy) = &copy
-        && copy.is_fresh(Instant::now())
+        && copy.is_fresh(now)
     {
-        return Ok(state.cache.serve_hit(copy, Instant::now()));
+        return Ok(state.cache.serve_hit(copy, now));
     }
+    let key = key.to_owned();
 
     let uri = state.upstream.uri_for(route, &query.forwarded)?;
     let headers = upstream_headers(&parts.headers);
@@ -476,8 +501,9 @@ struct LoggedTarget<'a> {
 impl std::fmt::Display for LoggedTarget<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.path)?;
-        if !self.query.logged.is_empty() {
-            write!(f, "?{}", self.query.logged)?;
+        let logged = self.query.logged();
+        if !logged.is_empty() {
+            write!(f, "?{logged}")?;
         }
         Ok(())
     }

@@ -228,6 +228,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_numbers_are_their_place_in_all() {
+        // Per-route tables (metrics) index by `route as usize`.
+        for (i, route) in RouteId::ALL.into_iter().enumerate() {
+            assert_eq!(route as usize, i);
+        }
+    }
+
+    #[test]
     fn exact_paths_match() {
         let t = RouteTable::new(&[]);
         assert_eq!(t.resolve(&Method::GET, "/chargers"), Ok(RouteId::Chargers));

@@ -5,13 +5,12 @@
 use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderName};
-use percent_encoding::percent_decode_str;
 
 /// Shown in logs in place of a removed parameter's value.
 pub const REDACTED: &str = "[REDACTED]";
 
 /// Query parameter names (after percent-decoding, ASCII case-insensitive) that
-/// carry a credential and never travel upstream or into a log.
+/// carry a credential and never travel upstream or into a log. Lower case.
 const CREDENTIAL_PARAMS: [&str; 2] = ["token", "access_token"];
 
 /// A query string with its credential parameters removed.
@@ -20,79 +19,148 @@ pub struct CleanQuery<'a> {
     /// What is sent upstream: every other parameter byte-for-byte, in order.
     /// Empty when nothing is left (then no `?` is sent).
     pub forwarded: Cow<'a, str>,
-    /// What is logged: the original with removed parameters' values replaced by
-    /// [`REDACTED`], so a log shows that a device still sends `?token=`.
-    pub logged: Cow<'a, str>,
+    /// The query as the client sent it; only ever shown through [`Self::logged`].
+    raw: &'a str,
     /// How many parameters were removed.
     pub removed: usize,
 }
 
+impl<'a> CleanQuery<'a> {
+    /// What is logged: the original with removed parameters' values replaced by
+    /// [`REDACTED`], so a log shows that a device still sends `?token=`. Built
+    /// only when a log line is written, so requests pay nothing for it when the
+    /// access log is off.
+    pub fn logged(&self) -> LoggedQuery<'a> {
+        LoggedQuery {
+            raw: self.raw,
+            removed: self.removed,
+        }
+    }
+}
+
+/// A query with credential values redacted, written out on display.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedQuery<'a> {
+    /// The query as sent.
+    raw: &'a str,
+    /// Whether anything needs redacting.
+    removed: usize,
+}
+
+impl LoggedQuery<'_> {
+    /// Whether the query is empty.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
+impl std::fmt::Display for LoggedQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.removed == 0 {
+            return f.write_str(self.raw);
+        }
+        for (i, param) in self.raw.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            if is_credential_param(param) {
+                let name = param.split_once('=').map_or(param, |(n, _)| n);
+                write!(f, "{name}={REDACTED}")?;
+            } else {
+                f.write_str(param)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Removes every `token` / `access_token` parameter, whatever its spelling
 /// (`TOKEN`, `%74oken`, `tok%65n`), every occurrence, keeping the rest untouched.
+/// Borrows the query when nothing is removed; one pass either way.
 pub fn clean_query(raw: &str) -> CleanQuery<'_> {
-    if !raw.split('&').any(is_credential_param) {
-        return CleanQuery {
-            forwarded: Cow::Borrowed(raw),
-            logged: Cow::Borrowed(raw),
-            removed: 0,
-        };
-    }
-    let mut forwarded = String::with_capacity(raw.len());
-    let mut logged = String::with_capacity(raw.len());
+    let mut forwarded: Option<String> = None;
     let mut removed = 0;
+    // Where the parameters kept so far end in `raw`, while they are still one
+    // unbroken prefix of it (nothing removed yet).
+    let mut offset = 0;
     let mut kept = 0;
-    for (i, param) in raw.split('&').enumerate() {
-        if i > 0 {
-            logged.push('&');
-        }
-        if is_credential_param(param) {
-            removed += 1;
-            let name = param.split_once('=').map_or(param, |(n, _)| n);
-            logged.push_str(name);
-            logged.push('=');
-            logged.push_str(REDACTED);
-        } else {
-            // Even empty pieces keep their place: everything not removed is
-            // forwarded exactly as sent.
-            if kept > 0 {
-                forwarded.push('&');
+    for param in raw.split('&') {
+        let credential = is_credential_param(param);
+        match (&mut forwarded, credential) {
+            (None, false) => kept += 1,
+            (None, true) => {
+                // The first credential: everything before it is kept as sent.
+                let prefix = raw[..offset].strip_suffix('&').unwrap_or(&raw[..offset]);
+                let mut owned = String::with_capacity(raw.len());
+                owned.push_str(prefix);
+                forwarded = Some(owned);
+                removed += 1;
             }
-            kept += 1;
-            forwarded.push_str(param);
-            logged.push_str(param);
+            (Some(_), true) => removed += 1,
+            (Some(owned), false) => {
+                // Even empty pieces keep their place: everything not removed is
+                // forwarded exactly as sent.
+                if kept > 0 {
+                    owned.push('&');
+                }
+                kept += 1;
+                owned.push_str(param);
+            }
         }
+        offset += param.len() + 1;
     }
     CleanQuery {
-        forwarded: Cow::Owned(forwarded),
-        logged: Cow::Owned(logged),
+        forwarded: forwarded.map_or(Cow::Borrowed(raw), Cow::Owned),
+        raw,
         removed,
     }
 }
 
+/// The longest spelling of a credential name once decoded (`access_token`).
+const LONGEST_CREDENTIAL: usize = 12;
+
 /// Whether one `name=value` piece names a credential, decoded the way a form
 /// parser (and Joulo's `URLSearchParams`) would decode it: `+` is a space and
-/// each `%XX` one byte.
+/// each `%XX` one byte (a `%` not followed by two hex digits stays as it is).
+/// Decodes into a small stack buffer: this runs for every parameter of every
+/// request.
 pub fn is_credential_param(param: &str) -> bool {
-    let name = param.split_once('=').map_or(param, |(n, _)| n);
-    // Quick reject: the longest spelling of "access_token" is every byte encoded.
-    if name.is_empty() || name.len() > "access_token".len() * 3 {
-        return false;
+    let name = param.as_bytes();
+    let name = match name.iter().position(|&b| b == b'=') {
+        Some(end) => &name[..end],
+        None => name,
+    };
+    let mut decoded = [0u8; LONGEST_CREDENTIAL];
+    let mut len = 0;
+    let mut i = 0;
+    while i < name.len() {
+        if len == LONGEST_CREDENTIAL {
+            return false;
+        }
+        let byte = match name[i] {
+            b'+' => b' ',
+            b'%' => {
+                match (hex(name.get(i + 1)), hex(name.get(i + 2))) {
+                    (Some(hi), Some(lo)) => {
+                        i += 2;
+                        hi << 4 | lo
+                    }
+                    _ => b'%',
+                }
+            }
+            other => other,
+        };
+        decoded[len] = byte.to_ascii_lowercase();
+        len += 1;
+        i += 1;
     }
-    let decoded: Cow<'_, [u8]> = if name.contains('+') {
-        Cow::Owned(name.replace('+', " ").into_bytes())
-    } else {
-        Cow::Borrowed(name.as_bytes())
-    };
-    let decoded: Cow<'_, [u8]> = if decoded.contains(&b'%') {
-        percent_decode_str(std::str::from_utf8(&decoded).unwrap_or_default())
-            .collect::<Vec<u8>>()
-            .into()
-    } else {
-        decoded
-    };
-    CREDENTIAL_PARAMS
-        .iter()
-        .any(|c| c.as_bytes().eq_ignore_ascii_case(&decoded))
+    let decoded = &decoded[..len];
+    CREDENTIAL_PARAMS.iter().any(|c| c.as_bytes() == decoded)
+}
+
+/// The value of one hex digit.
+fn hex(digit: Option<&u8>) -> Option<u8> {
+    (*digit? as char).to_digit(16).map(|d| d as u8)
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the obsolete `Keep-Alive` and
@@ -205,7 +273,7 @@ mod tests {
             let q = clean_query(raw);
             assert_eq!(q.forwarded, fwd, "{raw}");
             assert!(q.removed > 0, "{raw}");
-            assert!(!q.logged.contains("abc"), "{raw} logged as {}", q.logged);
+            assert!(!q.logged().to_string().contains("abc"), "{raw} logged as {}", q.logged());
         }
     }
 
@@ -221,7 +289,7 @@ mod tests {
         ] {
             let q = clean_query(raw);
             assert_eq!(q.forwarded, raw);
-            assert_eq!(q.logged, raw);
+            assert_eq!(q.logged().to_string(), raw);
             assert_eq!(q.removed, 0);
             assert!(matches!(q.forwarded, Cow::Borrowed(_)));
         }
@@ -230,7 +298,7 @@ mod tests {
     #[test]
     fn logged_query_shows_where_a_token_was() {
         let q = clean_query("limit=2&token=joulo_secret&offset=0");
-        assert_eq!(q.logged, "limit=2&token=[REDACTED]&offset=0");
+        assert_eq!(q.logged().to_string(), "limit=2&token=[REDACTED]&offset=0");
         assert_eq!(q.forwarded, "limit=2&offset=0");
         assert_eq!(q.removed, 1);
     }
@@ -399,7 +467,8 @@ mod tests {
                     prop_assert!(!is_credential(piece), "{} survived", piece);
                 }
                 // The log shows every piece, credential values replaced.
-                let logged: Vec<&str> = q.logged.split('&').collect();
+                let logged = q.logged().to_string();
+                let logged: Vec<&str> = logged.split('&').collect();
                 prop_assert_eq!(logged.len(), params.len().max(1));
                 for ((is_cred, p), shown) in params.iter().zip(&logged) {
                     if *is_cred {
@@ -409,6 +478,13 @@ mod tests {
                         prop_assert_eq!(shown, p);
                     }
                 }
+            }
+
+            #[test]
+            fn the_stack_decoder_agrees_with_a_form_parser(
+                param in "([tokenacs_TOKENACS+=%x]|%[0-9a-fA-F]{2}|%[0-9a-fA-F]){0,20}",
+            ) {
+                prop_assert_eq!(is_credential_param(&param), is_credential(&param), "{}", param);
             }
 
             #[test]

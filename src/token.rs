@@ -131,6 +131,16 @@ impl TokenSource {
         &self.inner.path
     }
 
+    /// Whether a token is loaded; when not, requests fail closed. Cheaper than
+    /// [`Self::current`] for a cache hit, which needs no token itself.
+    pub fn is_loaded(&self) -> bool {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The token to use now, or `None` when requests must fail closed.
     pub fn current(&self) -> Option<Arc<UpstreamToken>> {
         self.inner

@@ -33,9 +33,10 @@ fuzz_target!(|data: &[u8]| {
     for piece in cleaned.forwarded.split('&') {
         assert!(!is_credential_param(piece));
     }
-    assert_eq!(cleaned.logged.split('&').count(), query.split('&').count());
+    let logged = cleaned.logged().to_string();
+    assert_eq!(logged.split('&').count(), query.split('&').count());
     if cleaned.removed > 0 {
-        assert!(cleaned.logged.contains(REDACTED));
+        assert!(logged.contains(REDACTED));
     }
 
     let mut headers = HeaderMap::new();

@@ -388,7 +388,10 @@ impl ResponseCache {
             return false;
         };
         let mut hit_headers = answer.headers.clone();
-        hit_headers.insert(X_CACHE.clone(), HeaderValue::from_static(CacheStatus::Hit.as_str()));
+        hit_headers.insert(
+            X_CACHE.clone(),
+            HeaderValue::from_static(CacheStatus::Hit.as_str()),
+        );
         hit_headers.insert(header::AGE, age_value(0));
         let stored = Arc::new(Stored {
             answer: answer.clone(),
@@ -598,7 +601,10 @@ mod tests {
         let gzip = map_of(&[("accept-encoding", "gzip")]);
         let mut map = HashMap::new();
         map.insert(CacheKey::new(RouteId::Sessions, "limit=1", &gzip), 1);
-        map.insert(CacheKey::new(RouteId::Sessions, "limit=1", &HeaderMap::new()), 2);
+        map.insert(
+            CacheKey::new(RouteId::Sessions, "limit=1", &HeaderMap::new()),
+            2,
+        );
         map.insert(CacheKey::new(RouteId::Chargers, "limit=1", &gzip), 3);
         let find = |route, query, headers| {
             map.get(&KeyRef::new(route, query, headers) as &dyn AsKeyRef)
@@ -732,8 +738,11 @@ mod tests {
             "another encoding"
         );
         assert!(
-            c.lookup(CacheKey::new(RouteId::Chargers, "x=1", &gzip).as_ref(), &gzip)
-                .is_none()
+            c.lookup(
+                CacheKey::new(RouteId::Chargers, "x=1", &gzip).as_ref(),
+                &gzip
+            )
+            .is_none()
         );
         let mut dutch = gzip.clone();
         dutch.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("nl"));

@@ -3,7 +3,7 @@
 //! added, and the access-log line that records it.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::budget::{ClientLimiter, UpstreamBudget};
 use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, X_CACHE};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
-use crate::ops::OpsEndpoint;
+use crate::ops::{OpsEndpoint, RouteSeries};
 use crate::respond::{Body, GatewayError};
 use crate::routes::{RouteId, RouteTable};
 use crate::sanitize::{self, CleanQuery};
@@ -78,8 +78,8 @@ pub struct RequestLabels {
 pub struct RequestCounters {
     /// Every series.
     family: Family<RequestLabels, Counter>,
-    /// The `status="200"` series, by route, once first used.
-    ok: [OnceLock<Counter>; RouteId::ALL.len()],
+    /// The `status="200"` series, by route.
+    ok: RouteSeries<Counter>,
 }
 
 impl RequestCounters {
@@ -90,8 +90,9 @@ impl RequestCounters {
             status,
         };
         match route {
-            Some(route) if status == 200 => self.ok[route as usize]
-                .get_or_init(|| self.family.get_or_create(&labels()).clone())
+            Some(route) if status == 200 => self
+                .ok
+                .get(route, || self.family.get_or_create(&labels()).clone())
                 .inc(),
             _ => self.family.get_or_create(&labels()).inc(),
         };
@@ -414,9 +415,7 @@ async fn forward(
 
 /// The client's headers as they may go upstream (no token yet).
 fn upstream_headers(client_headers: &HeaderMap) -> HeaderMap {
-    let mut headers = client_headers.clone();
-    sanitize::clean_request_headers(&mut headers);
-    headers
+    sanitize::request_headers_for_upstream(client_headers)
 }
 
 /// Reads a request body of at most `limit` bytes; larger is 413, refused from

@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::UpstreamConfig;
+use crate::ops::RouteSeries;
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
 
@@ -50,6 +51,10 @@ pub struct Upstream {
     calls: Family<CallLabels, Counter>,
     /// Time to the response head, by route.
     latency: Family<RouteLabels, Histogram>,
+    /// Each route's `status="200"` series of `calls`.
+    ok_calls: Arc<RouteSeries<Counter>>,
+    /// Each route's series of `latency`.
+    route_latency: Arc<RouteSeries<Histogram>>,
 }
 
 /// Metric labels for an upstream call. Never a query value or a header.
@@ -106,6 +111,8 @@ impl Upstream {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
+            ok_calls: Arc::default(),
+            route_latency: Arc::default(),
         })
     }
 
@@ -163,13 +170,26 @@ impl Upstream {
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
         };
-        let route = route.config_name();
+        let name = route.config_name();
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
-        self.calls
-            .get_or_create(&CallLabels { route, status })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabels { route })
+        let calls = |status| {
+            self.calls
+                .get_or_create(&CallLabels {
+                    route: name,
+                    status,
+                })
+                .clone()
+        };
+        match status {
+            200 => self.ok_calls.get(route, || calls(200)).inc(),
+            _ => calls(status).inc(),
+        };
+        self.route_latency
+            .get(route, || {
+                self.latency
+                    .get_or_create(&RouteLabels { route: name })
+                    .clone()
+            })
             .observe(started.elapsed().as_secs_f64());
         result
     }

@@ -277,8 +277,9 @@ impl AccessPolicy {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let name = strip_port(host).to_ascii_lowercase();
-        let name = name.trim_end_matches('.');
+        // Names compare ASCII case-insensitively; nothing is lowercased into a
+        // new string, as this runs for every request.
+        let name = strip_port(host).trim_end_matches('.');
         if name.parse::<IpAddr>().is_ok()
             || name
                 .strip_prefix('[')
@@ -287,12 +288,19 @@ impl AccessPolicy {
         {
             return true;
         }
-        if name == "localhost" || (!name.is_empty() && !name.contains('.')) {
+        if name.eq_ignore_ascii_case("localhost") || (!name.is_empty() && !name.contains('.')) {
             return true;
         }
         const HOME_SUFFIXES: [&str; 4] = [".local", ".lan", ".home.arpa", ".internal"];
-        HOME_SUFFIXES.iter().any(|s| name.ends_with(s))
-            || self.config.allowed_hosts.iter().any(|h| h == name)
+        HOME_SUFFIXES.iter().any(|suffix| {
+            name.len() > suffix.len()
+                && name.as_bytes()[name.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        }) || self
+            .config
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
     }
 }
 
@@ -500,6 +508,9 @@ mod tests {
             "gw.internal",
             "JOULO.example.com:8080",
             "gateway.lan.",
+            "Gateway.LAN:8080",
+            "LOCALHOST:8080",
+            "Nas.Home.Arpa.",
         ] {
             assert!(p.admit(ip, &parts(Some(ok), &[])).is_ok(), "{ok}");
         }
@@ -508,6 +519,8 @@ mod tests {
             "attacker.com:8080",
             "gateway.lan.evil.com",
             "example.com",
+            "EVIL.example.COM",
+            ".lan",
         ] {
             let err = p.admit(ip, &parts(Some(no), &[])).unwrap_err();
             assert!(matches!(err, AccessError::Host(_)), "{no}");

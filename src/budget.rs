@@ -46,8 +46,15 @@ impl Clock for TokioClock {
 }
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
-type Keyed<K> =
-    RateLimiter<K, HashMapStateStore<K>, TokioClock, NoOpMiddleware<std::time::Instant>>;
+/// Per-device state, hashed with foldhash (as the response cache is): keys are
+/// device names or LAN addresses, and SipHash was a measurable part of a cached
+/// answer's cost.
+type Keyed<K> = RateLimiter<
+    K,
+    HashMapStateStore<K, foldhash::fast::RandomState>,
+    TokioClock,
+    NoOpMiddleware<std::time::Instant>,
+>;
 
 /// The budget of calls to Joulo shared by all devices.
 #[derive(Debug)]
@@ -181,7 +188,11 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> ClientLimiter<K> {
         let quota = Quota::per_minute(cfg.client_per_minute).allow_burst(cfg.client_burst);
         ClientLimiter {
-            limiter: RateLimiter::hashmap_with_clock(quota, TokioClock),
+            limiter: RateLimiter::hashmap_with_clock_and_hasher(
+                quota,
+                TokioClock,
+                foldhash::fast::RandomState::default(),
+            ),
             queue_timeout: cfg.queue_timeout,
             checks: AtomicU64::new(0),
             refused,

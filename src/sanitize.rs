@@ -76,44 +76,72 @@ impl std::fmt::Display for LoggedQuery<'_> {
 
 /// Removes every `token` / `access_token` parameter, whatever its spelling
 /// (`TOKEN`, `%74oken`, `tok%65n`), every occurrence, keeping the rest untouched.
-/// Borrows the query when nothing is removed; one pass either way.
+/// One pass; the result borrows from `raw` unless a kept parameter follows a
+/// removed one (`a=1&token=x&b=2`), the only case that needs a new string.
 pub fn clean_query(raw: &str) -> CleanQuery<'_> {
-    let mut forwarded: Option<String> = None;
+    // What is kept, while it is one unbroken stretch of `raw`.
+    let mut span: Option<(usize, usize)> = None;
+    // Whether a parameter was removed after that stretch began.
+    let mut gap = false;
+    let mut owned: Option<String> = None;
     let mut removed = 0;
-    // Where the parameters kept so far end in `raw`, while they are still one
-    // unbroken prefix of it (nothing removed yet).
-    let mut offset = 0;
-    let mut kept = 0;
-    for param in raw.split('&') {
-        let credential = is_credential_param(param);
-        match (&mut forwarded, credential) {
-            (None, false) => kept += 1,
-            (None, true) => {
-                // The first credential: everything before it is kept as sent.
-                let prefix = raw[..offset].strip_suffix('&').unwrap_or(&raw[..offset]);
-                let mut owned = String::with_capacity(raw.len());
-                owned.push_str(prefix);
-                forwarded = Some(owned);
-                removed += 1;
+    for (start, param) in params(raw) {
+        if is_credential_param(param) {
+            removed += 1;
+            gap |= span.is_some();
+            continue;
+        }
+        let end = start + param.len();
+        match (&mut owned, span) {
+            // Even empty pieces keep their place: everything not removed is
+            // forwarded exactly as sent.
+            (Some(out), _) => {
+                out.push('&');
+                out.push_str(param);
             }
-            (Some(_), true) => removed += 1,
-            (Some(owned), false) => {
-                // Even empty pieces keep their place: everything not removed is
-                // forwarded exactly as sent.
-                if kept > 0 {
-                    owned.push('&');
-                }
-                kept += 1;
-                owned.push_str(param);
+            (None, None) => span = Some((start, end)),
+            (None, Some((first, _))) if !gap => span = Some((first, end)),
+            (None, Some((first, last))) => {
+                let mut out = String::with_capacity(raw.len());
+                out.push_str(&raw[first..last]);
+                out.push('&');
+                out.push_str(param);
+                owned = Some(out);
             }
         }
-        offset += param.len() + 1;
     }
+    let forwarded = match owned {
+        Some(out) => Cow::Owned(out),
+        None => Cow::Borrowed(span.map_or("", |(first, last)| &raw[first..last])),
+    };
     CleanQuery {
-        forwarded: forwarded.map_or(Cow::Borrowed(raw), Cow::Owned),
+        forwarded,
         raw,
         removed,
     }
+}
+
+/// The `&`-separated pieces of a query with where each starts. A byte scan:
+/// `&` is ASCII, so every piece boundary is a character boundary.
+fn params(raw: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let rest = &raw.as_bytes()[start..];
+        let len = match rest.iter().position(|&b| b == b'&') {
+            Some(len) => len,
+            None => {
+                done = true;
+                rest.len()
+            }
+        };
+        let piece = (start, &raw[start..start + len]);
+        start += len + 1;
+        Some(piece)
+    })
 }
 
 /// The longest spelling of a credential name once decoded (`access_token`).
@@ -295,6 +323,25 @@ mod tests {
             assert_eq!(q.logged().to_string(), raw);
             assert_eq!(q.removed, 0);
             assert!(matches!(q.forwarded, Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn a_new_string_only_when_a_kept_parameter_follows_a_removed_one() {
+        for (raw, borrowed) in [
+            ("limit=1", true),
+            ("limit=1&token=x", true),
+            ("token=x&limit=1&offset=2", true),
+            ("token=x&access_token=y", true),
+            ("limit=1&token=x&offset=2", false),
+        ] {
+            let q = clean_query(raw);
+            assert_eq!(
+                matches!(q.forwarded, Cow::Borrowed(_)),
+                borrowed,
+                "{raw} -> {:?}",
+                q.forwarded
+            );
         }
     }
 

@@ -269,12 +269,20 @@ pub fn clean_request_headers(headers: &mut HeaderMap) {
 }
 
 /// Strips an upstream response's headers down to what a device should see.
+/// Usually nothing needs to go (an HTTP/2 answer has no hop-by-hop headers), and
+/// then the map is left as it is.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    *headers = filtered(headers, |name| {
-        // The gateway never grants cross-origin access, whatever Joulo allows: a
-        // page on another site must not read a LAN device's data through it.
+    // The gateway never grants cross-origin access, whatever Joulo allows: a page
+    // on another site must not read a LAN device's data through it.
+    let drop = |name: &HeaderName| {
         UPSTREAM_ONLY.contains(name) || name.as_str().starts_with("access-control-")
-    });
+    };
+    if headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || drop(name))
+    {
+        *headers = filtered(headers, drop);
+    }
 }
 
 #[cfg(test)]

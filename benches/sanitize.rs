@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use joulo_gateway::routes::{RouteTable, normalise_path};
-use joulo_gateway::sanitize::{clean_query, clean_request_headers};
+use joulo_gateway::sanitize::{clean_query, clean_response_headers, request_headers_for_upstream};
 
 fn home_assistant_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -26,6 +26,21 @@ fn home_assistant_headers() -> HeaderMap {
             "Basic aG9tZWFzc2lzdGFudDpqZ3dfMDEyMzQ1Njc4OWFiY2RlZg==",
         ),
         ("connection", "keep-alive"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    headers
+}
+
+/// What an HTTP/2 answer from the API carries.
+fn joulo_answer_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("date", "Sun, 29 Nov 2026 02:15:39 GMT"),
+        ("server", "cloudflare"),
+        ("vary", "Accept-Encoding"),
+        ("content-length", "350"),
     ] {
         headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
@@ -59,16 +74,23 @@ fn sanitising(c: &mut Criterion) {
         b.iter(|| table.resolve(black_box(&Method::GET), black_box("/ere-position")))
     });
     let headers = home_assistant_headers();
-    c.bench_function("clean_request_headers: Home Assistant", |b| {
-        b.iter_batched(
-            || headers.clone(),
-            |mut h| {
-                clean_request_headers(&mut h);
-                h
-            },
-            criterion::BatchSize::SmallInput,
-        )
+    c.bench_function("request_headers_for_upstream: Home Assistant", |b| {
+        b.iter(|| request_headers_for_upstream(black_box(&headers)))
     });
+    let answer = joulo_answer_headers();
+    c.bench_function(
+        "clean_response_headers: Joulo answer, nothing to remove",
+        |b| {
+            b.iter_batched(
+                || answer.clone(),
+                |mut h| {
+                    clean_response_headers(&mut h);
+                    h
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
 }
 
 criterion_group!(benches, sanitising);

@@ -181,7 +181,7 @@ async fn health_and_readiness_follow_the_token() {
     assert_eq!(gateway.get("/chargers").await.0, StatusCode::UNAUTHORIZED);
 
     std::fs::remove_file(&gateway.token_file).unwrap();
-    let down = support::eventually(Duration::from_secs(3), || async {
+    let down = support::eventually(support::FILE_WATCH_LIMIT, || async {
         gateway.get("/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
@@ -195,7 +195,7 @@ async fn health_and_readiness_follow_the_token() {
     );
 
     let _token = gateway.rotate_token();
-    let up = support::eventually(Duration::from_secs(3), || async {
+    let up = support::eventually(support::FILE_WATCH_LIMIT, || async {
         gateway.get("/readyz").await.0 == StatusCode::OK
     })
     .await;

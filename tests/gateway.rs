@@ -361,20 +361,20 @@ async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed(
     assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
 
     let second = gateway.rotate_token();
-    let picked_up = support::eventually(Duration::from_secs(3), || async {
+    let picked_up = support::eventually(support::FILE_WATCH_LIMIT, || async {
         gateway.get("/chargers").await;
         upstream.last().headers["authorization"] == format!("Bearer {second}").as_str()
     })
     .await;
-    assert!(picked_up, "the renamed-in token was used within 3 s");
+    assert!(picked_up, "the renamed-in token was used");
 
     std::fs::remove_file(&gateway.token_file).unwrap();
     let before = upstream.received().len();
-    let closed = support::eventually(Duration::from_secs(3), || async {
+    let closed = support::eventually(support::FILE_WATCH_LIMIT, || async {
         gateway.get("/chargers").await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    assert!(closed, "a deleted token file fails closed within 3 s");
+    assert!(closed, "a deleted token file fails closed");
     let sent_while_open = upstream.received().len() - before;
     let (status, _, body) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -390,7 +390,7 @@ async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed(
 
     std::fs::write(&gateway.token_file, "not a token\n").unwrap();
     let path = gateway.token_file.display().to_string();
-    let noticed = support::eventually(Duration::from_secs(3), || async {
+    let noticed = support::eventually(support::FILE_WATCH_LIMIT, || async {
         support::logs()
             .lines()
             .any(|l| l.contains(&path) && l.contains("whitespace inside the token"))
@@ -403,7 +403,7 @@ async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed(
     );
 
     let third = gateway.rotate_token();
-    let back = support::eventually(Duration::from_secs(3), || async {
+    let back = support::eventually(support::FILE_WATCH_LIMIT, || async {
         gateway.get("/chargers").await.0 == StatusCode::OK
     })
     .await;

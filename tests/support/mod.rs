@@ -508,6 +508,13 @@ pub async fn jump_clock(by: Duration) {
     tokio::time::resume();
 }
 
+/// How long a test waits for the gateway to notice a changed token or
+/// certificate file. The files are polled every second (`token_poll_interval`),
+/// so a change is normally seen within about one; a loaded CI machine can delay
+/// the poll's blocking file check well beyond that, and a passing test returns
+/// as soon as the change is seen, so the bound is generous.
+pub const FILE_WATCH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether
 /// it held. For events driven by the real file system (token rotation).
 pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool

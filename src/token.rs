@@ -3,7 +3,7 @@
 //! changes, and withdrawn (fail closed) when the file goes bad.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -13,7 +13,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use crate::watch::Trigger;
+use crate::watch::{Fingerprint, Trigger, fingerprints_now};
 
 /// Why a token file was not accepted. Never carries the file's contents.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,8 @@ struct TokenSourceInner {
     reloads_failed: Counter,
     /// Upstream 401 answers.
     unauthorized: Counter,
+    /// The file's state just before it was last read, for the watcher.
+    loaded: Mutex<Vec<Option<Fingerprint>>>,
 }
 
 impl TokenSource {
@@ -122,6 +124,7 @@ impl TokenSource {
                 reloads_ok: Counter::default(),
                 reloads_failed: Counter::default(),
                 unauthorized: Counter::default(),
+                loaded: Mutex::default(),
             }),
         }
     }
@@ -153,7 +156,9 @@ impl TokenSource {
     /// Reads the file again. On failure the current token is withdrawn, so that
     /// a deleted or corrupted secret stops all upstream calls.
     pub fn reload(&self) -> Result<(), TokenError> {
+        let seen = fingerprints_now(&[&self.inner.path]);
         let result = read_token_file(&self.inner.path);
+        *self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         let mut current = self
             .inner
             .current
@@ -219,7 +224,13 @@ impl TokenSource {
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
         let path = self.inner.path.clone();
-        crate::watch::watch_files(vec![path], interval, shutdown, move |trigger| {
+        let loaded = self
+            .inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        crate::watch::watch_files(vec![path], loaded, interval, shutdown, move |trigger| {
             let had_token = self.current().is_some();
             match self.reload() {
                 Ok(()) => info!(

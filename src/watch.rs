@@ -31,8 +31,14 @@ impl Trigger {
 /// or SIGHUP arrives, until `shutdown` resolves. The SIGHUP handler is installed
 /// before this returns, so a reload requested right after start cannot hit the
 /// default action (terminating the process).
+///
+/// `loaded` is the files' state taken just before they were last read (see
+/// [`fingerprints_now`]): comparing with it rather than with the state when the
+/// watcher first runs means a change made between the initial load and the
+/// watcher's first poll (a busy start-up) is not missed.
 pub fn watch_files(
     paths: Vec<PathBuf>,
+    loaded: Vec<Option<Fingerprint>>,
     interval: Duration,
     shutdown: impl Future<Output = ()>,
     reload: impl Fn(Trigger) + Send + Sync + 'static,
@@ -40,7 +46,7 @@ pub fn watch_files(
     let mut hangup = hangup_signal();
     let reload = Arc::new(reload);
     async move {
-        let mut last = fingerprints(&paths).await;
+        let mut last = loaded;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -67,8 +73,8 @@ pub fn watch_files(
 }
 
 /// What identifies one version of a file without reading it.
-#[derive(Debug, PartialEq, Eq)]
-struct Fingerprint {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
     len: u64,
     modified: Option<SystemTime>,
     #[cfg(unix)]
@@ -84,7 +90,19 @@ async fn fingerprints(paths: &[PathBuf]) -> Vec<Option<Fingerprint>> {
 }
 
 async fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
+    fingerprint_of(tokio::fs::metadata(path).await.ok()?)
+}
+
+/// The files' state now, read on the calling thread. Taken just before the files
+/// themselves are read, so any later change shows up as a difference.
+pub fn fingerprints_now(paths: &[&Path]) -> Vec<Option<Fingerprint>> {
+    paths
+        .iter()
+        .map(|path| fingerprint_of(std::fs::metadata(path).ok()?))
+        .collect()
+}
+
+fn fingerprint_of(meta: std::fs::Metadata) -> Option<Fingerprint> {
     Some(Fingerprint {
         len: meta.len(),
         modified: meta.modified().ok(),
@@ -125,4 +143,56 @@ async fn recv_hangup(signal: &mut Hangup) {
 #[cfg(not(unix))]
 async fn recv_hangup(_: &mut Hangup) {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_before_the_first_poll_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("joulo_token");
+        std::fs::write(&path, "first").unwrap();
+        // The file as it was loaded at start...
+        let loaded = fingerprints_now(&[&path]);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = watch_files(
+            vec![path.clone()],
+            loaded,
+            Duration::from_millis(10),
+            std::future::pending(),
+            move |trigger| {
+                let _ = tx.send(trigger);
+            },
+        );
+        // ...then removed before the watcher has looked at it even once, as on a
+        // start-up busy enough that the watcher task runs late.
+        std::fs::remove_file(&path).unwrap();
+        let task = tokio::spawn(watcher);
+        let trigger = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(trigger.ok().flatten(), Some(Trigger::FileChange));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_file_is_not_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("joulo_token");
+        std::fs::write(&path, "same").unwrap();
+        let loaded = fingerprints_now(&[&path]);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(watch_files(
+            vec![path.clone()],
+            loaded,
+            Duration::from_millis(10),
+            std::future::pending(),
+            move |trigger| {
+                let _ = tx.send(trigger);
+            },
+        ));
+        let reloaded = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(reloaded.is_err(), "reloaded without a change: {reloaded:?}");
+        task.abort();
+    }
 }

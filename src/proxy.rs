@@ -279,7 +279,7 @@ async fn cached(
     let key = key.to_owned();
 
     let uri = state.upstream.uri_for(route, &query.forwarded)?;
-    let headers = upstream_headers(&parts.headers);
+    let headers = sanitize::request_headers_for_upstream(&parts.headers);
     let fetch = fetch_for_cache(state.clone(), key.clone(), uri, headers, ttl);
     let outcome = state.cache.coalesce(key, fetch).await;
     let stale = || state.cache.serve_stale(copy.as_deref(), Instant::now());
@@ -401,7 +401,7 @@ async fn forward(
         .current()
         .ok_or(GatewayError::TokenUnavailable)?;
     state.budget.acquire().await?;
-    let mut headers = upstream_headers(&parts.headers);
+    let mut headers = sanitize::request_headers_for_upstream(&parts.headers);
     headers.insert(header::AUTHORIZATION, token.authorization_header());
     drop(token);
     let response = state
@@ -414,11 +414,6 @@ async fn forward(
     head.version = Version::HTTP_11;
     head.extensions.insert(UpstreamStatus(head.status));
     Ok(Response::from_parts(head, body.boxed()))
-}
-
-/// The client's headers as they may go upstream (no token yet).
-fn upstream_headers(client_headers: &HeaderMap) -> HeaderMap {
-    sanitize::request_headers_for_upstream(client_headers)
 }
 
 /// Reads a request body of at most `limit` bytes; larger is 413, refused from

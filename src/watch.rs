@@ -148,6 +148,27 @@ async fn recv_hangup(_: &mut Hangup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc::UnboundedReceiver;
+    use tokio::task::JoinHandle;
+
+    /// Watches `path` every 10 ms from the `loaded` state; reloads arrive on the
+    /// receiver.
+    fn watching(
+        path: &Path,
+        loaded: Vec<Option<Fingerprint>>,
+    ) -> (JoinHandle<()>, UnboundedReceiver<Trigger>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = watch_files(
+            vec![path.to_owned()],
+            loaded,
+            Duration::from_millis(10),
+            std::future::pending(),
+            move |trigger| {
+                let _ = tx.send(trigger);
+            },
+        );
+        (tokio::spawn(watcher), rx)
+    }
 
     #[tokio::test]
     async fn a_change_before_the_first_poll_is_not_missed() {
@@ -156,21 +177,11 @@ mod tests {
         std::fs::write(&path, "first").unwrap();
         // The file as it was loaded at start...
         let loaded = fingerprints_now(&[&path]);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = watch_files(
-            vec![path.clone()],
-            loaded,
-            Duration::from_millis(10),
-            std::future::pending(),
-            move |trigger| {
-                let _ = tx.send(trigger);
-            },
-        );
         // ...then removed before the watcher has looked at it even once, as on a
         // start-up busy enough that the watcher task runs late.
         std::fs::remove_file(&path).unwrap();
-        let task = tokio::spawn(watcher);
-        let trigger = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        let (task, mut reloads) = watching(&path, loaded);
+        let trigger = tokio::time::timeout(Duration::from_secs(5), reloads.recv()).await;
         assert_eq!(trigger.ok().flatten(), Some(Trigger::FileChange));
         task.abort();
     }
@@ -180,18 +191,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("joulo_token");
         std::fs::write(&path, "same").unwrap();
-        let loaded = fingerprints_now(&[&path]);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(watch_files(
-            vec![path.clone()],
-            loaded,
-            Duration::from_millis(10),
-            std::future::pending(),
-            move |trigger| {
-                let _ = tx.send(trigger);
-            },
-        ));
-        let reloaded = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        let (task, mut reloads) = watching(&path, fingerprints_now(&[&path]));
+        let reloaded = tokio::time::timeout(Duration::from_millis(300), reloads.recv()).await;
         assert!(reloaded.is_err(), "reloaded without a change: {reloaded:?}");
         task.abort();
     }

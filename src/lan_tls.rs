@@ -3,7 +3,7 @@
 //! when the files change or on SIGHUP.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::TlsFiles;
-use crate::watch::{Fingerprint, fingerprints_now};
+use crate::watch::LoadedState;
 
 /// Why the certificate or key could not be used. Never quotes the key.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +40,18 @@ pub struct LanTls {
     /// The settings new handshakes use; connections keep the ones they began with.
     current: RwLock<Arc<rustls::ServerConfig>>,
     /// The files' state just before they were last read, for the watcher.
-    loaded: Mutex<Vec<Option<Fingerprint>>>,
+    loaded: LoadedState,
 }
 
 impl LanTls {
     /// Reads and checks the certificate and key.
     pub fn load(files: &TlsFiles) -> Result<LanTls, LanTlsError> {
-        let seen = fingerprints_now(&[&files.cert, &files.key]);
+        let loaded = LoadedState::default();
+        loaded.record(&[&files.cert, &files.key]);
         Ok(LanTls {
             files: files.clone(),
             current: RwLock::new(build(files)?),
-            loaded: Mutex::new(seen),
+            loaded,
         })
     }
 
@@ -66,8 +67,7 @@ impl LanTls {
 
     /// Re-reads the files; on failure the previous certificate stays in use.
     pub fn reload(&self) -> Result<(), LanTlsError> {
-        let seen = fingerprints_now(&[&self.files.cert, &self.files.key]);
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+        self.loaded.record(&[&self.files.cert, &self.files.key]);
         let fresh = build(&self.files)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
@@ -80,11 +80,7 @@ impl LanTls {
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
         let paths = vec![self.files.cert.clone(), self.files.key.clone()];
-        let loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let loaded = self.loaded.baseline();
         crate::watch::watch_files(paths, loaded, interval, shutdown, move |trigger| match self
             .reload()
         {

@@ -3,7 +3,7 @@
 //! changes, and withdrawn (fail closed) when the file goes bad.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -13,7 +13,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use crate::watch::{Fingerprint, Trigger, fingerprints_now};
+use crate::watch::{LoadedState, Trigger};
 
 /// Why a token file was not accepted. Never carries the file's contents.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,7 @@ struct TokenSourceInner {
     /// Upstream 401 answers.
     unauthorized: Counter,
     /// The file's state just before it was last read, for the watcher.
-    loaded: Mutex<Vec<Option<Fingerprint>>>,
+    loaded: LoadedState,
 }
 
 impl TokenSource {
@@ -124,7 +124,7 @@ impl TokenSource {
                 reloads_ok: Counter::default(),
                 reloads_failed: Counter::default(),
                 unauthorized: Counter::default(),
-                loaded: Mutex::default(),
+                loaded: LoadedState::default(),
             }),
         }
     }
@@ -156,9 +156,8 @@ impl TokenSource {
     /// Reads the file again. On failure the current token is withdrawn, so that
     /// a deleted or corrupted secret stops all upstream calls.
     pub fn reload(&self) -> Result<(), TokenError> {
-        let seen = fingerprints_now(&[&self.inner.path]);
+        self.inner.loaded.record(&[&self.inner.path]);
         let result = read_token_file(&self.inner.path);
-        *self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         let mut current = self
             .inner
             .current
@@ -224,12 +223,7 @@ impl TokenSource {
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
         let path = self.inner.path.clone();
-        let loaded = self
-            .inner
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let loaded = self.inner.loaded.baseline();
         crate::watch::watch_files(vec![path], loaded, interval, shutdown, move |trigger| {
             let had_token = self.current().is_some();
             match self.reload() {

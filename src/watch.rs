@@ -3,7 +3,7 @@
 //! metadata needs no platform file-event API and works on every filesystem.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tracing::warn;
@@ -32,13 +32,13 @@ impl Trigger {
 /// before this returns, so a reload requested right after start cannot hit the
 /// default action (terminating the process).
 ///
-/// `loaded` is the files' state taken just before they were last read (see
-/// [`fingerprints_now`]): comparing with it rather than with the state when the
-/// watcher first runs means a change made between the initial load and the
-/// watcher's first poll (a busy start-up) is not missed.
+/// Starts from `loaded`, the files' state taken just before they were last read:
+/// comparing with it rather than with the state when the watcher first runs
+/// means a change made between the initial load and the watcher's first poll (a
+/// busy start-up) is not missed.
 pub fn watch_files(
     paths: Vec<PathBuf>,
-    loaded: Vec<Option<Fingerprint>>,
+    loaded: Baseline,
     interval: Duration,
     shutdown: impl Future<Output = ()>,
     reload: impl Fn(Trigger) + Send + Sync + 'static,
@@ -46,7 +46,7 @@ pub fn watch_files(
     let mut hangup = hangup_signal();
     let reload = Arc::new(reload);
     async move {
-        let mut last = loaded;
+        let mut last = loaded.0;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -72,9 +72,35 @@ pub fn watch_files(
     }
 }
 
+/// The state of watched files just before their owner last read them: where
+/// [`watch_files`] starts comparing from.
+#[derive(Debug, Default)]
+pub struct LoadedState(Mutex<Vec<Option<Fingerprint>>>);
+
+impl LoadedState {
+    /// Records the files' state now. Called just before reading them, so any
+    /// later change shows up as a difference.
+    pub fn record(&self, paths: &[&Path]) {
+        let now = paths
+            .iter()
+            .map(|path| fingerprint_of(std::fs::metadata(path).ok()?))
+            .collect();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// The recorded state, for [`watch_files`] to start from.
+    pub fn baseline(&self) -> Baseline {
+        Baseline(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A copy of a [`LoadedState`].
+#[derive(Debug)]
+pub struct Baseline(Vec<Option<Fingerprint>>);
+
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
+struct Fingerprint {
     len: u64,
     modified: Option<SystemTime>,
     #[cfg(unix)]
@@ -91,15 +117,6 @@ async fn fingerprints(paths: &[PathBuf]) -> Vec<Option<Fingerprint>> {
 
 async fn fingerprint(path: &Path) -> Option<Fingerprint> {
     fingerprint_of(tokio::fs::metadata(path).await.ok()?)
-}
-
-/// The files' state now, read on the calling thread. Taken just before the files
-/// themselves are read, so any later change shows up as a difference.
-pub fn fingerprints_now(paths: &[&Path]) -> Vec<Option<Fingerprint>> {
-    paths
-        .iter()
-        .map(|path| fingerprint_of(std::fs::metadata(path).ok()?))
-        .collect()
 }
 
 fn fingerprint_of(meta: std::fs::Metadata) -> Option<Fingerprint> {
@@ -153,14 +170,11 @@ mod tests {
 
     /// Watches `path` every 10 ms from the `loaded` state; reloads arrive on the
     /// receiver.
-    fn watching(
-        path: &Path,
-        loaded: Vec<Option<Fingerprint>>,
-    ) -> (JoinHandle<()>, UnboundedReceiver<Trigger>) {
+    fn watching(path: &Path, loaded: &LoadedState) -> (JoinHandle<()>, UnboundedReceiver<Trigger>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let watcher = watch_files(
             vec![path.to_owned()],
-            loaded,
+            loaded.baseline(),
             Duration::from_millis(10),
             std::future::pending(),
             move |trigger| {
@@ -176,11 +190,12 @@ mod tests {
         let path = dir.path().join("joulo_token");
         std::fs::write(&path, "first").unwrap();
         // The file as it was loaded at start...
-        let loaded = fingerprints_now(&[&path]);
+        let loaded = LoadedState::default();
+        loaded.record(&[&path]);
         // ...then removed before the watcher has looked at it even once, as on a
         // start-up busy enough that the watcher task runs late.
         std::fs::remove_file(&path).unwrap();
-        let (task, mut reloads) = watching(&path, loaded);
+        let (task, mut reloads) = watching(&path, &loaded);
         let trigger = tokio::time::timeout(Duration::from_secs(5), reloads.recv()).await;
         assert_eq!(trigger.ok().flatten(), Some(Trigger::FileChange));
         task.abort();
@@ -191,7 +206,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("joulo_token");
         std::fs::write(&path, "same").unwrap();
-        let (task, mut reloads) = watching(&path, fingerprints_now(&[&path]));
+        let loaded = LoadedState::default();
+        loaded.record(&[&path]);
+        let (task, mut reloads) = watching(&path, &loaded);
         let reloaded = tokio::time::timeout(Duration::from_millis(300), reloads.recv()).await;
         assert!(reloaded.is_err(), "reloaded without a change: {reloaded:?}");
         task.abort();

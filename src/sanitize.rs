@@ -59,7 +59,7 @@ impl std::fmt::Display for LoggedQuery<'_> {
         if self.removed == 0 {
             return f.write_str(self.raw);
         }
-        for (i, param) in self.raw.split('&').enumerate() {
+        for (i, (_, param)) in params(self.raw).enumerate() {
             if i > 0 {
                 f.write_str("&")?;
             }

@@ -201,10 +201,24 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
 
     /// Takes one request from `client`'s allowance, waiting up to `queue_timeout`.
     pub async fn acquire(&self, client: &K) -> Result<(), GatewayError> {
+        if self.try_acquire(client) {
+            return Ok(());
+        }
+        self.wait(client).await
+    }
+
+    /// Takes a slot for `client` if one is free now.
+    pub fn try_acquire(&self, client: &K) -> bool {
         if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
             // Forget devices whose allowance is full again, so the map stays small.
             self.limiter.retain_recent();
         }
+        self.limiter.check_key(client).is_ok()
+    }
+
+    /// Waits for a slot for `client` as long as one comes within the queue
+    /// timeout; otherwise the refusal.
+    pub async fn wait(&self, client: &K) -> Result<(), GatewayError> {
         wait_for_slot(|| self.limiter.check_key(client), self.queue_timeout)
             .await
             .map_err(|wait| {

@@ -253,7 +253,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
     pub h2_max_streams: u32,
-    /// Threads serving requests.
+    /// Event loops serving connections, each a single-threaded runtime on its
+    /// own thread.
     pub worker_threads: usize,
 }
 

@@ -116,7 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             logging::init(&config.log, Some(tokens.clone()))?;
             tokens.reload()?;
-            let runtime = runtime_with(config.server.worker_threads)?;
+            // More event loops, if configured, are started by the server.
+            let runtime = runtime()?;
             let _guard = runtime.enter();
             let shutdown = shutdown_signal();
             runtime.block_on(async {
@@ -152,22 +153,11 @@ async fn healthcheck(url: http::Uri) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A single-threaded runtime: tokio's current-thread scheduler skips the
+/// work-stealing machinery; bench/profile counts 2-5% fewer instructions per
+/// request than with the multi-threaded one.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    runtime_with(1)
-}
-
-/// The async runtime with `workers` threads (see `server.worker_threads`).
-fn runtime_with(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = if workers == 1 {
-        // One thread: tokio's single-threaded scheduler skips the work-stealing
-        // machinery; bench/profile counts 2-5% fewer instructions per request.
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    builder
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -2,8 +2,12 @@
 //! it is, what is removed from it, whether the cache answers, where the token is
 //! added, and the access-log line that records it.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +25,9 @@ use tracing::{info, warn};
 
 use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, UpstreamBudget};
-use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, X_CACHE};
+use crate::cache::{
+    Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, Stored, X_CACHE,
+};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::ops::{OpsEndpoint, RouteSeries};
@@ -161,50 +167,218 @@ struct UpstreamStatus(StatusCode);
 
 /// Serves one request. Never fails: every error becomes a JSON response, because
 /// an `Err` handed to hyper would drop the whole connection.
-pub async fn handle(
-    state: &Arc<AppState>,
-    client: SocketAddr,
-    request: Request<Incoming>,
-) -> Response<Body> {
+///
+/// What needs no waiting (a refusal, health, metrics, a fresh cached answer) is
+/// answered within this call, so the request is dropped before hyper reads on:
+/// its head still shares hyper's read buffer, which hyper then reuses instead of
+/// allocating another, and no shared state is cloned for a future. Only a wait
+/// for the device's allowance or an upstream call becomes a future.
+pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incoming>) -> Handled {
     // The access line's duration needs a clock read; skipped when the line is
     // not written (level "warn", the benchmarks' setting).
     let started =
         tracing::enabled!(target: "joulo_gateway::access", tracing::Level::INFO).then(Instant::now);
     let (parts, body) = request.into_parts();
     let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
+    let mut trace = Trace::default();
+    let result = match admit(state, client, &parts, &query, &mut trace) {
+        Ok(Admitted::Answered(response)) => Ok(response),
+        Err(e) => Err(e),
+        Ok(Admitted::Waiting(waiting)) => {
+            return Handled::later(state, client, parts, body, trace, started, waiting);
+        }
+    };
+    Handled::Ready(Some(finish(
+        state, client, &parts, &query, &trace, started, result,
+    )))
+}
 
-    let mut route = None;
-    let mut ops = None;
-    let mut caller = None;
-    let result = async {
-        // Refused addresses get nothing else done for them.
-        state.access.check_network(client.ip())?;
-        if head_size(&parts) > state.max_header_size {
-            return Err(GatewayError::HeadersTooLarge {
-                limit: state.max_header_size,
-            });
-        }
-        state.access.check_host_and_origin(&parts)?;
-        // Health and metrics need no device key: a container health check or a
-        // Prometheus scraper has none, and they reveal no secret.
-        if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
-            ops = Some(endpoint);
-            return Ok(endpoint.respond(&parts.method, state));
-        }
-        let who = state.access.authenticate(client.ip(), &parts)?;
-        state.clients.acquire(&who).await?;
-        let id = resolve(state, &parts)?;
-        route = Some(id);
-        state.access.check_scope(&who, id)?;
-        caller = Some(who);
-        let ttl = state.cache_config.ttl_for(id);
-        if ttl.is_zero() {
-            forward(state, id, &parts, &query, Some(body)).await
-        } else {
-            cached(state, id, ttl, &parts, &query).await
+/// A request's answer: ready at once, or a wait under way.
+pub enum Handled {
+    /// Answered within the call; taken when first polled.
+    Ready(Option<Response<Body>>),
+    /// Waiting for the device's allowance or for Joulo.
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Handled {
+    /// The future that finishes a request `admit` could not answer.
+    fn later(
+        state: &Arc<AppState>,
+        client: SocketAddr,
+        parts: Parts,
+        body: Incoming,
+        mut trace: Trace,
+        started: Option<Instant>,
+        waiting: Waiting,
+    ) -> Handled {
+        let state = state.clone();
+        Handled::Later(Box::pin(async move {
+            // Cleaned again rather than kept: it borrows `parts`, which moves here.
+            let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
+            let result = async {
+                let call = match waiting {
+                    Waiting::Upstream(call) => call,
+                    Waiting::Allowance(who) => {
+                        state.clients.wait(&who).await?;
+                        match route(&state, &parts, &query, who, &mut trace)? {
+                            Routed::Answered(response) => return Ok(response),
+                            Routed::Upstream(call) => call,
+                        }
+                    }
+                };
+                match call {
+                    UpstreamCall::Forward(route) => {
+                        forward(&state, route, &parts, &query, Some(body)).await
+                    }
+                    UpstreamCall::Fetch { route, ttl, copy } => {
+                        fetch_shared(&state, route, ttl, copy, &parts, &query).await
+                    }
+                }
+            }
+            .await;
+            finish(&state, client, &parts, &query, &trace, started, result)
+        }))
+    }
+}
+
+impl Future for Handled {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Handled::Ready(response) => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            Handled::Later(future) => future.as_mut().poll(cx).map(Ok),
         }
     }
-    .await;
+}
+
+/// What the access line and the request counter say about a request, filled in
+/// as it goes.
+#[derive(Default)]
+struct Trace {
+    route: Option<RouteId>,
+    ops: Option<OpsEndpoint>,
+    caller: Option<Caller>,
+}
+
+/// A request past the checks that need no waiting.
+enum Admitted {
+    /// Answered without Joulo: health, metrics, a fresh cached copy.
+    Answered(Response<Body>),
+    Waiting(Waiting),
+}
+
+/// What a request that could not be answered at once waits for.
+enum Waiting {
+    /// The device is over its allowance for now; a slot may come within the
+    /// queue timeout.
+    Allowance(Caller),
+    Upstream(UpstreamCall),
+}
+
+/// A request within its device's allowance.
+enum Routed {
+    /// Answered from the cache.
+    Answered(Response<Body>),
+    Upstream(UpstreamCall),
+}
+
+/// What Joulo is needed for.
+enum UpstreamCall {
+    /// A route that is not cached: streamed through.
+    Forward(RouteId),
+    /// A cached route with no fresh copy; `copy` is a stale one that may stand in
+    /// if the call fails.
+    Fetch {
+        route: RouteId,
+        ttl: Duration,
+        copy: Option<Arc<Stored>>,
+    },
+}
+
+/// The checks in order, up to the device's allowance.
+fn admit(
+    state: &AppState,
+    client: SocketAddr,
+    parts: &Parts,
+    query: &CleanQuery<'_>,
+    trace: &mut Trace,
+) -> Result<Admitted, GatewayError> {
+    // Refused addresses get nothing else done for them.
+    state.access.check_network(client.ip())?;
+    if head_size(parts) > state.max_header_size {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: state.max_header_size,
+        });
+    }
+    state.access.check_host_and_origin(parts)?;
+    // Health and metrics need no device key: a container health check or a
+    // Prometheus scraper has none, and they reveal no secret.
+    if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
+        trace.ops = Some(endpoint);
+        return Ok(Admitted::Answered(endpoint.respond(&parts.method, state)));
+    }
+    let who = state.access.authenticate(client.ip(), parts)?;
+    if !state.clients.try_acquire(&who) {
+        return Ok(Admitted::Waiting(Waiting::Allowance(who)));
+    }
+    Ok(match route(state, parts, query, who, trace)? {
+        Routed::Answered(response) => Admitted::Answered(response),
+        Routed::Upstream(call) => Admitted::Waiting(Waiting::Upstream(call)),
+    })
+}
+
+/// The checks after the device's allowance: the route, the device's scope, and
+/// a fresh cached copy if there is one.
+fn route(
+    state: &AppState,
+    parts: &Parts,
+    query: &CleanQuery<'_>,
+    who: Caller,
+    trace: &mut Trace,
+) -> Result<Routed, GatewayError> {
+    let id = resolve(state, parts)?;
+    trace.route = Some(id);
+    state.access.check_scope(&who, id)?;
+    trace.caller = Some(who);
+    let ttl = state.cache_config.ttl_for(id);
+    if ttl.is_zero() {
+        return Ok(Routed::Upstream(UpstreamCall::Forward(id)));
+    }
+    // Fail closed before the cache too: a withdrawn token stops all service.
+    if !state.tokens.is_loaded() {
+        return Err(GatewayError::TokenUnavailable);
+    }
+    let copy = state.cache.lookup(
+        KeyRef::new(id, &query.forwarded, &parts.headers),
+        &parts.headers,
+    );
+    let now = Instant::now();
+    if let Some(copy) = &copy
+        && copy.is_fresh(now)
+    {
+        return Ok(Routed::Answered(state.cache.serve_hit(copy, now)));
+    }
+    Ok(Routed::Upstream(UpstreamCall::Fetch {
+        route: id,
+        ttl,
+        copy,
+    }))
+}
+
+/// Counts the request and writes its access line.
+fn finish(
+    state: &AppState,
+    client: SocketAddr,
+    parts: &Parts,
+    query: &CleanQuery<'_>,
+    trace: &Trace,
+    started: Option<Instant>,
+    result: Result<Response<Body>, GatewayError>,
+) -> Response<Body> {
     let response = result.unwrap_or_else(|e| {
         if matches!(
             e,
@@ -215,23 +389,23 @@ pub async fn handle(
         e.response()
     });
 
-    let route_label = match (route, ops) {
+    let route_label = match (trace.route, trace.ops) {
         (Some(route), _) => route.config_name(),
         (None, Some(endpoint)) => endpoint.label(),
         (None, None) => "none",
     };
     state
         .requests
-        .count(route, route_label, response.status().as_u16());
+        .count(trace.route, route_label, response.status().as_u16());
     info!(
         target: "joulo_gateway::access",
         client = %client,
-        device = match &caller {
+        device = match &trace.caller {
             Some(Caller::Device(name)) => Some(&**name),
             _ => None,
         },
         method = %parts.method,
-        path = %LoggedTarget { path: parts.uri.path(), query: &query },
+        path = %LoggedTarget { path: parts.uri.path(), query },
         route = route_label,
         status = response.status().as_u16(),
         upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
@@ -254,30 +428,18 @@ fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {
     Ok(state.routes.resolve(&parts.method, parts.uri.path())?)
 }
 
-/// A cacheable GET: a fresh copy if there is one, else one upstream call shared
-/// with every identical request under way, with a stale copy standing in when
-/// that call fails.
-async fn cached(
+/// A cacheable GET with no fresh copy: one upstream call shared with every
+/// identical request under way, with the stale `copy` standing in when that
+/// call fails.
+async fn fetch_shared(
     state: &Arc<AppState>,
     route: RouteId,
     ttl: Duration,
+    copy: Option<Arc<Stored>>,
     parts: &Parts,
     query: &CleanQuery<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    // Fail closed before the cache too: a withdrawn token stops all service.
-    if !state.tokens.is_loaded() {
-        return Err(GatewayError::TokenUnavailable);
-    }
-    let key = KeyRef::new(route, &query.forwarded, &parts.headers);
-    let copy = state.cache.lookup(key, &parts.headers);
-    let now = Instant::now();
-    if let Some(copy) = &copy
-        && copy.is_fresh(now)
-    {
-        return Ok(state.cache.serve_hit(copy, now));
-    }
-    let key = key.to_owned();
-
+    let key = KeyRef::new(route, &query.forwarded, &parts.headers).to_owned();
     let uri = state.upstream.uri_for(route, &query.forwarded)?;
     let headers = sanitize::request_headers_for_upstream(&parts.headers);
     let fetch = fetch_for_cache(state.clone(), key.clone(), uri, headers, ttl);

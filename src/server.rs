@@ -3,7 +3,6 @@
 //! the token and certificate fresh, and drains in-flight requests on shutdown
 //! within the grace period.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +18,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
@@ -73,6 +73,14 @@ pub async fn run(
     let handshake_timeout = limits.tls_handshake_timeout;
     let idle_timeout = limits.idle_timeout;
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut loops = match EventLoops::start(limits.worker_threads) {
+        Ok(loops) => loops,
+        Err(e) => {
+            // Serving on fewer threads beats not serving at all.
+            warn!(error = %e, "cannot start the extra event loops; serving on one thread");
+            EventLoops::start(1).expect("one loop starts no thread")
+        }
+    };
 
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
@@ -103,24 +111,32 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let stream = IdleTimeout::new(stream, idle_timeout);
-        let builder = builder.clone();
-        let state = state.clone();
-        let watcher = graceful.watcher();
-        let acceptor = state.lan_tls.as_ref().map(|tls| tls.acceptor());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Some(acceptor) = acceptor else {
-                return serve(builder, TokioIo::new(stream), state, client, watcher).await;
-            };
-            // The handshake runs here, in the connection's own task and under a
-            // bound, so a slow or silent client never holds up the accept loop.
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve(builder, TokioIo::new(tls), state, client, watcher).await,
-                Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(client = %client, "TLS handshake timed out"),
-            }
-        });
+        let connection = Connection {
+            builder: builder.clone(),
+            state: state.clone(),
+            client,
+            watcher: graceful.watcher(),
+            _slot: slot,
+            handshake_timeout,
+            idle_timeout,
+        };
+        let (index, other) = loops.next();
+        debug!(client = %client, event_loop = index, "connection accepted");
+        match other {
+            None => drop(tokio::spawn(connection.serve(stream))),
+            Some(other) => match stream.into_std() {
+                // Registered with the other loop's reactor from inside it.
+                Ok(stream) => drop(other.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => connection.serve(stream).await,
+                        Err(e) => {
+                            debug!(client = %client, error = %e, "cannot hand over connection")
+                        }
+                    }
+                })),
+                Err(e) => debug!(client = %client, error = %e, "cannot hand over connection"),
+            },
+        }
     }
 
     drop(listener);
@@ -135,13 +151,139 @@ pub async fn run(
             warn!("grace period over; closing the remaining connections");
         }
     }
+    loops.stop().await;
     let _ = stop_tx.send(true);
     for watcher in watchers {
         let _ = watcher.await;
     }
 }
 
-/// Serves one connection until it closes or shutdown finishes it.
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    state: Arc<AppState>,
+    client: SocketAddr,
+    watcher: Watcher,
+    /// Held for the connection's life: its place under `server.max_connections`.
+    _slot: OwnedSemaphorePermit,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves the connection until it closes or shutdown finishes it, on the
+    /// event loop this is polled on.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let client = self.client;
+        let stream = IdleTimeout::new(stream, self.idle_timeout);
+        let Some(acceptor) = self.state.lan_tls.as_ref().map(|tls| tls.acceptor()) else {
+            return serve(
+                self.builder,
+                TokioIo::new(stream),
+                self.state,
+                client,
+                self.watcher,
+            )
+            .await;
+        };
+        // The handshake runs here, in the connection's own task and under a
+        // bound, so a slow or silent client never holds up the accept loop.
+        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                serve(
+                    self.builder,
+                    TokioIo::new(tls),
+                    self.state,
+                    client,
+                    self.watcher,
+                )
+                .await;
+            }
+            Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(client = %client, "TLS handshake timed out"),
+        }
+    }
+}
+
+/// The event loops connections are shared out to: the one `run` is called on
+/// and `server.worker_threads - 1` more, each a single-threaded tokio runtime
+/// on a thread of its own. A connection stays on one loop for its life, as on
+/// one of nginx's worker processes, so a request never wakes another thread.
+/// One work-stealing runtime with two threads was measured no faster than one
+/// thread (README, Performance); separate loops were.
+struct EventLoops {
+    /// The loops besides the caller's.
+    others: Vec<Handle>,
+    /// Where the next connection goes: 0 is the caller's loop.
+    next: usize,
+    /// Dropping one ends that loop.
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EventLoops {
+    /// Starts `count - 1` loops beside the caller's.
+    fn start(count: usize) -> io::Result<EventLoops> {
+        let mut loops = EventLoops {
+            others: Vec::new(),
+            next: 0,
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for index in 1..count {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("joulo-loop-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => return drop(handle_tx.send(Err(e))),
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                    // Connections still open after the grace period end here,
+                    // as they do on the caller's loop when its runtime goes; a
+                    // blocking task (an upstream DNS lookup) is not waited for.
+                    runtime.shutdown_background();
+                })?;
+            loops.stops.push(stop_tx);
+            loops.threads.push(thread);
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| io::Error::other("event loop thread ended at start"))??;
+            loops.others.push(handle);
+        }
+        Ok(loops)
+    }
+
+    /// The loop for the next connection, round-robin, by index (0 is the
+    /// caller's) and handle (`None` for the caller's).
+    fn next(&mut self) -> (usize, Option<&Handle>) {
+        let index = self.next;
+        self.next = (index + 1) % (self.others.len() + 1);
+        (index, index.checked_sub(1).map(|i| &self.others[i]))
+    }
+
+    /// Ends the other loops, dropping whatever connections they still hold.
+    async fn stop(self) {
+        drop(self.stops);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Serves HTTP on one connection until it closes or shutdown finishes it.
 async fn serve<I>(
     builder: auto::Builder<TokioExecutor>,
     io: I,
@@ -151,10 +293,7 @@ async fn serve<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&state, client, request).await) }
-    });
+    let service = service_fn(move |request| proxy::handle(&state, client, request));
     if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
         // A device going away mid-request is routine, not a gateway fault.
         debug!(client = %client, error = %e, "connection ended with an error");

@@ -457,6 +457,53 @@ async fn shutdown_drains_an_in_flight_request() {
 }
 
 #[tokio::test]
+async fn connections_spread_over_event_loops_share_one_cache_and_drain_on_shutdown() {
+    let upstream = MockUpstream::start();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    upstream.set_reply(Reply::Gate(gate.clone()));
+    let mut gateway = TestGateway::start_on(&upstream, "[server]\nworker_threads = 3\n").await;
+    let addr = gateway.addr;
+
+    // Six requests at once: HTTP/1.1 cannot share a connection between them, so
+    // each has its own, and round-robin puts two on each loop.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut in_flight = Vec::new();
+    for _ in 0..6 {
+        let client = client.clone();
+        let url = format!("http://{addr}/chargers?token=x").parse().unwrap();
+        in_flight.push(tokio::spawn(async move {
+            client.get(url).await.map(|r| r.status())
+        }));
+    }
+    // Other tests in this binary log accepted connections too, but all on loop 0.
+    let spread = support::eventually(Duration::from_secs(10), || async {
+        let logs = support::logs();
+        logs.contains("event_loop=1")
+            && logs.contains("event_loop=2")
+            && !upstream.received().is_empty()
+    })
+    .await;
+    assert!(
+        spread,
+        "connections reached loops 1 and 2 and the upstream was called"
+    );
+
+    let stopped = gateway.begin_shutdown();
+    gate.notify_one();
+    for request in in_flight {
+        assert_eq!(request.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    // One call served all six, whichever loop each waited on.
+    assert_eq!(upstream.received().len(), 1);
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the gateway exits once drained")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn http2_clients_are_served_too() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start(&upstream).await;

@@ -119,7 +119,7 @@ pub enum StartError {
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
     pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
-        let upstream = Upstream::new(&config.upstream)?;
+        let upstream = Upstream::new(&config.upstream, config.server.worker_threads)?;
         let budget = UpstreamBudget::new(&config.limits);
         let clients = ClientLimiter::new(&config.limits, budget.refusal_counters());
         let cache = ResponseCache::new(&config.cache);

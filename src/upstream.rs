@@ -41,8 +41,10 @@ pub enum UpstreamError {
 /// The Joulo API as the gateway reaches it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Pooled keep-alive client; cheap to clone, shared by every request.
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// One pooled keep-alive client per event loop (see [`crate::server`]), so
+    /// an upstream connection is driven on the loop whose requests use it and a
+    /// call never waits for another thread to be woken.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
     /// `base_url` without a trailing slash; a route path is appended to it.
     base: Arc<str>,
     /// Bound on waiting for the response head.
@@ -74,8 +76,8 @@ pub struct RouteLabels {
 }
 
 impl Upstream {
-    /// Builds the client once, at start.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+    /// Builds the clients once, at start, one for each of `event_loops`.
+    pub fn new(cfg: &UpstreamConfig, event_loops: usize) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -98,13 +100,15 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .timer(TokioTimer::new())
-            .build(https);
+            .timer(TokioTimer::new());
         Ok(Upstream {
-            client,
+            clients: (0..event_loops.max(1))
+                .map(|_| builder.build(https.clone()))
+                .collect(),
             base: Arc::from(cfg.base_url.to_string().trim_end_matches('/')),
             timeout: cfg.timeout,
             calls: Family::default(),
@@ -147,20 +151,16 @@ impl Upstream {
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, GatewayError> {
         let started = tokio::time::Instant::now();
+        let client = &self.clients[crate::server::event_loop() % self.clients.len()];
         let exchange = async {
             if body.is_some() {
-                return self
-                    .client
-                    .request(request(method, uri, headers, body))
-                    .await;
+                return client.request(request(method, uri, headers, body)).await;
             }
             let first = request(method.clone(), uri.clone(), headers.clone(), None);
-            match self.client.request(first).await {
+            match client.request(first).await {
                 Err(e) => {
                     debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
-                    self.client
-                        .request(request(method, uri, headers, None))
-                        .await
+                    client.request(request(method, uri, headers, None)).await
                 }
                 answered => answered,
             }

@@ -73,11 +73,12 @@ http {
 EOF
 
 # --- the gateway in front of it, its cache TTL given (0s: off) --------------
-gateway_conf() { # name port ttl
+gateway_conf() { # name port ttl [event loops, default 1]
   cat > "$work/$1.toml" <<EOF
 [server]
 listen = "127.0.0.1:$2"
 max_connections = 4096
+worker_threads = ${4:-1}
 [upstream]
 base_url = "https://localhost:$UP/functions/v1/api"
 token_file = "joulo_token"

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::rt::{Read, Write};
@@ -334,6 +334,9 @@ struct IdleTimeout<I> {
     active: bool,
     /// Ticks in a row with nothing moving.
     idle_ticks: u32,
+    /// The waker the pending tick last registered: while the task's waker is
+    /// the same and the tick has not fired, the tick need not be polled again.
+    registered: Option<Waker>,
 }
 
 /// Ticks per timeout; one more than this in a row closes the connection.
@@ -348,12 +351,23 @@ impl<I> IdleTimeout<I> {
             deadline: Box::pin(tokio::time::sleep(tick)),
             active: false,
             idle_ticks: 0,
+            registered: None,
         }
     }
 
     /// Called when the connection has nothing to do: whether it has been idle
     /// too long. Otherwise the next tick is registered to wake the task.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        // Polling a tick that is still pending costs a timer-entry visit on every
+        // pause between requests; checking that it has not fired is one load.
+        if !self.deadline.is_elapsed()
+            && self
+                .registered
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return false;
+        }
         while self.deadline.as_mut().poll(cx).is_ready() {
             if std::mem::take(&mut self.active) {
                 self.idle_ticks = 0;
@@ -367,6 +381,13 @@ impl<I> IdleTimeout<I> {
             // several ticks must not count them all as idle at once.
             let next = tokio::time::Instant::now() + self.tick;
             self.deadline.as_mut().reset(next);
+        }
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            self.registered = Some(cx.waker().clone());
         }
         false
     }

@@ -1,7 +1,7 @@
-//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 in clear text or
-//! over the LAN certificate, with bounded header reads and TLS handshakes, keeps
-//! the token and certificate fresh, and drains in-flight requests on shutdown
-//! within the grace period.
+//! The listener: accepts connections and shares them out to its event loops,
+//! serves HTTP/1.1 and HTTP/2 in clear text or over the LAN certificate, with
+//! bounded header reads and TLS handshakes, keeps the token and certificate
+//! fresh, and drains in-flight requests on shutdown within the grace period.
 
 use std::future::Future;
 use std::io;
@@ -177,30 +177,35 @@ impl Connection {
         let client = self.client;
         let stream = IdleTimeout::new(stream, self.idle_timeout);
         let Some(acceptor) = self.state.lan_tls.as_ref().map(|tls| tls.acceptor()) else {
-            return serve(
-                self.builder,
-                TokioIo::new(stream),
-                self.state,
-                client,
-                self.watcher,
-            )
-            .await;
+            return self.http(TokioIo::new(stream)).await;
         };
         // The handshake runs here, in the connection's own task and under a
         // bound, so a slow or silent client never holds up the accept loop.
         match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                serve(
-                    self.builder,
-                    TokioIo::new(tls),
-                    self.state,
-                    client,
-                    self.watcher,
-                )
-                .await;
-            }
+            Ok(Ok(tls)) => self.http(TokioIo::new(tls)).await,
             Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %client, "TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP on the connection until it closes or shutdown finishes it.
+    async fn http<I>(self, io: I)
+    where
+        I: Read + Write + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            state,
+            client,
+            watcher,
+            // Kept until the connection ends.
+            _slot,
+            ..
+        } = self;
+        let service = service_fn(move |request| proxy::handle(&state, client, request));
+        if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+            // A device going away mid-request is routine, not a gateway fault.
+            debug!(client = %client, error = %e, "connection ended with an error");
         }
     }
 }
@@ -294,23 +299,6 @@ impl EventLoops {
             }
         })
         .await;
-    }
-}
-
-/// Serves HTTP on one connection until it closes or shutdown finishes it.
-async fn serve<I>(
-    builder: auto::Builder<TokioExecutor>,
-    io: I,
-    state: Arc<AppState>,
-    client: SocketAddr,
-    watcher: Watcher,
-) where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request| proxy::handle(&state, client, request));
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
-        // A device going away mid-request is routine, not a gateway fault.
-        debug!(client = %client, error = %e, "connection ended with an error");
     }
 }
 

@@ -156,6 +156,10 @@ pub enum AccessError {
     /// The client address is outside `[access] allow`.
     #[error("Forbidden: this address may not use the gateway (see [access] allow)")]
     Network,
+    /// No `Host`, two of them, one that is not a valid authority, or one that
+    /// disagrees with HTTP/2's `:authority` (RFC 9112 section 3.2).
+    #[error("Bad request: {0}")]
+    BadHost(&'static str),
     /// The Host is not one of the gateway's names: possibly DNS rebinding.
     #[error(
         "Host `{0}` is not accepted; if it is this gateway's name, add it to [server] allowed_hosts"
@@ -207,6 +211,7 @@ impl AccessPolicy {
     /// Refuses a Host that is not one of the gateway's names (DNS rebinding) and
     /// an Origin that is not the gateway's own (a cross-site page).
     pub fn check_host_and_origin(&self, parts: &Parts) -> Result<(), AccessError> {
+        check_host_framing(parts)?;
         let host = request_host(parts);
         if let Some(host) = host
             && !self.host_allowed(host)
@@ -301,6 +306,43 @@ impl AccessPolicy {
             .allowed_hosts
             .iter()
             .any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`, and
+/// it is a valid authority; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
+/// a `Host` sent beside it agree. A request that names its target two ways
+/// could be routed by one reading and checked by the other.
+pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(AccessError::BadHost("more than one Host header"));
+    }
+    let host = match host {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|h| !h.is_empty() && !h.contains('@'))
+                .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+                .ok_or(AccessError::BadHost("invalid Host header"))?,
+        ),
+    };
+    match (parts.version, parts.uri.authority(), host) {
+        (http::Version::HTTP_11, _, None) => Err(AccessError::BadHost(
+            "missing Host header (HTTP/1.1 requires one)",
+        )),
+        (http::Version::HTTP_2, Some(authority), Some(host))
+            if !authority.as_str().eq_ignore_ascii_case(host) =>
+        {
+            Err(AccessError::BadHost("Host and :authority disagree"))
+        }
+        (http::Version::HTTP_2, None, None) => Err(AccessError::BadHost(
+            "missing :authority (HTTP/2 requires one)",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -230,6 +230,56 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     }
 }
 
+/// Each device's share of the upstream budget: no device (its key name, else
+/// its address) may spend more than `device_upstream_share` of the calls per
+/// minute and of the burst on cache misses, so one that loops over distinct
+/// pages cannot use up the token's budget for the whole household. A device
+/// joining a call already under way spends nothing.
+#[derive(Debug)]
+pub struct DeviceShare<K: Hash + Eq + Clone = IpAddr> {
+    /// One GCRA state per device.
+    limiter: Keyed<K>,
+    /// Checks since the last sweep of idle devices.
+    checks: AtomicU64,
+    /// Refusals, shared with the upstream budget's metric family.
+    refused: Family<LimitLabels, Counter>,
+}
+
+impl<K: Hash + Eq + Clone> DeviceShare<K> {
+    /// Shares from the `[limits]` table, counting refusals in `refused`.
+    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> DeviceShare<K> {
+        let (per_minute, burst) = cfg.device_quota();
+        DeviceShare {
+            limiter: RateLimiter::hashmap_with_clock_and_hasher(
+                Quota::per_minute(per_minute).allow_burst(burst),
+                TokioClock,
+                foldhash::fast::RandomState::default(),
+            ),
+            checks: AtomicU64::new(0),
+            refused,
+        }
+    }
+
+    /// Spends one upstream call of `device`'s share, or refuses at once with
+    /// the wait until its next: a device over its share does not queue for the
+    /// budget the others need.
+    pub fn spend(&self, device: &K) -> Result<(), GatewayError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(device).map_err(|refusal| {
+            self.refused
+                .get_or_create(&LimitLabels {
+                    limit: "device_share",
+                })
+                .inc();
+            GatewayError::DeviceShareExhausted {
+                retry_after: refusal.wait_time_from(TokioClock.now()),
+            }
+        })
+    }
+}
+
 /// Retries `check` until it passes, sleeping until the limiter's next slot, as
 /// long as that falls within `queue_timeout`; otherwise returns the wait needed.
 async fn wait_for_slot(
@@ -265,11 +315,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     (!wait.is_zero()).then(|| wait.min(RETRY_AFTER_MAX))
 }
 
-/// `Retry-After` seconds for a wait: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
-}
+pub use crate::respond::retry_after_secs;
 
 /// `d` scaled by a random factor in [0.8, 1.2].
 fn jitter(d: Duration) -> Duration {
@@ -292,7 +338,27 @@ mod tests {
             queue_timeout: Duration::from_secs(queue),
             client_per_minute: NonZeroU32::new(per_minute).unwrap(),
             client_burst: NonZeroU32::new(burst).unwrap(),
+            device_upstream_share: 0.5,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_spends_at_most_its_share_and_others_keep_theirs() {
+        // 10 a minute, burst 4, half each: 2 back to back, then one every 12 s.
+        let share: DeviceShare = DeviceShare::new(&limits(10, 4, 0), Family::default());
+        let greedy: IpAddr = "192.168.1.10".parse().unwrap();
+        let other: IpAddr = "192.168.1.11".parse().unwrap();
+        share.spend(&greedy).unwrap();
+        share.spend(&greedy).unwrap();
+        let Err(GatewayError::DeviceShareExhausted { retry_after }) = share.spend(&greedy) else {
+            panic!("the greedy device's share of the burst is used up");
+        };
+        assert_eq!(retry_after, Duration::from_secs(12));
+        share.spend(&other).unwrap();
+        share.spend(&other).unwrap();
+        tokio::time::advance(Duration::from_secs(12)).await;
+        share.spend(&greedy).unwrap();
+        assert!(share.spend(&greedy).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,18 +20,15 @@ use crate::config::CacheConfig;
 use crate::respond::{Body, GatewayError, full};
 use crate::routes::RouteId;
 
-/// What a request is cached and coalesced under: the route, the query as sent
-/// upstream (credential parameters already removed, so they never split or enter
-/// a key) and `Accept-Encoding`, the request header Joulo's answers vary on.
+/// What a request is cached and coalesced under: the route and the canonical
+/// query the gateway writes upstream, nothing from the client's headers. The
+/// upstream request is built from exactly these, so one key is one answer.
 #[derive(Debug, Clone)]
 pub struct CacheKey {
     /// The route; its path is fixed, so it stands for the path.
     route: RouteId,
-    /// The query as forwarded upstream.
+    /// The canonical query (see [`crate::params::QuerySchema::canonical`]).
     query: Box<str>,
-    /// The request's `Accept-Encoding`: Joulo may answer gzip to one device and
-    /// plain JSON to another.
-    accept_encoding: Option<HeaderValue>,
 }
 
 impl CacheKey {
@@ -40,9 +37,9 @@ impl CacheKey {
         self.route
     }
 
-    /// The key for a request on `route` with the sanitised `query`.
-    pub fn new(route: RouteId, query: &str, request_headers: &HeaderMap) -> CacheKey {
-        KeyRef::new(route, query, request_headers).to_owned()
+    /// The key for `route` with the canonical `query`.
+    pub fn new(route: RouteId, query: &str) -> CacheKey {
+        KeyRef::new(route, query).to_owned()
     }
 
     /// The key, borrowed.
@@ -50,7 +47,6 @@ impl CacheKey {
         KeyRef {
             route: self.route,
             query: &self.query,
-            accept_encoding: self.accept_encoding.as_ref(),
         }
     }
 }
@@ -61,20 +57,14 @@ impl CacheKey {
 pub struct KeyRef<'a> {
     /// The route.
     route: RouteId,
-    /// The query as forwarded upstream.
+    /// The canonical query.
     query: &'a str,
-    /// The request's `Accept-Encoding`.
-    accept_encoding: Option<&'a HeaderValue>,
 }
 
 impl<'a> KeyRef<'a> {
-    /// The key for a request on `route` with the sanitised `query`.
-    pub fn new(route: RouteId, query: &'a str, request_headers: &'a HeaderMap) -> KeyRef<'a> {
-        KeyRef {
-            route,
-            query,
-            accept_encoding: request_headers.get(header::ACCEPT_ENCODING),
-        }
+    /// The key for `route` with the canonical `query`.
+    pub fn new(route: RouteId, query: &'a str) -> KeyRef<'a> {
+        KeyRef { route, query }
     }
 
     /// The owned key, for storing and coalescing.
@@ -82,7 +72,6 @@ impl<'a> KeyRef<'a> {
         CacheKey {
             route: self.route,
             query: self.query.into(),
-            accept_encoding: self.accept_encoding.cloned(),
         }
     }
 }
@@ -222,9 +211,6 @@ pub struct Stored {
     stored_at: Instant,
     /// How long it is served without asking the upstream.
     fresh_for: Duration,
-    /// Request headers the upstream's `Vary` named (beyond `Accept-Encoding`,
-    /// which is in the key) and their values on the request that fetched it.
-    vary: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
 impl Stored {
@@ -236,12 +222,6 @@ impl Stored {
     /// Whether it may be served without asking the upstream.
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.age(now) < self.fresh_for
-    }
-
-    fn matches(&self, request_headers: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, value)| request_headers.get(name) == value.as_ref())
     }
 }
 
@@ -301,7 +281,17 @@ impl CacheStats {
 /// cannot grow it.
 type Hasher = foldhash::fast::RandomState;
 
-type Flights = Arc<Mutex<HashMap<CacheKey, watch::Sender<Option<Arc<Outcome>>>, Hasher>>>;
+/// An upstream call under way: where its outcome is published, and the
+/// deadline every request waiting on it keeps.
+#[derive(Debug)]
+struct Flight {
+    /// Publishes the outcome once.
+    outcome: watch::Sender<Option<Arc<Outcome>>>,
+    /// When waiting on it gives up, for the first request and every later one.
+    deadline: Instant,
+}
+
+type Flights = Arc<Mutex<HashMap<CacheKey, Flight, Hasher>>>;
 
 /// Cached copies and in-flight upstream calls, shared by all connections.
 #[derive(Debug)]
@@ -338,13 +328,10 @@ impl ResponseCache {
         self.max_body
     }
 
-    /// The copy for `key` whose `Vary` values match the request, fresh or not.
-    pub fn lookup(&self, key: KeyRef<'_>, request_headers: &HeaderMap) -> Option<Arc<Stored>> {
+    /// The copy for `key`, fresh or not.
+    pub fn lookup(&self, key: KeyRef<'_>) -> Option<Arc<Stored>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&key as &dyn AsKeyRef)
-            .filter(|s| s.matches(request_headers))
-            .cloned()
+        entries.get(&key as &dyn AsKeyRef).cloned()
     }
 
     /// Serves a fresh copy and counts the hit.
@@ -373,14 +360,7 @@ impl ResponseCache {
     /// Stores `answer` under `key` if it is cacheable: a 200 within `max_body`
     /// that the upstream's `Cache-Control` and `Vary` allow to be shared. Fresh for
     /// `ttl`, or less if `max-age` says so.
-    pub fn store(
-        &self,
-        key: CacheKey,
-        answer: &Buffered,
-        ttl: Duration,
-        request_headers: &HeaderMap,
-        now: Instant,
-    ) -> bool {
+    pub fn store(&self, key: CacheKey, answer: &Buffered, ttl: Duration, now: Instant) -> bool {
         if answer.status != StatusCode::OK
             || answer.body.len() > self.max_body
             || self.max_entries == 0
@@ -390,9 +370,9 @@ impl ResponseCache {
         let Some(fresh_for) = freshness(&answer.headers, ttl) else {
             return false;
         };
-        let Some(vary) = vary_values(&answer.headers, request_headers) else {
+        if varies_on_anything(&answer.headers) {
             return false;
-        };
+        }
         let mut hit_headers = answer.headers.clone();
         hit_headers.insert(
             X_CACHE.clone(),
@@ -404,7 +384,6 @@ impl ResponseCache {
             hit_headers,
             stored_at: now,
             fresh_for,
-            vary,
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.max_entries && !entries.contains_key(&key) {
@@ -444,41 +423,64 @@ impl ResponseCache {
         self.len() == 0
     }
 
-    /// Runs `fetch` once for all concurrent requests with the same `key` and gives
-    /// each its outcome. The fetch runs in its own task, so a device that hangs up
-    /// does not cancel the call the others are waiting on.
-    pub async fn coalesce<F>(&self, key: CacheKey, fetch: F) -> Arc<Outcome>
+    /// Runs one upstream call for all concurrent requests with the same `key`
+    /// and gives each its outcome, or a timeout at `deadline` (the first
+    /// request's: a later one waits no longer than it). Only a request that
+    /// starts a call is `admit`ted (its device's share is spent); one joining
+    /// a call under way spends nothing. The call runs in its own task, so a
+    /// device that hangs up does not cancel the call the others wait on.
+    pub async fn coalesce<F>(
+        &self,
+        key: CacheKey,
+        deadline: Instant,
+        admit: impl FnOnce() -> Result<(), GatewayError>,
+        fetch: impl FnOnce() -> F,
+    ) -> Arc<Outcome>
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let mut receiver = {
+        let (mut receiver, deadline) = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(sender) = flights.get(&key) {
+            if let Some(flight) = flights.get(&key) {
                 self.stats.coalesced.inc();
-                sender.subscribe()
+                (flight.outcome.subscribe(), flight.deadline)
             } else {
+                if let Err(e) = admit() {
+                    return Arc::new(Outcome::Failed(e));
+                }
                 self.stats.misses.inc();
                 let (sender, receiver) = watch::channel(None);
-                flights.insert(key.clone(), sender.clone());
+                flights.insert(
+                    key.clone(),
+                    Flight {
+                        outcome: sender.clone(),
+                        deadline,
+                    },
+                );
                 let landing = Landing {
                     flights: self.flights.clone(),
                     key,
                 };
+                let fetch = fetch();
                 tokio::spawn(async move {
-                    let outcome = Arc::new(fetch.await);
+                    // The call itself keeps the deadline too, so a flight never
+                    // outlives what its waiters were promised.
+                    let outcome = tokio::time::timeout_at(deadline, fetch)
+                        .await
+                        .unwrap_or(Outcome::Failed(GatewayError::UpstreamTimeout));
                     // Leave the table before publishing, so a request arriving now
                     // sees the stored copy or starts a new call, never a finished one.
                     drop(landing);
-                    sender.send_replace(Some(outcome));
+                    sender.send_replace(Some(Arc::new(outcome)));
                 });
-                receiver
+                (receiver, deadline)
             }
         };
-        let outcome = receiver.wait_for(Option::is_some).await;
-        match outcome {
-            Ok(outcome) => outcome.clone().expect("waited for Some"),
+        match tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             // The fetch task panicked: report it rather than hang.
-            Err(_) => Arc::new(Outcome::Failed(GatewayError::Internal)),
+            Ok(Err(_)) => Arc::new(Outcome::Failed(GatewayError::Internal)),
+            Err(_) => Arc::new(Outcome::Failed(GatewayError::UpstreamTimeout)),
         }
     }
 
@@ -488,7 +490,7 @@ impl ResponseCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .map_or(0, watch::Sender::receiver_count)
+            .map_or(0, |f| f.outcome.receiver_count())
     }
 }
 
@@ -539,29 +541,14 @@ fn freshness(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
     Some(fresh_for)
 }
 
-/// The request values of the headers the answer's `Vary` names, beyond
-/// `Accept-Encoding`; `None` for `Vary: *` (never shareable).
-fn vary_values(
-    response_headers: &HeaderMap,
-    request_headers: &HeaderMap,
-) -> Option<Vec<(HeaderName, Option<HeaderValue>)>> {
-    let mut vary = Vec::new();
-    for value in response_headers.get_all(header::VARY) {
-        for name in value.to_str().ok()?.split(',') {
-            let name = name.trim();
-            if name == "*" {
-                return None;
-            }
-            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-                return None;
-            };
-            if name != header::ACCEPT_ENCODING && !vary.iter().any(|(n, _)| *n == name) {
-                let value = request_headers.get(&name).cloned();
-                vary.push((name, value));
-            }
-        }
-    }
-    Some(vary)
+/// Whether the answer says no request could share it (`Vary: *`). Any other
+/// `Vary` is met by every request the gateway makes: they all carry one fixed
+/// header set, so an answer fetched for one is the answer for all.
+fn varies_on_anything(response_headers: &HeaderMap) -> bool {
+    response_headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|value| value.to_str().map_or(true, |v| v.split(',').any(|n| n.trim() == "*")))
 }
 
 #[cfg(test)]
@@ -604,39 +591,24 @@ mod tests {
 
     #[test]
     fn borrowed_and_owned_keys_find_the_same_entry() {
-        let gzip = map_of(&[("accept-encoding", "gzip")]);
         let mut map = HashMap::new();
-        map.insert(CacheKey::new(RouteId::Sessions, "limit=1", &gzip), 1);
-        map.insert(
-            CacheKey::new(RouteId::Sessions, "limit=1", &HeaderMap::new()),
-            2,
-        );
-        map.insert(CacheKey::new(RouteId::Chargers, "limit=1", &gzip), 3);
-        let find = |route, query, headers| {
-            map.get(&KeyRef::new(route, query, headers) as &dyn AsKeyRef)
-                .copied()
-        };
-        assert_eq!(find(RouteId::Sessions, "limit=1", &gzip), Some(1));
-        let none = HeaderMap::new();
-        assert_eq!(find(RouteId::Sessions, "limit=1", &none), Some(2));
-        assert_eq!(find(RouteId::Chargers, "limit=1", &gzip), Some(3));
-        assert_eq!(find(RouteId::Chargers, "limit=2", &gzip), None);
-    }
-
-    fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
+        map.insert(CacheKey::new(RouteId::Sessions, "limit=1"), 1);
+        map.insert(CacheKey::new(RouteId::Sessions, ""), 2);
+        map.insert(CacheKey::new(RouteId::Chargers, "limit=1"), 3);
+        let find =
+            |route, query| map.get(&KeyRef::new(route, query) as &dyn AsKeyRef).copied();
+        assert_eq!(find(RouteId::Sessions, "limit=1"), Some(1));
+        assert_eq!(find(RouteId::Sessions, ""), Some(2));
+        assert_eq!(find(RouteId::Chargers, "limit=1"), Some(3));
+        assert_eq!(find(RouteId::Chargers, "limit=2"), None);
     }
 
     fn key(query: &str) -> CacheKey {
-        CacheKey::new(RouteId::Chargers, query, &HeaderMap::new())
+        CacheKey::new(RouteId::Chargers, query)
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
     }
 
     #[tokio::test(start_paused = true)]
@@ -647,10 +619,9 @@ mod tests {
             key(""),
             &answer(200, &[], "{}"),
             Duration::from_secs(15),
-            &HeaderMap::new(),
             t0
         ));
-        let copy = c.lookup(key("").as_ref(), &HeaderMap::new()).unwrap();
+        let copy = c.lookup(key("").as_ref()).unwrap();
         assert!(copy.is_fresh(t0 + Duration::from_secs(14)));
         assert!(!copy.is_fresh(t0 + Duration::from_secs(15)));
         assert!(
@@ -672,30 +643,26 @@ mod tests {
         let c = cache(8, 4);
         let now = Instant::now();
         let ttl = Duration::from_secs(15);
-        let none = HeaderMap::new();
-        assert!(!c.store(key("a"), &answer(500, &[], "{}"), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(401, &[], "{}"), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(302, &[], ""), ttl, &none, now));
-        assert!(!c.store(key("a"), &answer(200, &[], "12345"), ttl, &none, now));
+                assert!(!c.store(key("a"), &answer(500, &[], "{}"), ttl, now));
+        assert!(!c.store(key("a"), &answer(401, &[], "{}"), ttl, now));
+        assert!(!c.store(key("a"), &answer(302, &[], ""), ttl, now));
+        assert!(!c.store(key("a"), &answer(200, &[], "12345"), ttl, now));
         assert!(!c.store(
             key("a"),
             &answer(200, &[("cache-control", "no-store")], "{}"),
             ttl,
-            &none,
             now
         ));
         assert!(!c.store(
             key("a"),
             &answer(200, &[("cache-control", "private, max-age=60")], "{}"),
             ttl,
-            &none,
             now
         ));
         assert!(!c.store(
             key("a"),
             &answer(200, &[("vary", "*")], "{}"),
             ttl,
-            &none,
             now
         ));
         assert!(c.is_empty());
@@ -703,10 +670,9 @@ mod tests {
             key("a"),
             &answer(200, &[("cache-control", "max-age=5")], "{}"),
             ttl,
-            &none,
             now
         ));
-        let copy = c.lookup(key("a").as_ref(), &none).unwrap();
+        let copy = c.lookup(key("a").as_ref()).unwrap();
         assert!(copy.is_fresh(now + Duration::from_secs(4)));
         assert!(
             !copy.is_fresh(now + Duration::from_secs(5)),
@@ -716,46 +682,32 @@ mod tests {
             key("b"),
             &answer(200, &[("cache-control", "no-cache")], "{}"),
             ttl,
-            &none,
             now
         ));
-        assert!(!c.lookup(key("b").as_ref(), &none).unwrap().is_fresh(now));
+        assert!(!c.lookup(key("b").as_ref()).unwrap().is_fresh(now));
     }
 
     #[test]
-    fn keys_split_on_query_and_accept_encoding_and_vary() {
+    fn keys_split_on_the_query_only_and_any_vary_but_star_is_met() {
         let c = cache(8, 1024);
         let now = Instant::now();
         let ttl = Duration::from_secs(15);
-        let gzip: HeaderMap = [(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"))]
-            .into_iter()
-            .collect();
-        let k_gzip = CacheKey::new(RouteId::Chargers, "", &gzip);
+        // Every upstream request carries the same headers, so a Vary naming
+        // them is met by all of them.
         assert!(c.store(
-            k_gzip.clone(),
-            &answer(200, &[("vary", "Accept-Encoding, Accept-Language")], "{}"),
+            key(""),
+            &answer(200, &[("vary", "Accept-Encoding, Origin")], "{}"),
             ttl,
-            &gzip,
             now
         ));
-        assert!(c.lookup(k_gzip.as_ref(), &gzip).is_some());
-        assert!(
-            c.lookup(key("").as_ref(), &HeaderMap::new()).is_none(),
-            "another encoding"
-        );
-        assert!(
-            c.lookup(
-                CacheKey::new(RouteId::Chargers, "x=1", &gzip).as_ref(),
-                &gzip
-            )
-            .is_none()
-        );
-        let mut dutch = gzip.clone();
-        dutch.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("nl"));
-        assert!(
-            c.lookup(k_gzip.as_ref(), &dutch).is_none(),
-            "a Vary-listed header differs"
-        );
+        assert!(c.lookup(key("").as_ref()).is_some());
+        assert!(c.lookup(key("x=1").as_ref()).is_none());
+        assert!(!c.store(
+            key("y=1"),
+            &answer(200, &[("vary", "Origin, *")], "{}"),
+            ttl,
+            now
+        ));
     }
 
     #[test]
@@ -763,14 +715,13 @@ mod tests {
         let c = cache(2, 1024);
         let t0 = Instant::now();
         let ttl = Duration::from_secs(15);
-        let none = HeaderMap::new();
-        for (i, q) in ["a", "b", "c"].into_iter().enumerate() {
+                for (i, q) in ["a", "b", "c"].into_iter().enumerate() {
             let at = t0 + Duration::from_secs(i as u64);
-            assert!(c.store(key(q), &answer(200, &[], "{}"), ttl, &none, at));
+            assert!(c.store(key(q), &answer(200, &[], "{}"), ttl, at));
         }
         assert_eq!(c.len(), 2);
-        assert!(c.lookup(key("a").as_ref(), &none).is_none());
-        assert!(c.lookup(key("c").as_ref(), &none).is_some());
+        assert!(c.lookup(key("a").as_ref()).is_none());
+        assert!(c.lookup(key("c").as_ref()).is_some());
         c.purge();
         assert!(c.is_empty());
     }
@@ -786,7 +737,7 @@ mod tests {
             let calls = calls.clone();
             let gate = gate.clone();
             waiters.push(tokio::spawn(async move {
-                c.coalesce(key("q"), async move {
+                c.coalesce(key("q"), far(), || Ok(()), || async move {
                     calls.fetch_add(1, Ordering::Relaxed);
                     gate.notified().await;
                     Outcome::Answer(answer(200, &[], "{\"n\":1}"))
@@ -815,7 +766,7 @@ mod tests {
     async fn followers_of_a_failed_fetch_get_its_failure_and_a_panic_does_not_hang() {
         let c = Arc::new(cache(8, 1024));
         let failed = c
-            .coalesce(key("f"), async {
+            .coalesce(key("f"), far(), || Ok(()), || async {
                 Outcome::Failed(GatewayError::UpstreamTimeout)
             })
             .await;
@@ -824,12 +775,51 @@ mod tests {
             Outcome::Failed(GatewayError::UpstreamTimeout)
         ));
         let panicked = c
-            .coalesce(key("p"), async { panic!("fetch task failure") })
+            .coalesce(key("p"), far(), || Ok(()), || async {
+                panic!("fetch task failure")
+            })
             .await;
         assert!(matches!(
             &*panicked,
             Outcome::Failed(GatewayError::Internal)
         ));
         assert_eq!(c.waiting(&key("p")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_call_times_out_for_the_first_and_every_later_waiter_alike() {
+        let c = Arc::new(cache(8, 1024));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move {
+                c.coalesce(key("s"), deadline, || Ok(()), || std::future::pending())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // A later request with a later deadline of its own keeps the flight's.
+        let later_deadline = Instant::now() + Duration::from_secs(10);
+        let later = c
+            .coalesce(key("s"), later_deadline, || panic!("joins, no admission"), || async {
+                unreachable!("joins the call under way")
+            })
+            .await;
+        assert_eq!(Instant::now(), deadline, "gave up with the first request");
+        assert!(matches!(&*later, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        let first = first.await.unwrap();
+        assert!(matches!(&*first, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        assert_eq!(c.waiting(&key("s")), 0, "the stalled call was dropped");
+        // A refused admission starts no call.
+        let refused = c
+            .coalesce(
+                key("r"),
+                far(),
+                || Err(GatewayError::Internal),
+                || async { unreachable!("not admitted") },
+            )
+            .await;
+        assert!(matches!(&*refused, Outcome::Failed(GatewayError::Internal)));
+        assert_eq!(c.stats.misses.get(), 1);
     }
 }

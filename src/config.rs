@@ -100,6 +100,7 @@ struct RawLimits {
     queue_timeout: Option<Duration>,
     client_per_minute: Option<u32>,
     client_burst: Option<u32>,
+    device_upstream_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,7 @@ struct RawRoute {
     scope: Option<String>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
+    extra_params: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -185,6 +187,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The account-changing routes the operator switched on; read routes are always on.
     pub enabled_write_routes: Vec<RouteId>,
+    /// Query parameters beyond Joulo's documented ones, by route, from
+    /// `[routes.<name>] extra_params`: for a parameter Joulo adds later.
+    pub extra_params: HashMap<RouteId, Vec<String>>,
 }
 
 /// The `[limits]` table.
@@ -201,6 +206,22 @@ pub struct LimitsConfig {
     /// Requests one device may make back to back (Home Assistant polls all its
     /// sensors at once).
     pub client_burst: NonZeroU32,
+    /// The most of `upstream_per_minute` and of `upstream_burst` one device
+    /// may spend on cache misses, so one device cannot starve the others.
+    pub device_upstream_share: f64,
+}
+
+impl LimitsConfig {
+    /// One device's share of the upstream budget: calls per minute and burst,
+    /// each at least 1.
+    pub fn device_quota(&self) -> (NonZeroU32, NonZeroU32) {
+        let part = |n: NonZeroU32| {
+            // Rounded down: a share is a ceiling; at least one call.
+            let calls = (f64::from(n.get()) * self.device_upstream_share).floor() as u32;
+            NonZeroU32::new(calls).unwrap_or(NonZeroU32::MIN)
+        };
+        (part(self.upstream_per_minute), part(self.upstream_burst))
+    }
 }
 
 /// The `[cache]` table plus each route's own `ttl`.
@@ -336,6 +357,7 @@ pub mod defaults {
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CLIENT_PER_MINUTE: u32 = 120;
     pub const CLIENT_BURST: u32 = 30;
+    pub const DEVICE_UPSTREAM_SHARE: f64 = 0.5;
     pub const CACHE_TTL: Duration = Duration::from_secs(15);
     pub const STALE_IF_ERROR: Duration = Duration::from_secs(600);
     pub const MAX_ENTRIES: usize = 512;
@@ -471,6 +493,16 @@ fn validate(
             defaults::CLIENT_BURST,
             "limits.client_burst",
         )?,
+        device_upstream_share: match raw.limits.device_upstream_share {
+            None => defaults::DEVICE_UPSTREAM_SHARE,
+            Some(share) if share > 0.0 && share <= 1.0 => share,
+            Some(_) => {
+                return Err(invalid(
+                    "limits.device_upstream_share",
+                    "must be a fraction above 0 and at most 1, like 0.5".to_owned(),
+                ));
+            }
+        },
     };
     let max_body = raw
         .cache
@@ -575,6 +607,7 @@ fn validate(
     }
 
     let mut enabled_write_routes = Vec::new();
+    let mut extra_params = HashMap::new();
     for (name, route) in &raw.routes {
         let Some(id) = RouteId::from_config_name(name) else {
             return Err(ConfigError::Parse {
@@ -601,6 +634,25 @@ fn validate(
                 });
             }
             cache.route_ttl.insert(id, ttl);
+        }
+        if let Some(names) = &route.extra_params {
+            let mut checked: Vec<String> = Vec::new();
+            for param in names {
+                let problem = crate::params::check_extra_name(id, param)
+                    .err()
+                    .or_else(|| checked.contains(param).then_some("is listed twice"));
+                if let Some(problem) = problem {
+                    let shown = if param.len() <= 64 { param.as_str() } else { "(a long name)" };
+                    return Err(ConfigError::Parse {
+                        path: path.to_owned(),
+                        key: format!("routes.{name}.extra_params"),
+                        line: 0,
+                        message: format!("`{}` {problem}", shown.escape_debug()),
+                    });
+                }
+                checked.push(param.clone());
+            }
+            extra_params.insert(id, checked);
         }
         match (id.changes_account(), route.enabled) {
             (true, Some(true)) => enabled_write_routes.push(id),
@@ -645,6 +697,7 @@ fn validate(
         limits,
         cache,
         enabled_write_routes,
+        extra_params,
     })
 }
 
@@ -975,6 +1028,11 @@ mod tests {
         assert_eq!(s.limits.queue_timeout, d.limits.queue_timeout);
         assert_eq!(s.limits.client_per_minute, d.limits.client_per_minute);
         assert_eq!(s.limits.client_burst, d.limits.client_burst);
+        assert_eq!(
+            s.limits.device_upstream_share,
+            d.limits.device_upstream_share
+        );
+        assert!(s.extra_params.is_empty());
         assert_eq!(s.cache.ttl, d.cache.ttl);
         assert_eq!(s.cache.stale_if_error, d.cache.stale_if_error);
         assert_eq!(s.cache.max_entries, d.cache.max_entries);
@@ -1027,6 +1085,32 @@ mod tests {
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");
+        }
+    }
+
+    #[test]
+    fn extra_params_and_the_device_share_validate() {
+        let c = parse(
+            "[routes.sessions]\nextra_params = [\"status\", \"sort\"]\n\
+             [limits]\ndevice_upstream_share = 0.25\nupstream_per_minute = 30\nupstream_burst = 10",
+        )
+        .unwrap();
+        assert_eq!(c.extra_params[&RouteId::Sessions], ["status", "sort"]);
+        let (per_minute, burst) = c.limits.device_quota();
+        assert_eq!((per_minute.get(), burst.get()), (7, 2));
+        let c = parse("[limits]\ndevice_upstream_share = 0.01").unwrap();
+        assert_eq!(c.limits.device_quota().1.get(), 1, "never below one call");
+        for (text, key, words) in [
+            ("[routes.sessions]\nextra_params = [\"limit\"]", "routes.sessions.extra_params", "documented"),
+            ("[routes.me]\nextra_params = [\"Token\"]", "routes.me.extra_params", "credential"),
+            ("[routes.me]\nextra_params = [\"a b\"]", "routes.me.extra_params", "1-64"),
+            ("[routes.me]\nextra_params = [\"x\", \"x\"]", "routes.me.extra_params", "twice"),
+            ("[routes.add_charger]\nextra_params = [\"x\"]", "routes.add_charger.extra_params", "no query"),
+            ("[limits]\ndevice_upstream_share = 0", "limits.device_upstream_share", "fraction"),
+            ("[limits]\ndevice_upstream_share = 1.5", "limits.device_upstream_share", "fraction"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key) && msg.contains(words), "{text:?} gave {msg}");
         }
     }
 

@@ -12,12 +12,17 @@
 //!   per-device keys and their scopes.
 //! - [`routes`]: which route it is: strict path normalisation and the allowlist
 //!   (404 / 405 with `Allow`).
-//! - [`sanitize`]: what is removed: `?token=` in every spelling, client
-//!   credentials, forwarding and hop-by-hop headers, upstream cookies.
+//! - [`params`]: what it may carry: each route's query parameters checked
+//!   against Joulo's schema and written canonically, POST bodies re-serialised.
+//! - [`outbound`]: what leaves the house: the upstream request built from the
+//!   route, the validated parameters and a fixed header set, nothing copied.
+//! - [`sanitize`]: what is recognised and removed: `?token=` in every
+//!   spelling, and what an upstream answer carries that a device must not see.
 //! - [`token`]: where the token comes from (a secrets file, reloaded on change or
 //!   SIGHUP, fail-closed) and the one function that puts it in a request.
 //! - [`budget`]: how the token's upstream budget is kept: a limit on all calls to
-//!   Joulo, one per device, and the back-off after Joulo answers 429.
+//!   Joulo, each device's allowance and its share of the budget, and the
+//!   back-off after Joulo answers 429.
 //! - [`cache`]: what is cached: fresh and stale copies, and one upstream call
 //!   shared by identical concurrent requests.
 //! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
@@ -37,6 +42,8 @@ pub mod demo;
 pub mod lan_tls;
 pub mod logging;
 pub mod ops;
+pub mod outbound;
+pub mod params;
 pub mod proxy;
 pub mod respond;
 pub mod routes;

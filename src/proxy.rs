@@ -1,6 +1,7 @@
 //! One request's way through the gateway: who may call and how often, which route
-//! it is, what is removed from it, whether the cache answers, where the token is
-//! added, and the access-log line that records it.
+//! it is and what parameters it carries, whether the cache answers, how the
+//! upstream request is built and the token added, and the access-log line that
+//! records it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,27 +22,31 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::access::{AccessPolicy, Caller};
-use crate::budget::{ClientLimiter, UpstreamBudget};
-use crate::cache::{
-    Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, Stored, X_CACHE,
-};
+use crate::budget::{ClientLimiter, DeviceShare, UpstreamBudget};
+use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, Stored, X_CACHE};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::ops::{OpsEndpoint, RouteSeries};
+use crate::outbound::{Outbound, UpstreamRequest};
+use crate::params::{self, CanonicalQuery, LoggedQuery, QuerySchema};
 use crate::respond::{Body, GatewayError};
 use crate::routes::{RouteId, RouteTable};
-use crate::sanitize::{self, CleanQuery};
-use crate::token::TokenSource;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::sanitize;
+use crate::token::{Rejection, TokenSource};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Everything a request needs, built once at start and shared by every connection.
 #[derive(Debug)]
 pub struct AppState {
     /// The allowlist requests are matched against.
     pub routes: RouteTable,
+    /// The query parameters each route takes.
+    pub schema: QuerySchema,
+    /// Builds the upstream requests.
+    pub outbound: Outbound,
     /// The pooled client to Joulo.
     pub upstream: Upstream,
     /// The token injected into every upstream request.
@@ -52,6 +57,11 @@ pub struct AppState {
     pub access: AccessPolicy,
     /// Each device's own allowance, by device name when keys are in use.
     pub clients: ClientLimiter<Caller>,
+    /// Each device's share of the upstream budget, spent on cache misses.
+    pub shares: DeviceShare<Caller>,
+    /// Bound on waiting for an upstream budget slot; with the upstream
+    /// timeout, how long a cache miss may take in all.
+    pub queue_timeout: Duration,
     /// Cached answers and in-flight upstream calls.
     pub cache: ResponseCache,
     /// Per-route freshness.
@@ -122,6 +132,7 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream, config.server.worker_threads)?;
         let budget = UpstreamBudget::new(&config.limits);
         let clients = ClientLimiter::new(&config.limits, budget.refusal_counters());
+        let shares = DeviceShare::new(&config.limits, budget.refusal_counters());
         let cache = ResponseCache::new(&config.cache);
         let requests = RequestCounters::default();
 
@@ -138,11 +149,15 @@ impl AppState {
 
         Ok(AppState {
             routes: RouteTable::new(&config.enabled_write_routes),
+            schema: QuerySchema::new(&config.extra_params),
+            outbound: Outbound::new(&config.upstream.base_url),
             upstream,
             tokens,
             budget,
             access: AccessPolicy::new(config.access.clone(), config.server.tls.is_some()),
             clients,
+            shares,
+            queue_timeout: config.limits.queue_timeout,
             cache,
             cache_config: config.cache.clone(),
             lan_tls: match &config.server.tls {
@@ -179,18 +194,15 @@ pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incomi
     let started =
         tracing::enabled!(target: "joulo_gateway::access", tracing::Level::INFO).then(Instant::now);
     let (parts, body) = request.into_parts();
-    let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
     let mut trace = Trace::default();
-    let result = match admit(state, client, &parts, &query, &mut trace) {
+    let result = match admit(state, client, &parts, &mut trace) {
         Ok(Admitted::Answered(response)) => Ok(response),
         Err(e) => Err(e),
         Ok(Admitted::Waiting(waiting)) => {
             return Handled::later(state, client, parts, body, trace, started, waiting);
         }
     };
-    Handled::Ready(Some(finish(
-        state, client, &parts, &query, &trace, started, result,
-    )))
+    Handled::Ready(Some(finish(state, client, &parts, &trace, started, result)))
 }
 
 /// A request's answer: ready at once, or a wait under way.
@@ -214,30 +226,28 @@ impl Handled {
     ) -> Handled {
         let state = state.clone();
         Handled::Later(Box::pin(async move {
-            // Cleaned again rather than kept: it borrows `parts`, which moves here.
-            let query = sanitize::clean_query(parts.uri.query().unwrap_or(""));
             let result = async {
                 let call = match waiting {
                     Waiting::Upstream(call) => call,
                     Waiting::Allowance(who) => {
                         state.clients.wait(&who).await?;
-                        match route(&state, &parts, &query, who, &mut trace)? {
+                        match route(&state, &parts, who, &mut trace)? {
                             Routed::Answered(response) => return Ok(response),
                             Routed::Upstream(call) => call,
                         }
                     }
                 };
-                match call {
-                    UpstreamCall::Forward(route) => {
-                        forward(&state, route, &parts, &query, Some(body)).await
+                match &call.kind {
+                    CallKind::Forward => {
+                        forward(&state, &call, &parts.headers, Some(body)).await
                     }
-                    UpstreamCall::Fetch { route, ttl, copy } => {
-                        fetch_shared(&state, route, ttl, copy, &parts, &query).await
+                    CallKind::Fetch { ttl, copy } => {
+                        fetch_shared(&state, &call, *ttl, copy.clone(), &parts.headers).await
                     }
                 }
             }
             .await;
-            finish(&state, client, &parts, &query, &trace, started, result)
+            finish(&state, client, &parts, &trace, started, result)
         }))
     }
 }
@@ -286,14 +296,23 @@ enum Routed {
     Upstream(UpstreamCall),
 }
 
-/// What Joulo is needed for.
-enum UpstreamCall {
+/// What Joulo is needed for, and for whom.
+struct UpstreamCall {
+    /// The route.
+    route: RouteId,
+    /// Its validated parameters, in the gateway's spelling.
+    query: CanonicalQuery,
+    /// Who asked: the device whose share of the budget a new call spends.
+    who: Caller,
+    kind: CallKind,
+}
+
+enum CallKind {
     /// A route that is not cached: streamed through.
-    Forward(RouteId),
+    Forward,
     /// A cached route with no fresh copy; `copy` is a stale one that may stand in
     /// if the call fails.
     Fetch {
-        route: RouteId,
         ttl: Duration,
         copy: Option<Arc<Stored>>,
     },
@@ -304,7 +323,6 @@ fn admit(
     state: &AppState,
     client: SocketAddr,
     parts: &Parts,
-    query: &CleanQuery<'_>,
     trace: &mut Trace,
 ) -> Result<Admitted, GatewayError> {
     // Refused addresses get nothing else done for them.
@@ -322,50 +340,56 @@ fn admit(
         return Ok(Admitted::Answered(endpoint.respond(&parts.method, state)));
     }
     let who = state.access.authenticate(client.ip(), parts)?;
+    // Named on every answer from here on, refusals included.
+    trace.caller = Some(who.clone());
     if !state.clients.try_acquire(&who) {
         return Ok(Admitted::Waiting(Waiting::Allowance(who)));
     }
-    Ok(match route(state, parts, query, who, trace)? {
+    Ok(match route(state, parts, who, trace)? {
         Routed::Answered(response) => Admitted::Answered(response),
         Routed::Upstream(call) => Admitted::Waiting(Waiting::Upstream(call)),
     })
 }
 
-/// The checks after the device's allowance: the route, the device's scope, and
-/// a fresh cached copy if there is one.
+/// The checks after the device's allowance: the route, the device's scope, the
+/// query against the route's parameters, and a fresh cached copy if there is one.
 fn route(
     state: &AppState,
     parts: &Parts,
-    query: &CleanQuery<'_>,
     who: Caller,
     trace: &mut Trace,
 ) -> Result<Routed, GatewayError> {
     let id = resolve(state, parts)?;
     trace.route = Some(id);
     state.access.check_scope(&who, id)?;
-    trace.caller = Some(who);
+    let query = state
+        .schema
+        .canonical(id, parts.uri.query().unwrap_or(""))?;
     let ttl = state.cache_config.ttl_for(id);
     if ttl.is_zero() {
-        return Ok(Routed::Upstream(UpstreamCall::Forward(id)));
+        return Ok(Routed::Upstream(UpstreamCall {
+            route: id,
+            query,
+            who,
+            kind: CallKind::Forward,
+        }));
     }
     // Fail closed before the cache too: a withdrawn token stops all service.
     if !state.tokens.is_loaded() {
         return Err(GatewayError::TokenUnavailable);
     }
-    let copy = state.cache.lookup(
-        KeyRef::new(id, &query.forwarded, &parts.headers),
-        &parts.headers,
-    );
+    let copy = state.cache.lookup(KeyRef::new(id, &query));
     let now = Instant::now();
     if let Some(copy) = &copy
         && copy.is_fresh(now)
     {
         return Ok(Routed::Answered(state.cache.serve_hit(copy, now)));
     }
-    Ok(Routed::Upstream(UpstreamCall::Fetch {
+    Ok(Routed::Upstream(UpstreamCall {
         route: id,
-        ttl,
-        copy,
+        query,
+        who,
+        kind: CallKind::Fetch { ttl, copy },
     }))
 }
 
@@ -374,7 +398,6 @@ fn finish(
     state: &AppState,
     client: SocketAddr,
     parts: &Parts,
-    query: &CleanQuery<'_>,
     trace: &Trace,
     started: Option<Instant>,
     result: Result<Response<Body>, GatewayError>,
@@ -405,7 +428,13 @@ fn finish(
             _ => None,
         },
         method = %parts.method,
-        path = %LoggedTarget { path: parts.uri.path(), query },
+        path = %LoggedTarget {
+            path: parts.uri.path(),
+            query: LoggedQuery {
+                raw: parts.uri.query().unwrap_or(""),
+                shown: trace.route.map_or(&[], |r| state.schema.params(r)),
+            },
+        },
         route = route_label,
         status = response.status().as_u16(),
         upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
@@ -430,20 +459,30 @@ fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {
 
 /// A cacheable GET with no fresh copy: one upstream call shared with every
 /// identical request under way, with the stale `copy` standing in when that
-/// call fails.
+/// call fails or this device is over its share.
 async fn fetch_shared(
     state: &Arc<AppState>,
-    route: RouteId,
+    call: &UpstreamCall,
     ttl: Duration,
     copy: Option<Arc<Stored>>,
-    parts: &Parts,
-    query: &CleanQuery<'_>,
+    client_headers: &HeaderMap,
 ) -> Result<Response<Body>, GatewayError> {
-    let key = KeyRef::new(route, &query.forwarded, &parts.headers).to_owned();
-    let uri = state.upstream.uri_for(route, &query.forwarded)?;
-    let headers = sanitize::request_headers_for_upstream(&parts.headers);
-    let fetch = fetch_for_cache(state.clone(), key.clone(), uri, headers, ttl);
-    let outcome = state.cache.coalesce(key, fetch).await;
+    let key = CacheKey::new(call.route, &call.query);
+    // Every request waiting on the call gives up at the first one's deadline:
+    // a slot from the budget, then the whole answer.
+    let deadline = Instant::now() + state.queue_timeout + state.upstream.timeout();
+    let outcome = state
+        .cache
+        .coalesce(
+            key.clone(),
+            deadline,
+            || state.shares.spend(&call.who),
+            || {
+                let request = state.outbound.request(call.route, &call.query, None);
+                fetch_for_cache(state.clone(), key, request, ttl)
+            },
+        )
+        .await;
     let stale = || state.cache.serve_stale(copy.as_deref(), Instant::now());
     match &*outcome {
         Outcome::Answer(answer) => {
@@ -462,17 +501,17 @@ async fn fetch_shared(
             .filter(|_| e.allows_stale())
             .unwrap_or_else(|| e.response())),
         // Nothing was shared; streaming is the only way to serve it.
-        Outcome::TooLarge => forward(state, route, parts, query, None).await,
+        Outcome::TooLarge => forward(state, call, client_headers, None).await,
     }
 }
 
 /// One upstream call for the cache, run in its own task: takes a budget slot,
-/// reads the answer whole (up to `cache.max_body`) and stores it if cacheable.
+/// reads the answer whole (up to `cache.max_body`) within `upstream.timeout`,
+/// and stores it if cacheable.
 async fn fetch_for_cache(
     state: Arc<AppState>,
     key: CacheKey,
-    uri: Uri,
-    request_headers: HeaderMap,
+    request: UpstreamRequest,
     ttl: Duration,
 ) -> Outcome {
     let result = async {
@@ -481,15 +520,15 @@ async fn fetch_for_cache(
             .current()
             .ok_or(GatewayError::TokenUnavailable)?;
         state.budget.acquire().await?;
-        let mut headers = request_headers.clone();
-        headers.insert(header::AUTHORIZATION, token.authorization_header());
-        drop(token);
+        let deadline = Instant::now() + state.upstream.timeout();
         let response = state
             .upstream
-            .send(key.route(), Method::GET, uri, headers, None)
+            .send(&request, token.authorization_header(), deadline)
             .await?;
+        let generation = token.generation();
+        drop(token);
         let (mut head, body) = response.into_parts();
-        after_upstream_answer(&state, head.status, &mut head.headers);
+        after_upstream_answer(&state, head.status, &mut head.headers, generation);
         // Larger answers than the cache keeps are still buffered, up to a hard
         // bound, so one call serves every waiter; only a huge answer (never seen
         // from Joulo) is refetched per request, streaming.
@@ -502,7 +541,10 @@ async fn fetch_for_cache(
         if declared.is_some_and(|len| len > max_body) {
             return Ok(None);
         }
-        let body = match Limited::new(body, max_body).collect().await {
+        let collected = tokio::time::timeout_at(deadline, Limited::new(body, max_body).collect())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout)?;
+        let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 return match e.downcast::<hyper::Error>() {
@@ -511,6 +553,8 @@ async fn fetch_for_cache(
                 };
             }
         };
+        // Stored and served as plain JSON, whatever each device accepts.
+        let body = upstream::decode_content(&mut head.headers, body, max_body)?;
         head.headers.remove(header::CONTENT_LENGTH);
         Ok(Some(Buffered {
             status: head.status,
@@ -521,9 +565,7 @@ async fn fetch_for_cache(
     .await;
     match result {
         Ok(Some(answer)) => {
-            state
-                .cache
-                .store(key, &answer, ttl, &request_headers, Instant::now());
+            state.cache.store(key, &answer, ttl, Instant::now());
             Outcome::Answer(answer)
         }
         Ok(None) => Outcome::TooLarge,
@@ -533,6 +575,7 @@ async fn fetch_for_cache(
                 GatewayError::UpstreamUnreachable(_)
                     | GatewayError::UpstreamTimeout
                     | GatewayError::UpstreamBody(_)
+                    | GatewayError::UpstreamEncoding
             ) {
                 // Logged once here, not once per request that shared the call.
                 warn!(route = key.route().config_name(), error = %ErrorChain(&e), "upstream request failed");
@@ -543,39 +586,56 @@ async fn fetch_for_cache(
 }
 
 /// Forwards a request as it streams: for routes that are not cached, and for
-/// answers too large to buffer.
+/// answers too large to buffer. A POST's body is read (bounded), checked
+/// against the route's schema and sent re-serialised.
 async fn forward(
     state: &AppState,
-    route: RouteId,
-    parts: &Parts,
-    query: &CleanQuery<'_>,
+    call: &UpstreamCall,
+    client_headers: &HeaderMap,
     body: Option<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let uri = state.upstream.uri_for(route, &query.forwarded)?;
-    // Read (and bound) the body first: a refused body must not use a budget slot.
-    let body = match body.filter(|_| route.method() != Method::GET) {
-        Some(body) => Some(read_request_body(&parts.headers, body, state.max_request_body).await?),
+    let route = call.route;
+    // Read and check the body first: a refused body must not use a budget slot.
+    let body = match body.filter(|_| route.method() == Method::POST) {
+        Some(body) => {
+            let raw = read_request_body(client_headers, body, state.max_request_body).await?;
+            params::canonical_body(route, &raw)?
+        }
         None => None,
     };
+    let request = state.outbound.request(route, &call.query, body);
     // Token before budget: a request that fails closed must not use a slot either.
     let token = state
         .tokens
         .current()
         .ok_or(GatewayError::TokenUnavailable)?;
+    state.shares.spend(&call.who)?;
     state.budget.acquire().await?;
-    let mut headers = sanitize::request_headers_for_upstream(&parts.headers);
-    headers.insert(header::AUTHORIZATION, token.authorization_header());
-    drop(token);
+    let timeout = state.upstream.timeout();
     let response = state
         .upstream
-        .send(route, route.method(), uri, headers, body)
+        .send(
+            &request,
+            token.authorization_header(),
+            Instant::now() + timeout,
+        )
         .await?;
+    let generation = token.generation();
+    drop(token);
     let (mut head, body) = response.into_parts();
-    after_upstream_answer(state, head.status, &mut head.headers);
+    after_upstream_answer(state, head.status, &mut head.headers, generation);
+    if let Some(coding) = head.headers.get(header::CONTENT_ENCODING)
+        && !upstream::accepts_coding(client_headers, coding)
+    {
+        return Err(GatewayError::UpstreamEncoding);
+    }
     // The upstream may have spoken HTTP/2; the device's connection decides its own.
     head.version = Version::HTTP_11;
     head.extensions.insert(UpstreamStatus(head.status));
-    Ok(Response::from_parts(head, body.boxed()))
+    Ok(Response::from_parts(
+        head,
+        upstream::idle_bounded(body, timeout),
+    ))
 }
 
 /// Reads a request body of at most `limit` bytes; larger is 413, refused from
@@ -615,9 +675,16 @@ fn head_size(parts: &Parts) -> usize {
 }
 
 /// What every upstream answer teaches the gateway: a 429 starts a back-off (and
-/// gets a `Retry-After` if Joulo sent none), a 401 means the token is rejected,
-/// anything else resets the back-off. Cleans the answer's headers for devices.
-fn after_upstream_answer(state: &AppState, status: StatusCode, headers: &mut HeaderMap) {
+/// gets a `Retry-After` if Joulo sent none); a 401 for the current token means
+/// it is rejected (one for a token rotated away since says nothing); a success
+/// for the current token means it is accepted again; anything but a 429 resets
+/// the back-off. Cleans the answer's headers for devices.
+fn after_upstream_answer(
+    state: &AppState,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    generation: u64,
+) {
     sanitize::clean_response_headers(headers);
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
@@ -631,40 +698,68 @@ fn after_upstream_answer(state: &AppState, status: StatusCode, headers: &mut Hea
             if !headers.contains_key(header::RETRY_AFTER) {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(crate::budget::retry_after_secs(wait)),
+                    HeaderValue::from(crate::respond::retry_after_secs(wait)),
                 );
             }
         }
         StatusCode::UNAUTHORIZED => {
             state.budget.on_upstream_answer();
-            state.cache.purge();
-            if state.tokens.mark_rejected() {
-                warn!(
-                    token_file = %state.tokens.path().display(),
-                    "Joulo rejected the token (401): was it rotated or deactivated in the Joulo \
-                     dashboard? Put the current token in the token file; it is picked up without a restart"
-                );
+            match state.tokens.mark_rejected(generation) {
+                Rejection::First => {
+                    // Nothing fetched with a rejected token is served again.
+                    state.cache.purge();
+                    warn!(
+                        token_file = %state.tokens.path().display(),
+                        "Joulo rejected the token (401): was it rotated or deactivated in the Joulo \
+                         dashboard? Put the current token in the token file; it is picked up without a restart"
+                    );
+                }
+                Rejection::Again => {}
+                Rejection::Outdated => debug!(
+                    "Joulo answered 401 for a token replaced while the request was under way; \
+                     the current token is not affected"
+                ),
             }
         }
-        _ => state.budget.on_upstream_answer(),
+        _ => {
+            state.budget.on_upstream_answer();
+            if status.is_success() {
+                state.tokens.mark_accepted(generation);
+            }
+        }
     }
 }
 
-/// The request target as logged: the raw path and the query with credential
-/// values replaced.
+/// The most of a request target the access line shows: enough for any valid
+/// request, and a 16 KiB query is not a 16 KiB log line.
+const LOGGED_TARGET_MAX: usize = 512;
+
+/// The request target as logged: the raw path and the query with values
+/// redacted where the route does not take them, capped at
+/// [`LOGGED_TARGET_MAX`] bytes and then the size of the rest.
 struct LoggedTarget<'a> {
     path: &'a str,
-    query: &'a CleanQuery<'a>,
+    query: LoggedQuery<'a>,
 }
 
 impl std::fmt::Display for LoggedTarget<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.path)?;
-        let logged = self.query.logged();
-        if !logged.is_empty() {
-            write!(f, "?{logged}")?;
+        let mut full = String::with_capacity(self.path.len() + self.query.raw.len() + 1);
+        full.push_str(self.path);
+        if !self.query.raw.is_empty() {
+            use std::fmt::Write as _;
+            let _ = write!(full, "?{}", self.query);
         }
-        Ok(())
+        if full.len() <= LOGGED_TARGET_MAX {
+            return f.write_str(&full);
+        }
+        // The target is ASCII (hyper refuses anything else), so any cut is a
+        // character boundary; `floor_char_boundary` keeps it safe regardless.
+        let mut cut = LOGGED_TARGET_MAX;
+        while !full.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{}...(+{} bytes)", &full[..cut], full.len() - cut)
     }
 }
 

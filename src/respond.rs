@@ -9,12 +9,14 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::access::AccessError;
-use crate::budget::retry_after_secs;
 use crate::routes::RouteError;
 
 /// The response body type the gateway serves: streamed upstream bodies and
 /// in-memory ones share it.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body's error: hyper's, or the gateway's own idle bound on a streamed answer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every way the gateway itself can refuse or fail a request.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +42,16 @@ pub enum GatewayError {
     /// The client broke off while sending its body.
     #[error("Request body could not be read")]
     ClientBody,
-    /// The query string cannot be forwarded as a URI.
-    #[error("Invalid query string")]
-    BadQuery,
+    /// A query parameter the route does not take, or an invalid value.
+    #[error(transparent)]
+    Param(#[from] crate::params::ParamError),
+    /// A POST body that is not the route's JSON.
+    #[error(transparent)]
+    Body(#[from] crate::params::BodyError),
+    /// Joulo answered in a content coding this client does not accept and the
+    /// gateway cannot undo.
+    #[error("Upstream answered in an encoding this client does not accept")]
+    UpstreamEncoding,
     /// CONNECT: the gateway is not a forward proxy.
     #[error("CONNECT is not supported: this gateway only forwards Joulo API routes")]
     Connect,
@@ -73,6 +82,12 @@ pub enum GatewayError {
     /// A gateway task failed unexpectedly.
     #[error("Internal gateway error")]
     Internal,
+    /// This device used up its share of the token's upstream budget.
+    #[error("Too many requests: this device has used its share of the upstream budget")]
+    DeviceShareExhausted {
+        /// When the device may make another upstream call.
+        retry_after: Duration,
+    },
     /// This device used up its own allowance.
     #[error("Too many requests from this device")]
     ClientRateLimited {
@@ -86,7 +101,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Route(RouteError::BadPath(_))
-            | GatewayError::BadQuery
+            | GatewayError::Param(_)
+            | GatewayError::Body(_)
+            | GatewayError::Access(AccessError::BadHost(_))
             | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,13 +115,14 @@ impl GatewayError {
             GatewayError::Access(AccessError::Host(_)) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Access(_) => StatusCode::FORBIDDEN,
             GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamBody(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamUnreachable(_)
+            | GatewayError::UpstreamBody(_)
+            | GatewayError::UpstreamEncoding => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BudgetExhausted { .. }
             | GatewayError::UpstreamBackoff { .. }
+            | GatewayError::DeviceShareExhausted { .. }
             | GatewayError::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -114,6 +132,7 @@ impl GatewayError {
         match self {
             GatewayError::BudgetExhausted { retry_after }
             | GatewayError::UpstreamBackoff { retry_after }
+            | GatewayError::DeviceShareExhausted { retry_after }
             | GatewayError::ClientRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
@@ -129,6 +148,7 @@ impl GatewayError {
                 | GatewayError::UpstreamTimeout
                 | GatewayError::BudgetExhausted { .. }
                 | GatewayError::UpstreamBackoff { .. }
+                | GatewayError::DeviceShareExhausted { .. }
         )
     }
 
@@ -167,6 +187,18 @@ impl GatewayError {
             GatewayError::Connect => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
+            // RFC 9110 section 11.6.1: a 401 names the schemes that would work.
+            // A device key goes in either (Home Assistant sends Basic).
+            GatewayError::Access(AccessError::Key) => {
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"joulo-gateway\", charset=\"UTF-8\""),
+                );
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"joulo-gateway\""),
+                );
+            }
             _ => {}
         }
         if let Some(wait) = self.retry_after() {
@@ -177,6 +209,12 @@ impl GatewayError {
         }
         response
     }
+}
+
+/// `Retry-After` seconds for a wait: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// A `{"error": message}` response with the given status, never cached.
@@ -262,6 +300,10 @@ mod tests {
     async fn access_refusals_use_joulos_words() {
         let r = GatewayError::Access(AccessError::Key).response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let challenges: Vec<_> = r.headers().get_all(header::WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(challenges.len(), 2);
+        assert!(challenges[0].to_str().unwrap().starts_with("Basic realm="));
+        assert!(challenges[1].to_str().unwrap().starts_with("Bearer realm="));
         assert_eq!(
             body_json(r).await,
             serde_json::json!({"error": "Missing or invalid API token"})

@@ -38,6 +38,9 @@ pub enum TokenError {
 pub struct UpstreamToken {
     /// The token exactly as it should follow `Bearer `.
     secret: SecretString,
+    /// Which load of the token file this is: an answer to a request made with
+    /// an older token says nothing about the current one.
+    generation: u64,
 }
 
 impl std::fmt::Debug for UpstreamToken {
@@ -69,7 +72,13 @@ impl UpstreamToken {
         }
         Ok(UpstreamToken {
             secret: SecretString::from(trimmed),
+            generation: 0,
         })
+    }
+
+    /// Which load of the token file this token came from.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The `Authorization: Bearer <token>` value, marked sensitive so hyper's HPACK
@@ -114,6 +123,8 @@ struct TokenSourceInner {
     reloads_failed: Counter,
     /// Upstream 401 answers.
     unauthorized: Counter,
+    /// Successful loads so far; the current token's generation.
+    generation: std::sync::atomic::AtomicU64,
     /// The file's state just before it was last read, for the watcher.
     loaded: LoadedState,
 }
@@ -130,6 +141,7 @@ impl TokenSource {
                 reloads_ok: Counter::default(),
                 reloads_failed: Counter::default(),
                 unauthorized: Counter::default(),
+                generation: 0.into(),
                 loaded: LoadedState::default(),
             }),
         }
@@ -171,8 +183,14 @@ impl TokenSource {
             .loaded_flag
             .store(result.is_ok(), std::sync::atomic::Ordering::Release);
         match result {
-            Ok(token) => {
+            Ok(mut token) => {
                 self.inner.reloads_ok.inc();
+                // Under the write lock, so generations and tokens pair up.
+                token.generation = self
+                    .inner
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                    + 1;
                 *current = Some(Arc::new(token));
                 self.inner
                     .rejected
@@ -187,13 +205,48 @@ impl TokenSource {
         }
     }
 
-    /// Records an upstream 401 and reports whether it is the first for this token.
-    pub fn mark_rejected(&self) -> bool {
+    /// The generation of the token loaded now (0 before the first load).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records an upstream 401 for a request made with the token of
+    /// `generation`, and reports whether it marked the current token rejected
+    /// for the first time. A 401 for a token rotated away while the request was
+    /// in flight says nothing about the new one and changes nothing.
+    pub fn mark_rejected(&self, generation: u64) -> Rejection {
         self.inner.unauthorized.inc();
-        !self
+        if generation != self.generation() {
+            return Rejection::Outdated;
+        }
+        if self
             .inner
             .rejected
             .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            Rejection::Again
+        } else {
+            Rejection::First
+        }
+    }
+
+    /// Records a successful answer for a request made with the token of
+    /// `generation`: if it is the current one, Joulo accepts it again.
+    pub fn mark_accepted(&self, generation: u64) {
+        // A load before the store: the usual case (not rejected) writes nothing
+        // to a cache line the event loops share.
+        if generation == self.generation()
+            && self
+                .inner
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.inner
+                .rejected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether Joulo has answered 401 for the current token.
@@ -246,6 +299,17 @@ impl TokenSource {
             }
         })
     }
+}
+
+/// What an upstream 401 meant for the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The current token's first rejection: warn, drop what it fetched.
+    First,
+    /// The current token, already known to be rejected.
+    Again,
+    /// A token that has since been replaced: nothing to do.
+    Outdated,
 }
 
 fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
@@ -356,9 +420,22 @@ mod tests {
         std::fs::write(&path, "joulo_a").unwrap();
         let source = TokenSource::new(path);
         source.reload().unwrap();
-        assert!(source.mark_rejected());
-        assert!(!source.mark_rejected());
+        let first = source.current().unwrap().generation();
+        assert_eq!(source.mark_rejected(first), Rejection::First);
+        assert_eq!(source.mark_rejected(first), Rejection::Again);
         source.reload().unwrap();
-        assert!(source.mark_rejected());
+        let second = source.current().unwrap().generation();
+        assert_ne!(first, second);
+        assert!(!source.is_rejected(), "a new load is not yet rejected");
+        // A 401 for the token rotated away while its request was in flight.
+        assert_eq!(source.mark_rejected(first), Rejection::Outdated);
+        assert!(!source.is_rejected());
+        assert_eq!(source.mark_rejected(second), Rejection::First);
+        // An old token's success does not clear the new one's rejection; the
+        // new one's does.
+        source.mark_accepted(first);
+        assert!(source.is_rejected());
+        source.mark_accepted(second);
+        assert!(!source.is_rejected());
     }
 }

@@ -1,19 +1,20 @@
 //! The way out to Joulo: one pooled HTTPS client built at start (verified rustls
-//! with the web roots plus `ca_file`, SNI, HTTP/2 or HTTP/1.1 by ALPN), the exact
-//! upstream URI for a route, and the bounded wait for an answer.
+//! with the web roots plus `ca_file`, SNI, HTTP/2 or HTTP/1.1 by ALPN) that sends
+//! the requests [`crate::outbound`] builds, and the bounded wait for an answer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 use tracing::debug;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,8 +25,8 @@ use prometheus_client::registry::Registry;
 
 use crate::config::UpstreamConfig;
 use crate::ops::RouteSeries;
+use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
-use crate::routes::RouteId;
 
 /// How long an idle pooled connection to Joulo is kept for the next request.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -45,9 +46,8 @@ pub struct Upstream {
     /// an upstream connection is driven on the loop whose requests use it and a
     /// call never waits for another thread to be woken.
     clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
-    /// `base_url` without a trailing slash; a route path is appended to it.
-    base: Arc<str>,
-    /// Bound on waiting for the response head.
+    /// Bound on a whole upstream call: the response head, and for a buffered
+    /// answer its body; for a streamed one, the longest pause between chunks.
     timeout: Duration,
     /// Calls by route and answer status (0: no answer).
     calls: Family<CallLabels, Counter>,
@@ -109,7 +109,6 @@ impl Upstream {
             clients: (0..event_loops.max(1))
                 .map(|_| builder.build(https.clone()))
                 .collect(),
-            base: Arc::from(cfg.base_url.to_string().trim_end_matches('/')),
             timeout: cfg.timeout,
             calls: Family::default(),
             latency: Family::new_with_constructor(|| {
@@ -120,52 +119,42 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for `route`: always `base_url` + the route's own path, so
-    /// nothing a client sends can change the host or reach another path.
-    pub fn uri_for(&self, route: RouteId, query: &str) -> Result<Uri, GatewayError> {
-        let mut uri = String::with_capacity(self.base.len() + 32 + query.len());
-        uri.push_str(&self.base);
-        uri.push_str(route.path());
-        if !query.is_empty() {
-            uri.push('?');
-            uri.push_str(query);
-        }
-        // The base is validated and the path constant, so only the query can be at
-        // fault; hyper already parsed it once, but a refusal beats a panic.
-        uri.parse().map_err(|_| GatewayError::BadQuery)
+    /// How long an upstream call may take, body included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
-    /// Sends a request and waits at most `timeout` for the response head.
-    /// Redirects are not followed: a 3xx is handed back as it is.
+    /// Sends a built request with the token's `authorization` and waits until
+    /// `deadline` at most for the response head. Redirects are not followed: a
+    /// 3xx is handed back as it is.
     ///
     /// A GET that fails before any answer (a connection the upstream closed or
     /// shut down with an HTTP/2 GOAWAY while it was being used) is sent once more
-    /// on another connection, within the same `timeout`: a GET is idempotent, and
+    /// on another connection, within the same deadline: a GET is idempotent, and
     /// a refused stream was never processed. A request with a body is not.
     pub async fn send(
         &self,
-        route: RouteId,
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Option<Bytes>,
+        request: &UpstreamRequest,
+        authorization: HeaderValue,
+        deadline: Instant,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
+        let route = request.route;
         let client = &self.clients[crate::server::event_loop() % self.clients.len()];
         let exchange = async {
-            if body.is_some() {
-                return client.request(request(method, uri, headers, body)).await;
+            let first = client.request(hyper_request(request, authorization.clone()));
+            if request.body.is_some() {
+                return first.await;
             }
-            let first = request(method.clone(), uri.clone(), headers.clone(), None);
-            match client.request(first).await {
+            match first.await {
                 Err(e) => {
                     debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
-                    client.request(request(method, uri, headers, None)).await
+                    client.request(hyper_request(request, authorization)).await
                 }
                 answered => answered,
             }
         };
-        let result = match tokio::time::timeout(self.timeout, exchange).await {
+        let result = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
@@ -209,22 +198,203 @@ impl Upstream {
     }
 }
 
-/// A request to the upstream. A GET carries no body: it means nothing to Joulo,
-/// and dropping it with its framing means the upstream cannot be handed a request
-/// it might frame differently. Any body goes out re-framed by its own length,
-/// whatever framing the client used.
-fn request(method: Method, uri: Uri, mut headers: HeaderMap, body: Option<Bytes>) -> Request<Body> {
-    headers.remove(header::CONTENT_LENGTH);
-    let body = match body {
-        Some(body) => crate::respond::full(body),
-        None => {
-            headers.remove(header::CONTENT_TYPE);
-            Empty::new().map_err(|never| match never {}).boxed()
-        }
+/// The hyper request for a built one: its method, URI and headers, the token,
+/// and any body framed by its own length.
+fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Request<Body> {
+    let body = match &request.body {
+        Some(body) => crate::respond::full(body.clone()),
+        None => Empty::new().map_err(|never| match never {}).boxed(),
     };
-    let mut request = Request::new(body);
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    request
+    let mut built = Request::new(body);
+    *built.method_mut() = request.method();
+    *built.uri_mut() = request.uri.clone();
+    let headers = built.headers_mut();
+    headers.reserve(request.headers.len() + 1);
+    headers.clone_from(&request.headers);
+    headers.insert(header::AUTHORIZATION, authorization);
+    built
+}
+
+/// An answer's body as plain bytes: a `gzip` or `deflate` coding (sent although
+/// the gateway asked for `identity`) is undone, within `limit` bytes, so a
+/// cache entry has one representation every device can read. The coding header
+/// goes with it. Any other coding cannot be served to everyone: an error.
+pub fn decode_content(
+    headers: &mut HeaderMap,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    use std::io::Read;
+    let Some(coding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let coding = coding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let mut decoded = Vec::new();
+    // Bounded: a small compressed answer can expand enormously.
+    let read = match coding.as_str() {
+        "" | "identity" => {
+            headers.remove(header::CONTENT_ENCODING);
+            return Ok(body);
+        }
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut decoded),
+        // HTTP's "deflate" is the zlib format (RFC 9110 section 8.4.1.2).
+        "deflate" => flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut decoded),
+        _ => return Err(GatewayError::UpstreamEncoding),
+    };
+    if read.is_err() || decoded.len() > limit {
+        return Err(GatewayError::UpstreamEncoding);
+    }
+    headers.remove(header::CONTENT_ENCODING);
+    Ok(Bytes::from(decoded))
+}
+
+/// Whether a client whose request carried `client` headers accepts a body in
+/// `coding` (RFC 9110 section 12.5.3): no `Accept-Encoding` accepts anything;
+/// otherwise the coding, or `*`, must be listed with a weight above zero.
+pub fn accepts_coding(client: &HeaderMap, coding: &HeaderValue) -> bool {
+    let Ok(coding) = coding.to_str() else {
+        return false;
+    };
+    let coding = coding.trim();
+    if coding.eq_ignore_ascii_case("identity") {
+        return true;
+    }
+    let mut values = client.get_all(header::ACCEPT_ENCODING).iter().peekable();
+    if values.peek().is_none() {
+        return true;
+    }
+    let mut star = None;
+    for value in values {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let weight = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if name.eq_ignore_ascii_case(coding) {
+                return weight > 0.0;
+            }
+            if name == "*" {
+                star = Some(weight > 0.0);
+            }
+        }
+    }
+    star.unwrap_or(false)
+}
+
+/// A streamed answer's body with a bound on the pause between chunks: an
+/// upstream that sends a head and then goes silent does not hold the device's
+/// connection for ever. The device sees a body cut short.
+pub fn idle_bounded(body: Incoming, idle: Duration) -> Body {
+    IdleBounded {
+        inner: body,
+        idle,
+        timer: Box::pin(tokio::time::sleep(idle)),
+    }
+    .boxed()
+}
+
+/// See [`idle_bounded`].
+struct IdleBounded {
+    /// The upstream's body.
+    inner: Incoming,
+    /// The longest pause allowed between chunks.
+    idle: Duration,
+    /// When the current pause runs out.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Why a streamed body was cut.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's body stalled past upstream.timeout")]
+struct BodyStalled;
+
+impl hyper::body::Body for IdleBounded {
+    type Data = bytes::Bytes;
+    type Error = crate::respond::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gzip_and_deflate_are_undone_within_the_bound_and_others_refused() {
+        let json = br#"{"chargers":[]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let plain = decode_content(&mut headers, gz.clone(), 1024).unwrap();
+        assert_eq!(&plain[..], json);
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(json).unwrap();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("deflate"));
+        let plain = decode_content(&mut headers, z.finish().unwrap().into(), 1024).unwrap();
+        assert_eq!(&plain[..], json);
+
+        // A bomb: 1 MiB of zeros, compressed to about a kilobyte.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![0u8; 1 << 20]).unwrap();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(decode_content(&mut headers, bomb.finish().unwrap().into(), 4096).is_err());
+
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert!(decode_content(&mut headers, Bytes::from_static(b"x"), 1024).is_err());
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_weights() {
+        let with = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            h
+        };
+        let gzip = HeaderValue::from_static("gzip");
+        assert!(accepts_coding(&HeaderMap::new(), &gzip), "no header: anything");
+        assert!(accepts_coding(&with("gzip, deflate"), &gzip));
+        assert!(accepts_coding(&with("br;q=1, *;q=0.5"), &gzip));
+        assert!(!accepts_coding(&with("gzip;q=0, *"), &gzip));
+        assert!(!accepts_coding(&with("br"), &gzip));
+        assert!(accepts_coding(&with("br"), &HeaderValue::from_static("identity")));
+    }
 }

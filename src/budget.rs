@@ -114,16 +114,7 @@ impl UpstreamBudget {
     /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
     /// Refused outright while backing off after a 429.
     pub async fn acquire(&self) -> Result<(), GatewayError> {
-        if let Some(remaining) = self.backoff_remaining() {
-            self.refused
-                .get_or_create(&LimitLabels {
-                    limit: "upstream_backoff",
-                })
-                .inc();
-            return Err(GatewayError::UpstreamBackoff {
-                retry_after: remaining,
-            });
-        }
+        self.check_backoff()?;
         wait_for_slot(|| self.limiter.check(), self.queue_timeout)
             .await
             .map_err(|wait| {
@@ -134,6 +125,24 @@ impl UpstreamBudget {
                     .inc();
                 GatewayError::BudgetExhausted { retry_after: wait }
             })
+    }
+
+    /// Refuses while backing off after a 429: no call could go out, so nothing
+    /// else (a device's share) should be spent on the attempt.
+    pub fn check_backoff(&self) -> Result<(), GatewayError> {
+        match self.backoff_remaining() {
+            None => Ok(()),
+            Some(remaining) => {
+                self.refused
+                    .get_or_create(&LimitLabels {
+                        limit: "upstream_backoff",
+                    })
+                    .inc();
+                Err(GatewayError::UpstreamBackoff {
+                    retry_after: remaining,
+                })
+            }
+        }
     }
 
     /// How long the back-off still runs, if one is in force.
@@ -237,8 +246,9 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
 /// joining a call already under way spends nothing.
 #[derive(Debug)]
 pub struct DeviceShare<K: Hash + Eq + Clone = IpAddr> {
-    /// One GCRA state per device.
-    limiter: Keyed<K>,
+    /// One GCRA state per device; `None` when the share is the whole budget,
+    /// which the budget itself already enforces (with its queue).
+    limiter: Option<Keyed<K>>,
     /// Checks since the last sweep of idle devices.
     checks: AtomicU64,
     /// Refusals, shared with the upstream budget's metric family.
@@ -250,11 +260,13 @@ impl<K: Hash + Eq + Clone> DeviceShare<K> {
     pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> DeviceShare<K> {
         let (per_minute, burst) = cfg.device_quota();
         DeviceShare {
-            limiter: RateLimiter::hashmap_with_clock_and_hasher(
-                Quota::per_minute(per_minute).allow_burst(burst),
-                TokioClock,
-                foldhash::fast::RandomState::default(),
-            ),
+            limiter: (cfg.device_upstream_share < 1.0).then(|| {
+                RateLimiter::hashmap_with_clock_and_hasher(
+                    Quota::per_minute(per_minute).allow_burst(burst),
+                    TokioClock,
+                    foldhash::fast::RandomState::default(),
+                )
+            }),
             checks: AtomicU64::new(0),
             refused,
         }
@@ -264,10 +276,13 @@ impl<K: Hash + Eq + Clone> DeviceShare<K> {
     /// the wait until its next: a device over its share does not queue for the
     /// budget the others need.
     pub fn spend(&self, device: &K) -> Result<(), GatewayError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
         if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
-            self.limiter.retain_recent();
+            limiter.retain_recent();
         }
-        self.limiter.check_key(device).map_err(|refusal| {
+        limiter.check_key(device).map_err(|refusal| {
             self.refused
                 .get_or_create(&LimitLabels {
                     limit: "device_share",

@@ -545,10 +545,11 @@ fn freshness(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
 /// `Vary` is met by every request the gateway makes: they all carry one fixed
 /// header set, so an answer fetched for one is the answer for all.
 fn varies_on_anything(response_headers: &HeaderMap) -> bool {
-    response_headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|value| value.to_str().map_or(true, |v| v.split(',').any(|n| n.trim() == "*")))
+    response_headers.get_all(header::VARY).iter().any(|value| {
+        value
+            .to_str()
+            .map_or(true, |v| v.split(',').any(|n| n.trim() == "*"))
+    })
 }
 
 #[cfg(test)]
@@ -595,8 +596,10 @@ mod tests {
         map.insert(CacheKey::new(RouteId::Sessions, "limit=1"), 1);
         map.insert(CacheKey::new(RouteId::Sessions, ""), 2);
         map.insert(CacheKey::new(RouteId::Chargers, "limit=1"), 3);
-        let find =
-            |route, query| map.get(&KeyRef::new(route, query) as &dyn AsKeyRef).copied();
+        let find = |route, query| {
+            map.get(&KeyRef::new(route, query) as &dyn AsKeyRef)
+                .copied()
+        };
         assert_eq!(find(RouteId::Sessions, "limit=1"), Some(1));
         assert_eq!(find(RouteId::Sessions, ""), Some(2));
         assert_eq!(find(RouteId::Chargers, "limit=1"), Some(3));
@@ -643,7 +646,7 @@ mod tests {
         let c = cache(8, 4);
         let now = Instant::now();
         let ttl = Duration::from_secs(15);
-                assert!(!c.store(key("a"), &answer(500, &[], "{}"), ttl, now));
+        assert!(!c.store(key("a"), &answer(500, &[], "{}"), ttl, now));
         assert!(!c.store(key("a"), &answer(401, &[], "{}"), ttl, now));
         assert!(!c.store(key("a"), &answer(302, &[], ""), ttl, now));
         assert!(!c.store(key("a"), &answer(200, &[], "12345"), ttl, now));
@@ -659,12 +662,7 @@ mod tests {
             ttl,
             now
         ));
-        assert!(!c.store(
-            key("a"),
-            &answer(200, &[("vary", "*")], "{}"),
-            ttl,
-            now
-        ));
+        assert!(!c.store(key("a"), &answer(200, &[("vary", "*")], "{}"), ttl, now));
         assert!(c.is_empty());
         assert!(c.store(
             key("a"),
@@ -715,7 +713,7 @@ mod tests {
         let c = cache(2, 1024);
         let t0 = Instant::now();
         let ttl = Duration::from_secs(15);
-                for (i, q) in ["a", "b", "c"].into_iter().enumerate() {
+        for (i, q) in ["a", "b", "c"].into_iter().enumerate() {
             let at = t0 + Duration::from_secs(i as u64);
             assert!(c.store(key(q), &answer(200, &[], "{}"), ttl, at));
         }
@@ -737,11 +735,16 @@ mod tests {
             let calls = calls.clone();
             let gate = gate.clone();
             waiters.push(tokio::spawn(async move {
-                c.coalesce(key("q"), far(), || Ok(()), || async move {
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    gate.notified().await;
-                    Outcome::Answer(answer(200, &[], "{\"n\":1}"))
-                })
+                c.coalesce(
+                    key("q"),
+                    far(),
+                    || Ok(()),
+                    || async move {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        gate.notified().await;
+                        Outcome::Answer(answer(200, &[], "{\"n\":1}"))
+                    },
+                )
                 .await
             }));
         }
@@ -766,18 +769,24 @@ mod tests {
     async fn followers_of_a_failed_fetch_get_its_failure_and_a_panic_does_not_hang() {
         let c = Arc::new(cache(8, 1024));
         let failed = c
-            .coalesce(key("f"), far(), || Ok(()), || async {
-                Outcome::Failed(GatewayError::UpstreamTimeout)
-            })
+            .coalesce(
+                key("f"),
+                far(),
+                || Ok(()),
+                || async { Outcome::Failed(GatewayError::UpstreamTimeout) },
+            )
             .await;
         assert!(matches!(
             &*failed,
             Outcome::Failed(GatewayError::UpstreamTimeout)
         ));
         let panicked = c
-            .coalesce(key("p"), far(), || Ok(()), || async {
-                panic!("fetch task failure")
-            })
+            .coalesce(
+                key("p"),
+                far(),
+                || Ok(()),
+                || async { panic!("fetch task failure") },
+            )
             .await;
         assert!(matches!(
             &*panicked,
@@ -793,7 +802,7 @@ mod tests {
         let first = tokio::spawn({
             let c = c.clone();
             async move {
-                c.coalesce(key("s"), deadline, || Ok(()), || std::future::pending())
+                c.coalesce(key("s"), deadline, || Ok(()), std::future::pending)
                     .await
             }
         });
@@ -801,14 +810,23 @@ mod tests {
         // A later request with a later deadline of its own keeps the flight's.
         let later_deadline = Instant::now() + Duration::from_secs(10);
         let later = c
-            .coalesce(key("s"), later_deadline, || panic!("joins, no admission"), || async {
-                unreachable!("joins the call under way")
-            })
+            .coalesce(
+                key("s"),
+                later_deadline,
+                || panic!("joins, no admission"),
+                || async { unreachable!("joins the call under way") },
+            )
             .await;
         assert_eq!(Instant::now(), deadline, "gave up with the first request");
-        assert!(matches!(&*later, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        assert!(matches!(
+            &*later,
+            Outcome::Failed(GatewayError::UpstreamTimeout)
+        ));
         let first = first.await.unwrap();
-        assert!(matches!(&*first, Outcome::Failed(GatewayError::UpstreamTimeout)));
+        assert!(matches!(
+            &*first,
+            Outcome::Failed(GatewayError::UpstreamTimeout)
+        ));
         assert_eq!(c.waiting(&key("s")), 0, "the stalled call was dropped");
         // A refused admission starts no call.
         let refused = c

@@ -642,7 +642,11 @@ fn validate(
                     .err()
                     .or_else(|| checked.contains(param).then_some("is listed twice"));
                 if let Some(problem) = problem {
-                    let shown = if param.len() <= 64 { param.as_str() } else { "(a long name)" };
+                    let shown = if param.len() <= 64 {
+                        param.as_str()
+                    } else {
+                        "(a long name)"
+                    };
                     return Err(ConfigError::Parse {
                         path: path.to_owned(),
                         key: format!("routes.{name}.extra_params"),
@@ -1101,16 +1105,47 @@ mod tests {
         let c = parse("[limits]\ndevice_upstream_share = 0.01").unwrap();
         assert_eq!(c.limits.device_quota().1.get(), 1, "never below one call");
         for (text, key, words) in [
-            ("[routes.sessions]\nextra_params = [\"limit\"]", "routes.sessions.extra_params", "documented"),
-            ("[routes.me]\nextra_params = [\"Token\"]", "routes.me.extra_params", "credential"),
-            ("[routes.me]\nextra_params = [\"a b\"]", "routes.me.extra_params", "1-64"),
-            ("[routes.me]\nextra_params = [\"x\", \"x\"]", "routes.me.extra_params", "twice"),
-            ("[routes.add_charger]\nextra_params = [\"x\"]", "routes.add_charger.extra_params", "no query"),
-            ("[limits]\ndevice_upstream_share = 0", "limits.device_upstream_share", "fraction"),
-            ("[limits]\ndevice_upstream_share = 1.5", "limits.device_upstream_share", "fraction"),
+            (
+                "[routes.sessions]\nextra_params = [\"limit\"]",
+                "routes.sessions.extra_params",
+                "documented",
+            ),
+            (
+                "[routes.me]\nextra_params = [\"Token\"]",
+                "routes.me.extra_params",
+                "credential",
+            ),
+            (
+                "[routes.me]\nextra_params = [\"a b\"]",
+                "routes.me.extra_params",
+                "1-64",
+            ),
+            (
+                "[routes.me]\nextra_params = [\"x\", \"x\"]",
+                "routes.me.extra_params",
+                "twice",
+            ),
+            (
+                "[routes.add_charger]\nextra_params = [\"x\"]",
+                "routes.add_charger.extra_params",
+                "no query",
+            ),
+            (
+                "[limits]\ndevice_upstream_share = 0",
+                "limits.device_upstream_share",
+                "fraction",
+            ),
+            (
+                "[limits]\ndevice_upstream_share = 1.5",
+                "limits.device_upstream_share",
+                "fraction",
+            ),
         ] {
             let msg = parse(text).unwrap_err().to_string();
-            assert!(msg.contains(key) && msg.contains(words), "{text:?} gave {msg}");
+            assert!(
+                msg.contains(key) && msg.contains(words),
+                "{text:?} gave {msg}"
+            );
         }
     }
 

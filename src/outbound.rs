@@ -55,13 +55,13 @@ impl Outbound {
     /// The builder for `base_url` (validated: https, a host, no query).
     pub fn new(base_url: &Uri) -> Outbound {
         let mut get_headers = HeaderMap::with_capacity(5);
-        get_headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        );
+        get_headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         // One representation per cache entry: the gateway stores and serves
         // plain JSON, whatever each device would accept.
-        get_headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        get_headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         get_headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         let mut post_headers = get_headers.clone();
         post_headers.insert(
@@ -88,10 +88,7 @@ impl Outbound {
             uri.push_str(query);
         }
         let (headers, body) = match route.method() {
-            Method::POST => (
-                self.post_headers.clone(),
-                Some(body.unwrap_or_default()),
-            ),
+            Method::POST => (self.post_headers.clone(), Some(body.unwrap_or_default())),
             _ => (self.get_headers.clone(), None),
         };
         UpstreamRequest {
@@ -143,7 +140,12 @@ mod tests {
         let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["accept", "accept-encoding", "user-agent"]);
         assert_eq!(r.headers["accept-encoding"], "identity");
-        assert!(r.headers["user-agent"].to_str().unwrap().starts_with("joulo-gateway/"));
+        assert!(
+            r.headers["user-agent"]
+                .to_str()
+                .unwrap()
+                .starts_with("joulo-gateway/")
+        );
         assert_eq!(r.body, None);
     }
 

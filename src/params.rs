@@ -18,7 +18,11 @@ use crate::sanitize::{self, REDACTED};
 /// What the gateway percent-encodes when it writes a value upstream: everything
 /// but the unreserved characters of RFC 3986 section 2.3, so every value has one
 /// spelling (`:` is always `%3A`).
-const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The largest `offset` passed on: Joulo's database counts rows in 32 bits.
 const MAX_OFFSET: u64 = i32::MAX as u64;
@@ -113,7 +117,11 @@ fn timestamp(value: &str) -> Option<Cow<'static, str>> {
         if !matches!(zone[0], b'+' | b'-') || zone[3] != b':' || hours > 23 || minutes > 59 {
             return None;
         }
-        (&value[..split], zone[0] == b'+', hours * 3600 + minutes * 60)
+        (
+            &value[..split],
+            zone[0] == b'+',
+            hours * 3600 + minutes * 60,
+        )
     };
     let local = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
     let offset = Duration::from_secs(u64::from(offset));
@@ -481,7 +489,9 @@ pub fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, Body
                 RouteId::AddCharger => {
                     "expected {\"nickname\": string, \"connection_type\": \"ocpp\", \"ocpp_identity\"?: string} and no other field"
                 }
-                _ => "expected {\"charger_id\": UUID, \"type\": \"Soft\" or \"Hard\"} and no other field",
+                _ => {
+                    "expected {\"charger_id\": UUID, \"type\": \"Soft\" or \"Hard\"} and no other field"
+                }
             },
             _ => "not valid JSON",
         },
@@ -504,7 +514,9 @@ pub fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, Body
             if add.ocpp_identity.as_ref().is_some_and(|id| {
                 id.is_empty()
                     || id.len() > 64
-                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
             }) {
                 return Err(field(
                     "ocpp_identity",
@@ -520,4 +532,211 @@ pub fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, Body
     }
     .expect("these types always serialise");
     Ok(Some(Bytes::from(json)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> QuerySchema {
+        let mut extra = HashMap::new();
+        extra.insert(RouteId::Sessions, vec!["status".to_owned()]);
+        QuerySchema::new(&extra)
+    }
+
+    fn sessions(raw: &str) -> Result<String, ParamError> {
+        schema().canonical(RouteId::Sessions, raw)
+    }
+
+    #[test]
+    fn one_order_and_one_spelling_whatever_the_client_sent() {
+        let canonical = "limit=5&offset=0";
+        for raw in [
+            "limit=5&offset=0",
+            "offset=0&limit=5",
+            "offset=00&limit=005",
+            "limit=5&token=joulo_x&offset=0&ACCESS_TOKEN=y&%74oken=z",
+            "&limit=5&&offset=0&",
+            "l%69mit=5&offset=0",
+        ] {
+            assert_eq!(sessions(raw).unwrap(), canonical, "{raw}");
+        }
+        assert_eq!(
+            sessions("to=2026-02-01&charger_id=123E4567-E89B-12D3-A456-426614174000&status=done")
+                .unwrap(),
+            "charger_id=123e4567-e89b-12d3-a456-426614174000&to=2026-02-01&status=done"
+        );
+        assert_eq!(sessions("").unwrap(), "");
+        assert_eq!(sessions("token=x").unwrap(), "");
+    }
+
+    #[test]
+    fn date_times_are_written_in_utc() {
+        for (raw, utc) in [
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+            ("2026-01-01T01:00:00%2B01:00", "2026-01-01T00:00:00Z"),
+            ("2025-12-31T23:30:00-00:30", "2026-01-01T00:00:00Z"),
+            (
+                "2026-01-01T00%3A00%3A00.5Z",
+                "2026-01-01T00:00:00.500000000Z",
+            ),
+        ] {
+            assert_eq!(
+                sessions(&format!("from={raw}")).unwrap(),
+                format!("from={}", utc.replace(':', "%3A")),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_repeated_and_invalid_parameters_are_named() {
+        let message = |raw: &str| sessions(raw).unwrap_err().to_string();
+        assert_eq!(
+            message("_method=DELETE"),
+            "Unknown query parameter `_method`: /sessions takes limit, offset, charger_id, from, to, status"
+        );
+        assert_eq!(
+            schema()
+                .canonical(RouteId::Chargers, "api_key=abc")
+                .unwrap_err()
+                .to_string(),
+            "Unknown query parameter `api_key`: /chargers takes none"
+        );
+        assert_eq!(
+            message("limit=1&limit=2"),
+            "Query parameter `limit` is given more than once"
+        );
+        assert_eq!(
+            message("limit=1&LIMIT=2"),
+            "Unknown query parameter `LIMIT`: /sessions takes limit, offset, charger_id, from, to, status"
+        );
+        for (raw, name) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=+5", "limit"),
+            ("limit=5.0", "limit"),
+            ("limit=", "limit"),
+            ("limit", "limit"),
+            ("offset=2147483648", "offset"),
+            ("offset=99999999999999999999", "offset"),
+            ("charger_id=not-a-uuid", "charger_id"),
+            (
+                "charger_id={123e4567-e89b-12d3-a456-426614174000}",
+                "charger_id",
+            ),
+            ("charger_id=123e4567e89b12d3a456426614174000", "charger_id"),
+            ("from=2026-02-30", "from"),
+            ("from=2026-13-01", "from"),
+            ("from=1969-12-31", "from"),
+            ("from=2026-01-01T24:00:00Z", "from"),
+            ("from=2026-01-01T00:00:00", "from"),
+            ("from=2026-01-01 00:00:00Z", "from"),
+            ("to=2026-01-01T00:00:00%2B25:00", "to"),
+            ("to=yesterday", "to"),
+            ("status=a%20b", "status"),
+            ("status=", "status"),
+        ] {
+            let err = sessions(raw).unwrap_err();
+            assert!(
+                matches!(&err, ParamError::Invalid { name: n, .. } if n == name),
+                "{raw}: {err}"
+            );
+            assert!(
+                err.to_string().contains(&format!("`{name}` must be")),
+                "{err}"
+            );
+        }
+        assert_eq!(sessions("limit=%zz"), Err(ParamError::Malformed));
+        assert_eq!(sessions("limit=%FF"), Err(ParamError::Malformed));
+    }
+
+    #[test]
+    fn a_secret_shaped_or_odd_name_is_not_repeated_back() {
+        let secret = format!("joulo_{}", "A1".repeat(16));
+        for raw in [format!("{secret}=1"), "a%0Ab=1".to_owned(), "x".repeat(40)] {
+            let err = sessions(&raw).unwrap_err().to_string();
+            assert!(err.starts_with("Unknown query parameter:"), "{err}");
+            assert!(!err.contains(&secret));
+        }
+    }
+
+    #[test]
+    fn the_logged_query_shows_only_what_the_route_takes() {
+        let logged = LoggedQuery {
+            raw: "limit=5&token=joulo_x&api_key=hunter2&flag&Access_Token=y",
+            shown: schema().params(RouteId::Sessions),
+        }
+        .to_string();
+        assert_eq!(
+            logged,
+            "limit=5&token=[REDACTED]&api_key=[REDACTED]&flag&Access_Token=[REDACTED]"
+        );
+    }
+
+    #[test]
+    fn post_bodies_are_checked_and_written_anew() {
+        let add = canonical_body(
+            RouteId::AddCharger,
+            br#"{"connection_type":"ocpp", "nickname":"Garage"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            &add[..],
+            br#"{"nickname":"Garage","connection_type":"ocpp"}"#
+        );
+        let reboot = canonical_body(
+            RouteId::RebootCharger,
+            br#"{"type":"Soft","charger_id":"123E4567-E89B-12D3-A456-426614174000"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            &reboot[..],
+            br#"{"charger_id":"123e4567-e89b-12d3-a456-426614174000","type":"Soft"}"#
+        );
+        for (route, body) in [
+            (RouteId::AddCharger, &br#"{"nickname":"x"}"#[..]),
+            (
+                RouteId::AddCharger,
+                br#"{"nickname":"x","connection_type":"ocpp","admin":true}"#,
+            ),
+            (
+                RouteId::AddCharger,
+                br#"{"nickname":"x","nickname":"y","connection_type":"ocpp"}"#,
+            ),
+            (
+                RouteId::AddCharger,
+                br#"{"nickname":"","connection_type":"ocpp"}"#,
+            ),
+            (
+                RouteId::AddCharger,
+                br#"{"nickname":"x","connection_type":"ocpp","ocpp_identity":"a b"}"#,
+            ),
+            (
+                RouteId::AddCharger,
+                br#"{"nickname":"x","connection_type":"modbus"}"#,
+            ),
+            (
+                RouteId::RebootCharger,
+                br#"{"charger_id":"x","type":"Soft"}"#,
+            ),
+            (
+                RouteId::RebootCharger,
+                br#"{"charger_id":"123e4567-e89b-12d3-a456-426614174000","type":"Hardest"}"#,
+            ),
+            (RouteId::RebootCharger, b"not json"),
+            (RouteId::RebootCharger, b""),
+        ] {
+            let err = canonical_body(route, body).unwrap_err().to_string();
+            assert!(
+                err.starts_with("Invalid request body for POST /chargers"),
+                "{err}"
+            );
+            assert!(!err.contains("Hardest") && !err.contains("modbus"), "{err}");
+        }
+        assert_eq!(canonical_body(RouteId::Chargers, b"ignored"), Ok(None));
+    }
 }

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, DeviceShare, UpstreamBudget};
-use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, Stored, X_CACHE};
+use crate::cache::{
+    Buffered, CacheKey, CacheStatus, KeyRef, Outcome, ResponseCache, Stored, X_CACHE,
+};
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::ops::{OpsEndpoint, RouteSeries};
@@ -238,9 +240,7 @@ impl Handled {
                     }
                 };
                 match &call.kind {
-                    CallKind::Forward => {
-                        forward(&state, &call, &parts.headers, Some(body)).await
-                    }
+                    CallKind::Forward => forward(&state, &call, &parts.headers, Some(body)).await,
                     CallKind::Fetch { ttl, copy } => {
                         fetch_shared(&state, &call, *ttl, copy.clone(), &parts.headers).await
                     }
@@ -476,7 +476,10 @@ async fn fetch_shared(
         .coalesce(
             key.clone(),
             deadline,
-            || state.shares.spend(&call.who),
+            || {
+                state.budget.check_backoff()?;
+                state.shares.spend(&call.who)
+            },
             || {
                 let request = state.outbound.request(call.route, &call.query, None);
                 fetch_for_cache(state.clone(), key, request, ttl)
@@ -609,6 +612,7 @@ async fn forward(
         .tokens
         .current()
         .ok_or(GatewayError::TokenUnavailable)?;
+    state.budget.check_backoff()?;
     state.shares.spend(&call.who)?;
     state.budget.acquire().await?;
     let timeout = state.upstream.timeout();

@@ -300,7 +300,11 @@ mod tests {
     async fn access_refusals_use_joulos_words() {
         let r = GatewayError::Access(AccessError::Key).response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        let challenges: Vec<_> = r.headers().get_all(header::WWW_AUTHENTICATE).iter().collect();
+        let challenges: Vec<_> = r
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
         assert_eq!(challenges.len(), 2);
         assert!(challenges[0].to_str().unwrap().starts_with("Basic realm="));
         assert!(challenges[1].to_str().unwrap().starts_with("Bearer realm="));

@@ -144,7 +144,14 @@ mod tests {
         ] {
             assert!(is_credential_param(param), "{param}");
         }
-        for param in ["tokens=1", "my_token=2", "token_x=3", "%2Btoken=4", "token%=1", "limit=5"] {
+        for param in [
+            "tokens=1",
+            "my_token=2",
+            "token_x=3",
+            "%2Btoken=4",
+            "token%=1",
+            "limit=5",
+        ] {
             assert!(!is_credential_param(param), "{param}");
         }
     }

@@ -368,7 +368,10 @@ mod tests {
 
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(json).unwrap();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("deflate"));
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("deflate"),
+        );
         let plain = decode_content(&mut headers, z.finish().unwrap().into(), 1024).unwrap();
         assert_eq!(&plain[..], json);
 
@@ -390,11 +393,17 @@ mod tests {
             h
         };
         let gzip = HeaderValue::from_static("gzip");
-        assert!(accepts_coding(&HeaderMap::new(), &gzip), "no header: anything");
+        assert!(
+            accepts_coding(&HeaderMap::new(), &gzip),
+            "no header: anything"
+        );
         assert!(accepts_coding(&with("gzip, deflate"), &gzip));
         assert!(accepts_coding(&with("br;q=1, *;q=0.5"), &gzip));
         assert!(!accepts_coding(&with("gzip;q=0, *"), &gzip));
         assert!(!accepts_coding(&with("br"), &gzip));
-        assert!(accepts_coding(&with("br"), &HeaderValue::from_static("identity")));
+        assert!(accepts_coding(
+            &with("br"),
+            &HeaderValue::from_static("identity")
+        ));
     }
 }

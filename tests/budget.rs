@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use joulo_gateway::cache::CacheKey;
 use joulo_gateway::routes::RouteId;
-use support::{MockUpstream, Reply, TestGateway, json, jump_clock};
+use support::{MockUpstream, PREFIX, Reply, TestGateway, json, jump_clock};
 
 #[tokio::test]
 async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
@@ -31,7 +31,7 @@ async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
             support::send(addr, Method::GET, &target, &[], "").await
         }));
     }
-    let key = CacheKey::new(RouteId::Chargers, "", &HeaderMap::new());
+    let key = CacheKey::new(RouteId::Chargers, "");
     let all_waiting = support::eventually(Duration::from_secs(10), || async {
         gateway.state.cache.waiting(&key) == 50
     })
@@ -103,19 +103,31 @@ async fn keys_follow_the_sanitised_query() {
         "HIT"
     );
     assert_eq!(gateway.get("/sessions?limit=6").await.1["x-cache"], "MISS");
-    let gzip = gateway
-        .send(
-            Method::GET,
-            "/sessions?limit=5",
-            &[("accept-encoding", "gzip")],
-            "",
-        )
-        .await;
-    assert_eq!(
-        gzip.1["x-cache"], "MISS",
-        "another Accept-Encoding is another copy"
-    );
+    // One representation per entry: no client header splits or poisons it.
+    for headers in [
+        &[("accept-encoding", "gzip")][..],
+        &[("accept-encoding", "gzip"), ("accept-encoding", "br")],
+        &[("accept-encoding", "x-poison, identity;q=0")],
+        &[("if-none-match", "\"x\""), ("range", "bytes=0-1")],
+    ] {
+        let (status, response_headers, body) = gateway
+            .send(Method::GET, "/sessions?limit=5", headers, "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{headers:?}");
+        assert_eq!(response_headers["x-cache"], "HIT", "{headers:?}");
+        assert!(response_headers.get("content-encoding").is_none());
+        assert!(json(&body)["ok"].as_bool().unwrap());
+    }
+    // The same parameters in another order or spelling are the same entry.
+    for target in ["/sessions?offset=0&limit=5", "/sessions?limit=05&offset=0"] {
+        gateway.get("/sessions?limit=5&offset=0").await;
+        assert_eq!(gateway.get(target).await.1["x-cache"], "HIT", "{target}");
+    }
     assert_eq!(upstream.received().len(), 3);
+    assert_eq!(
+        upstream.last().target,
+        format!("{PREFIX}/sessions?limit=5&offset=0")
+    );
 }
 
 #[tokio::test]
@@ -204,7 +216,7 @@ async fn errors_and_rejections_are_never_cached_nor_hidden() {
 async fn an_empty_budget_is_a_429_with_retry_after_and_no_call() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start_on(&upstream,
-        "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 2\nupstream_burst = 2\nqueue_timeout = \"0s\"\n",
+        "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 2\nupstream_burst = 2\nqueue_timeout = \"0s\"\ndevice_upstream_share = 1.0\n",
     )
     .await;
     for _ in 0..2 {
@@ -226,7 +238,7 @@ async fn an_empty_budget_is_a_429_with_retry_after_and_no_call() {
 async fn a_request_queues_for_a_slot_within_queue_timeout() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start_on(&upstream,
-        "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 600\nupstream_burst = 1\nqueue_timeout = \"2s\"\n",
+        "[cache]\nttl = \"0s\"\n[limits]\nupstream_per_minute = 600\nupstream_burst = 1\nqueue_timeout = \"2s\"\ndevice_upstream_share = 1.0\n",
     )
     .await;
     // 600/min is one slot per 100 ms: the second request waits for it, not 429.

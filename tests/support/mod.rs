@@ -142,6 +142,8 @@ pub enum Reply {
     ResetOnce(Arc<std::sync::atomic::AtomicBool>),
     /// Answer 200 once the test notifies.
     Gate(Arc<Notify>),
+    /// Answer this status and JSON body once the test notifies.
+    GateStatus(Arc<Notify>, u16, &'static str),
 }
 
 /// A TLS mock of the Joulo API on its own thread and runtime, so its own logs stay
@@ -321,6 +323,10 @@ async fn answer(
             notify.notified().await;
             json(200, r#"{"ok": true, "gated": true}"#.to_owned())
         }
+        Reply::GateStatus(notify, status, body) => {
+            notify.notified().await;
+            json(status, body.to_owned())
+        }
     }
 }
 
@@ -498,6 +504,33 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// Sends `GET target` to `addr` from the loopback address `source` (such as
+/// `127.0.0.2`: on Linux all of 127.0.0.0/8 is this machine), as a separate
+/// device on the LAN would, on a fresh connection. Returns the status and the
+/// body.
+pub async fn get_from(source: &str, addr: SocketAddr, target: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
 }
 
 /// Moves the test runtime's clock (and so the gateway's cache ages and rate

@@ -6,6 +6,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use joulo_gateway::demo::DemoCa;
@@ -27,6 +28,9 @@ enum Fault {
     Html503,
     /// Plain HTTP where TLS was expected: the handshake fails.
     NoTls,
+    /// A 200 head promising 1000 bytes, 12 of them, then silence with the
+    /// connection held open.
+    Stall,
 }
 
 /// A hand-rolled HTTP/1.1 upstream over TLS (certificate from `ca`), so faults a
@@ -79,6 +83,9 @@ async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
                     Fault::Html503 => {
                         b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html\r\ncontent-length: 45\r\n\r\n<html><body>Upstream maintenance</body></html"
                     }
+                    Fault::Stall => {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"chargers\":"
+                    }
                     Fault::NoTls => unreachable!(),
                 };
                 let _ = tls.write_all(reply).await;
@@ -87,6 +94,11 @@ async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
                     // An orderly end: the answer is complete.
                     Fault::Html503 => {
                         let _ = tls.shutdown().await;
+                    }
+                    // Held open, saying nothing more, until the gateway gives up.
+                    Fault::Stall => {
+                        let mut rest = [0u8; 64];
+                        while tls.read(&mut rest).await.is_ok_and(|n| n > 0) {}
                     }
                     // Cut: the TCP stream ends with no TLS close_notify, so the
                     // peer knows the data was truncated.
@@ -284,4 +296,68 @@ async fn ambiguous_framing_is_refused_or_reframed_never_passed_on() {
     .await;
     assert_eq!(ok, 200);
     let _ = TcpStream::connect(gateway.addr).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_body_answers_every_waiter_within_the_bound() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let fault = Arc::new(Mutex::new(Fault::Stall));
+    let addr = raw_upstream(&ca, fault).await;
+    // The whole answer within 1 s; no queue for the budget.
+    let gateway = gateway_for(
+        addr,
+        &ca,
+        "timeout = \"1s\"\n[limits]\nqueue_timeout = \"0s\"\n[cache]\nstale_if_error = \"0s\"\n",
+    )
+    .await;
+    let bound = Duration::from_millis(1000 + 500);
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let addr = gateway.addr;
+        async move { support::send(addr, Method::GET, "/chargers", &[], "").await }
+    });
+    // Later requests join the stalled call at different moments; each gives
+    // up with the first, not a full timeout after it joined.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = gateway.addr;
+            tokio::spawn(async move { support::send(addr, Method::GET, "/chargers", &[], "").await })
+        })
+        .collect();
+    let (status, _, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(json(&body)["error"], "Upstream timed out");
+    for waiter in later {
+        let (status, _, _) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let took = started.elapsed();
+    assert!(took < bound, "answered after {took:?}");
+    assert_eq!(gateway.state.cache.stats.misses.get(), 1, "one call for all");
+    assert_eq!(gateway.state.cache.stats.coalesced.get(), 3);
+    // The stalled flight is gone: the next request starts a new call.
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(gateway.state.cache.stats.misses.get(), 2);
+}
+
+#[tokio::test]
+async fn a_stalled_streamed_body_is_cut_after_the_idle_bound() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let fault = Arc::new(Mutex::new(Fault::Stall));
+    let addr = raw_upstream(&ca, fault).await;
+    let gateway = gateway_for(addr, &ca, "timeout = \"1s\"\n[cache]\nttl = \"0s\"\n").await;
+    let started = Instant::now();
+    let response = gateway
+        .raw(b"GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n")
+        .await;
+    let took = started.elapsed();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "{\"chargers\":", "the 12 bytes that came, then the cut");
+    assert!(
+        took < Duration::from_millis(2500),
+        "cut after {took:?}, not held open"
+    );
+    assert_eq!(gateway.get("/healthz").await.0, StatusCode::OK);
 }

@@ -21,18 +21,32 @@ fn main() {
         .build()
         .expect("runtime");
     let duration = Duration::from_secs(600);
-    let household = Household {
-        devices: 8,
-        duration,
-        interval: (Duration::from_secs(10), Duration::from_secs(30)),
-    };
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
-    let wall = std::time::Instant::now();
-    let report = runtime.block_on(simulate(&config, &household));
-    let wall = wall.elapsed();
+    for greedy in [false, true] {
+        let household = Household {
+            devices: 8,
+            duration,
+            interval: (Duration::from_secs(10), Duration::from_secs(30)),
+            greedy,
+        };
+        let wall = std::time::Instant::now();
+        let report = runtime.block_on(simulate(&config, &household));
+        print_report(&report, duration, wall.elapsed(), greedy);
+        println!();
+    }
+}
+
+fn print_report(report: &household::Report, duration: Duration, wall: Duration, greedy: bool) {
+    if greedy {
+        println!(
+            "household with one misbehaving device: 7 devices poll as below, the 8th asks for a \
+             distinct /sessions?limit=1&offset=N page every 100 ms"
+        );
+    }
 
     println!(
-        "household: 8 devices (3 Home Assistant + 5 others), 4 GET routes each, every 10-30 s"
+        "household: {} devices (3 Home Assistant + others), 4 GET routes each, every 10-30 s",
+        if greedy { 7 } else { 8 }
     );
     println!(
         "simulated {} s in {:.2} s of wall time",
@@ -61,4 +75,18 @@ fn main() {
     println!("ideal calls:     {}", report.ideal_calls(duration));
     println!("statuses:        {:?}", report.statuses);
     println!("x-cache:         {:?}", report.cache);
+    if greedy {
+        let ok = report.statuses.get(&200).copied().unwrap_or(0);
+        println!(
+            "well-behaved devices: {ok} of {} answers were 200 ({:.1}%)",
+            report.client_requests,
+            100.0 * ok as f64 / report.client_requests.max(1) as f64
+        );
+        println!(
+            "misbehaving device: {} requests over {:.0} s of simulated time, answers by status {:?}",
+            report.greedy_requests,
+            report.greedy_elapsed.as_secs_f64(),
+            report.greedy_statuses
+        );
+    }
 }

@@ -38,16 +38,24 @@ pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> 
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }
 
-/// `level` with hyper's own warnings held back, unless the directive names hyper:
-/// hyper warns about every keep-alive connection a device leaves idle past
-/// `header_timeout` and every half-sent request, which are the clients' doing and
-/// would bury the gateway's own warnings.
+/// Libraries whose warnings a LAN client can trigger at will, one per
+/// connection: hyper (a keep-alive connection left idle past
+/// `header_timeout`, a half-sent request, a parse error), h2 (stream resets)
+/// and rustls ("Illegal SNI extension" for every handshake that names an IP
+/// address). The gateway's own access line and debug lines say what happened.
+const CLIENT_TRIGGERED: [&str; 3] = ["hyper", "h2", "rustls"];
+
+/// `level` with the [`CLIENT_TRIGGERED`] libraries held to errors, unless the
+/// directive names them: warnings anyone on the LAN can cause would otherwise
+/// flood the log and bury the gateway's own.
 fn quiet_hyper(level: &str) -> std::borrow::Cow<'_, str> {
-    if level.contains("hyper") {
-        level.into()
-    } else {
-        format!("{level},hyper=error").into()
+    let mut directives = std::borrow::Cow::Borrowed(level);
+    for library in CLIENT_TRIGGERED {
+        if !level.contains(library) {
+            directives = format!("{directives},{library}=error").into();
+        }
     }
+    directives
 }
 
 /// A [`MakeWriter`] that hands out buffers; each is scrubbed and written through
@@ -161,6 +169,22 @@ fn redact_shape(text: &str, prefix: &str, body_len: usize) -> String {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn client_triggered_library_warnings_are_held_back_unless_asked_for() {
+        assert_eq!(
+            quiet_hyper("info"),
+            "info,hyper=error,h2=error,rustls=error"
+        );
+        assert_eq!(
+            quiet_hyper("debug,rustls=debug"),
+            "debug,rustls=debug,hyper=error,h2=error"
+        );
+        for level in ["info", "joulo_gateway=trace"] {
+            let filter = EnvFilter::builder().parse(quiet_hyper(level)).unwrap();
+            assert!(filter.to_string().contains("rustls=error"), "{filter}");
+        }
+    }
 
     #[test]
     fn token_shapes_are_redacted() {

@@ -322,7 +322,9 @@ async fn a_stalled_body_answers_every_waiter_within_the_bound() {
     let later: Vec<_> = (0..3)
         .map(|_| {
             let addr = gateway.addr;
-            tokio::spawn(async move { support::send(addr, Method::GET, "/chargers", &[], "").await })
+            tokio::spawn(
+                async move { support::send(addr, Method::GET, "/chargers", &[], "").await },
+            )
         })
         .collect();
     let (status, _, body) = first.await.unwrap();
@@ -334,10 +336,17 @@ async fn a_stalled_body_answers_every_waiter_within_the_bound() {
     }
     let took = started.elapsed();
     assert!(took < bound, "answered after {took:?}");
-    assert_eq!(gateway.state.cache.stats.misses.get(), 1, "one call for all");
+    assert_eq!(
+        gateway.state.cache.stats.misses.get(),
+        1,
+        "one call for all"
+    );
     assert_eq!(gateway.state.cache.stats.coalesced.get(), 3);
     // The stalled flight is gone: the next request starts a new call.
-    assert_eq!(gateway.get("/chargers").await.0, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        gateway.get("/chargers").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
     assert_eq!(gateway.state.cache.stats.misses.get(), 2);
 }
 
@@ -354,7 +363,10 @@ async fn a_stalled_streamed_body_is_cut_after_the_idle_bound() {
     let took = started.elapsed();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body, "{\"chargers\":", "the 12 bytes that came, then the cut");
+    assert_eq!(
+        body, "{\"chargers\":",
+        "the 12 bytes that came, then the cut"
+    );
     assert!(
         took < Duration::from_millis(2500),
         "cut after {took:?}, not held open"

@@ -19,6 +19,7 @@ async fn many_devices_cost_one_upstream_call_per_route_per_ttl_window() {
             devices: 8,
             duration,
             interval: (Duration::from_secs(10), Duration::from_secs(30)),
+            greedy: false,
         },
     )
     .await;
@@ -38,4 +39,40 @@ async fn many_devices_cost_one_upstream_call_per_route_per_ttl_window() {
         assert!(*calls >= 1);
     }
     assert!(report.upstream_calls <= report.ideal_calls(duration));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_device_paging_through_history_leaves_the_others_all_their_answers() {
+    let duration = Duration::from_secs(180);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let report = simulate(
+        &config,
+        &Household {
+            devices: 8,
+            duration,
+            interval: (Duration::from_secs(10), Duration::from_secs(30)),
+            greedy: true,
+        },
+    )
+    .await;
+    // The seven well-behaved devices: every answer a 200.
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{report:?}"
+    );
+    assert!(report.client_requests > 100, "{report:?}");
+    // The misbehaving one is held to its share: refused most of the time.
+    assert_eq!(report.greedy_requests, 1800);
+    let refused = report.greedy_statuses.get(&429).copied().unwrap_or(0);
+    let served = report.greedy_statuses.get(&200).copied().unwrap_or(0);
+    assert!(refused > 1500, "{report:?}");
+    // Its share of the shipped budget (30 a minute, burst 10): 15 a minute
+    // after a burst of 5, over the simulated time its requests took.
+    let minutes = report.greedy_elapsed.as_secs_f64() / 60.0;
+    let share = 5.0 + 15.0 * minutes;
+    assert!(
+        served >= 1 && served as f64 <= share + 1.0,
+        "{served} > {share}: {report:?}"
+    );
 }

@@ -39,6 +39,9 @@ pub struct Household {
     pub duration: Duration,
     /// Shortest and longest poll interval per device and route.
     pub interval: (Duration, Duration),
+    /// Whether the last device misbehaves: instead of polling, it loops over
+    /// distinct `/sessions?offset=N` pages, ten a second, each a cache miss.
+    pub greedy: bool,
 }
 
 /// What happened.
@@ -54,6 +57,13 @@ pub struct Report {
     pub statuses: BTreeMap<u16, u64>,
     /// Answers by `X-Cache`.
     pub cache: BTreeMap<String, u64>,
+    /// The misbehaving device's requests, and its answers by status (not
+    /// counted above).
+    pub greedy_requests: u64,
+    pub greedy_statuses: BTreeMap<u16, u64>,
+    /// Simulated time from the first poll to the misbehaving device's last
+    /// answer: longer than the run when its requests queue.
+    pub greedy_elapsed: Duration,
 }
 
 impl Report {
@@ -131,12 +141,17 @@ pub async fn simulate(shipped_config: &Path, household: &Household) -> Report {
     let end = start + household.duration;
     let mut rng = Lcg(0x5eed);
     let mut pollers = Vec::new();
+    let mut greedy = None;
     for device in 0..household.devices {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + device as u8));
         let mut connector = HttpConnector::new();
         connector.set_local_address(Some(ip));
         let client: Client<_, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build(connector);
+        if household.greedy && device + 1 == household.devices {
+            greedy = Some(tokio::spawn(page_through(client, gateway_addr, start, end)));
+            continue;
+        }
         for route in POLLED {
             let (low, high) = household.interval;
             let every = low + (high - low).mul_f64(rng.next());
@@ -158,6 +173,14 @@ pub async fn simulate(shipped_config: &Path, household: &Household) -> Report {
             report.client_requests += 1;
             *report.statuses.entry(status).or_default() += 1;
             *report.cache.entry(cache).or_default() += 1;
+        }
+    }
+    if let Some(greedy) = greedy {
+        let (statuses, finished) = greedy.await.unwrap();
+        report.greedy_elapsed = finished - start;
+        for status in statuses {
+            report.greedy_requests += 1;
+            *report.greedy_statuses.entry(status).or_default() += 1;
         }
     }
     report.upstream_calls = sim.stats.requests.load(Ordering::Relaxed);
@@ -201,4 +224,28 @@ async fn poll(
         next += every;
     }
     results
+}
+
+/// The misbehaving device: a distinct page every 100 ms until `end`.
+async fn page_through(
+    client: Client<HttpConnector, Empty<Bytes>>,
+    gateway: SocketAddr,
+    start: Instant,
+    end: Instant,
+) -> (Vec<u16>, Instant) {
+    let mut statuses = Vec::new();
+    let mut next = start;
+    let mut offset = 0u64;
+    while next < end {
+        tokio::time::sleep_until(next).await;
+        let uri: http::Uri = format!("http://{gateway}/sessions?limit=1&offset={offset}")
+            .parse()
+            .unwrap();
+        let response = client.get(uri).await.unwrap();
+        statuses.push(response.status().as_u16());
+        let _ = response.into_body().collect().await;
+        offset += 1;
+        next += Duration::from_millis(100);
+    }
+    (statuses, Instant::now())
 }

@@ -165,6 +165,9 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
     println!("  curl -si --path-as-is {base}/chargers/../me                # 400");
     println!("  curl -si -X DELETE {base}/chargers                          # 405");
     println!(
+        "  curl -s '{base}/sessions?limit=2&api_key=x'              # 400: not a Joulo parameter"
+    );
+    println!(
         "  curl -si -X POST {base}/chargers                            # 405: write routes are off"
     );
 
@@ -195,6 +198,10 @@ async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
         ),
         ("/chargers/../me", "path traversal"),
         ("/teleport", "unknown route"),
+        (
+            "/sessions?limit=1&_method=DELETE",
+            "a parameter Joulo does not take",
+        ),
     ];
     println!("Self-check, through the gateway:");
     for (target, what) in checks {

@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::access::{AccessConfig, DEFAULT_ALLOW, DeviceKey, Scope};
+use crate::files::{self, FileError};
 use crate::routes::RouteId;
 
 /// The file name `joulo-gateway` reads when no `--config` is given.
@@ -26,15 +27,20 @@ const CREDENTIAL_NAME: &str = "joulo_token";
 /// Where Docker and Compose mount a secret named `joulo_token`.
 const DOCKER_SECRET_PATH: &str = "/run/secrets/joulo_token";
 
+/// The most the config file or `upstream.ca_file` may hold; either is a few
+/// KiB, and reading stops here rather than filling memory.
+const FILE_LIMIT: u64 = 1024 * 1024;
+
 /// A configuration problem, phrased for the person editing the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read at all.
+    /// The file could not be read at all, is not a regular file, is far too
+    /// long or is not UTF-8.
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     /// TOML syntax, an unknown key or a value of the wrong type.
     #[error("{path}: key `{key}` (line {line}): {message}")]
@@ -346,11 +352,18 @@ impl Config {
     /// Reads and validates the file at `path`. Relative paths inside it are taken
     /// relative to the file's own folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let bytes = files::read_regular(path, FILE_LIMIT).map_err(read_err)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            read_err(FileError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not UTF-8 text",
+            )))
         })?;
-        Config::from_toml(&text, path)
+        Config::from_toml(text, path)
     }
 
     /// Validates TOML text as if it had been read from `path`.
@@ -792,7 +805,8 @@ fn parse_base_url(text: &str) -> Result<Uri, String> {
 }
 
 fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let pem = files::read_regular(file, FILE_LIMIT)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;
@@ -926,6 +940,28 @@ mod tests {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_config_and_ca_file_must_be_regular_files() {
+        let msg = parse("[upstream]\nca_file = \"/dev/zero\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("upstream.ca_file") && msg.contains("is a character device"),
+            "{msg}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let msg = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("cannot read config file") && msg.contains("is a directory"),
+            "{msg}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(FILE_LIMIT as usize + 1)).unwrap();
+        let msg = Config::load(&big).unwrap_err().to_string();
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
+//! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod lan_tls;
 pub mod logging;
 pub mod ops;

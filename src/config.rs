@@ -131,6 +131,7 @@ struct RawServer {
     max_header_size: Option<bytesize::ByteSize>,
     max_request_body: Option<bytesize::ByteSize>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     h2_max_streams: Option<u32>,
@@ -241,7 +242,8 @@ pub struct ServerConfig {
     /// Address the gateway binds; home devices connect here.
     pub listen: SocketAddr,
     /// A client must finish sending request headers within this, so half-open
-    /// (slowloris) connections cannot pile up.
+    /// (slowloris) connections cannot pile up. A new connection's first request
+    /// head must arrive within this of its accept, TLS handshake included.
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
@@ -255,6 +257,9 @@ pub struct ServerConfig {
     pub max_request_body: usize,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections from one address (IPv4-mapped IPv6 counted as IPv4) at once;
+    /// more are refused with 429, so one device cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// A connection with no bytes moving for this long is closed.
     pub idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
@@ -334,6 +339,7 @@ pub mod defaults {
     pub const MAX_HEADER_SIZE: usize = 16 * 1024;
     pub const MAX_REQUEST_BODY: usize = 64 * 1024;
     pub const MAX_CONNECTIONS: usize = 512;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 64;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const H2_MAX_STREAMS: u32 = 64;
     pub const WORKER_THREADS: usize = 1;
@@ -560,6 +566,16 @@ fn validate(
             "must be at least 1".to_owned(),
         ));
     }
+    let max_connections_per_ip = raw
+        .server
+        .max_connections_per_ip
+        .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP);
+    if max_connections_per_ip == 0 {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            "must be at least 1".to_owned(),
+        ));
+    }
     let idle_timeout = positive(
         raw.server.idle_timeout,
         defaults::IDLE_TIMEOUT,
@@ -641,6 +657,7 @@ fn validate(
             max_header_size,
             max_request_body,
             max_connections,
+            max_connections_per_ip,
             idle_timeout,
             h2_max_streams,
             worker_threads,
@@ -931,6 +948,10 @@ mod tests {
             ("[upstream]\ntimeout = \"ten\"", "upstream.timeout"),
             ("[upstream]\nca_file = \"missing.pem\"", "upstream.ca_file"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            (
+                "[server]\nmax_connections_per_ip = 0",
+                "server.max_connections_per_ip",
+            ),
             ("[routes.teleport]\nenabled = true", "routes.teleport"),
             (
                 "[routes.chargers]\nenabled = false",
@@ -990,6 +1011,10 @@ mod tests {
         assert_eq!(s.server.max_header_size, d.server.max_header_size);
         assert_eq!(s.server.max_request_body, d.server.max_request_body);
         assert_eq!(s.server.max_connections, d.server.max_connections);
+        assert_eq!(
+            s.server.max_connections_per_ip,
+            d.server.max_connections_per_ip
+        );
         assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
         assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
         assert_eq!(s.server.worker_threads, d.server.worker_threads);

@@ -6,7 +6,9 @@
 //! A request's way through the gateway, module by module:
 //!
 //! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
-//!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
+//!   [`lan_tls`]), refusing addresses outside the allowlist or past their
+//!   connection quota on accept, bounds header reads and handshakes, drains on
+//!   shutdown.
 //! - [`proxy`]: one request end to end, and its access-log line.
 //! - [`access`]: who may call: the network allowlist, Host and Origin checks,
 //!   per-device keys and their scopes.

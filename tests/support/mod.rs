@@ -500,6 +500,16 @@ pub async fn send(
     )
 }
 
+/// A connection to `gateway` from the loopback address `source`: on Linux every
+/// 127.x.y.z is this machine, so a test can play several devices.
+pub async fn connect_from(source: &str, gateway: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(gateway).await.unwrap()
+}
+
 /// Moves the test runtime's clock (and so the gateway's cache ages and rate
 /// limits) forward by `by` at once, then lets it run on in real time.
 pub async fn jump_clock(by: Duration) {

@@ -78,6 +78,8 @@ gateway_conf() { # name port ttl [event loops, default 1]
 [server]
 listen = "127.0.0.1:$2"
 max_connections = 4096
+# wrk's connections all come from 127.0.0.1.
+max_connections_per_ip = 4096
 worker_threads = ${4:-1}
 [upstream]
 base_url = "https://localhost:$UP/functions/v1/api"

@@ -130,10 +130,12 @@ async fn soak(duration: Duration) -> bool {
     demo::write_private(&token_file, tokens_used[0].expose_secret()).unwrap();
     demo::write_private(&dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
     let config = dir.path().join("gateway.toml");
+    // Every simulated device connects from 127.0.0.1, the bursts 100 at a time:
+    // the per-address quota would refuse them as one device.
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 1024\n\
              [upstream]\nbase_url = \"https://localhost:{}{API_PREFIX}\"\ntoken_file = \"joulo_token\"\nca_file = \"ca.pem\"\n\
              [log]\nlevel = \"debug\"\n\
              [limits]\nupstream_per_minute = 600\nupstream_burst = 100\nclient_per_minute = 60000\nclient_burst = 1000\n\

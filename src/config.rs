@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::access::{AccessConfig, DEFAULT_ALLOW, DeviceKey, Scope};
+use crate::files::{self, FileError};
 use crate::routes::RouteId;
 
 /// The file name `joulo-gateway` reads when no `--config` is given.
@@ -26,15 +27,20 @@ const CREDENTIAL_NAME: &str = "joulo_token";
 /// Where Docker and Compose mount a secret named `joulo_token`.
 const DOCKER_SECRET_PATH: &str = "/run/secrets/joulo_token";
 
+/// The most the config file or `upstream.ca_file` may hold; either is a few
+/// KiB, and reading stops here rather than filling memory.
+const FILE_LIMIT: u64 = 1024 * 1024;
+
 /// A configuration problem, phrased for the person editing the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read at all.
+    /// The file could not be read at all, is not a regular file, is far too
+    /// long or is not UTF-8.
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     /// TOML syntax, an unknown key or a value of the wrong type.
     #[error("{path}: key `{key}` (line {line}): {message}")]
@@ -126,6 +132,7 @@ struct RawServer {
     max_header_size: Option<bytesize::ByteSize>,
     max_request_body: Option<bytesize::ByteSize>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     h2_max_streams: Option<u32>,
@@ -256,7 +263,8 @@ pub struct ServerConfig {
     /// Address the gateway binds; home devices connect here.
     pub listen: SocketAddr,
     /// A client must finish sending request headers within this, so half-open
-    /// (slowloris) connections cannot pile up.
+    /// (slowloris) connections cannot pile up. A new connection's first request
+    /// head must arrive within this of its accept, TLS handshake included.
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
@@ -270,6 +278,9 @@ pub struct ServerConfig {
     pub max_request_body: usize,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections from one address (IPv4-mapped IPv6 counted as IPv4) at once;
+    /// more are refused with 429, so one device cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// A connection with no bytes moving for this long is closed.
     pub idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
@@ -349,6 +360,7 @@ pub mod defaults {
     pub const MAX_HEADER_SIZE: usize = 16 * 1024;
     pub const MAX_REQUEST_BODY: usize = 64 * 1024;
     pub const MAX_CONNECTIONS: usize = 512;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 64;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const H2_MAX_STREAMS: u32 = 64;
     pub const WORKER_THREADS: usize = 1;
@@ -368,11 +380,18 @@ impl Config {
     /// Reads and validates the file at `path`. Relative paths inside it are taken
     /// relative to the file's own folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let bytes = files::read_regular(path, FILE_LIMIT).map_err(read_err)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            read_err(FileError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not UTF-8 text",
+            )))
         })?;
-        Config::from_toml(&text, path)
+        Config::from_toml(text, path)
     }
 
     /// Validates TOML text as if it had been read from `path`.
@@ -579,6 +598,16 @@ fn validate(
             "must be at least 1".to_owned(),
         ));
     }
+    let max_connections_per_ip = raw
+        .server
+        .max_connections_per_ip
+        .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP);
+    if max_connections_per_ip == 0 {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            "must be at least 1".to_owned(),
+        ));
+    }
     let idle_timeout = positive(
         raw.server.idle_timeout,
         defaults::IDLE_TIMEOUT,
@@ -684,6 +713,7 @@ fn validate(
             max_header_size,
             max_request_body,
             max_connections,
+            max_connections_per_ip,
             idle_timeout,
             h2_max_streams,
             worker_threads,
@@ -849,7 +879,8 @@ fn parse_base_url(text: &str) -> Result<Uri, String> {
 }
 
 fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let pem = files::read_regular(file, FILE_LIMIT)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;
@@ -974,6 +1005,10 @@ mod tests {
             ("[upstream]\ntimeout = \"ten\"", "upstream.timeout"),
             ("[upstream]\nca_file = \"missing.pem\"", "upstream.ca_file"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            (
+                "[server]\nmax_connections_per_ip = 0",
+                "server.max_connections_per_ip",
+            ),
             ("[routes.teleport]\nenabled = true", "routes.teleport"),
             (
                 "[routes.chargers]\nenabled = false",
@@ -983,6 +1018,28 @@ mod tests {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_config_and_ca_file_must_be_regular_files() {
+        let msg = parse("[upstream]\nca_file = \"/dev/zero\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("upstream.ca_file") && msg.contains("is a character device"),
+            "{msg}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let msg = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("cannot read config file") && msg.contains("is a directory"),
+            "{msg}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(FILE_LIMIT as usize + 1)).unwrap();
+        let msg = Config::load(&big).unwrap_err().to_string();
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
     }
 
     #[test]
@@ -1011,6 +1068,10 @@ mod tests {
         assert_eq!(s.server.max_header_size, d.server.max_header_size);
         assert_eq!(s.server.max_request_body, d.server.max_request_body);
         assert_eq!(s.server.max_connections, d.server.max_connections);
+        assert_eq!(
+            s.server.max_connections_per_ip,
+            d.server.max_connections_per_ip
+        );
         assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
         assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
         assert_eq!(s.server.worker_threads, d.server.worker_threads);

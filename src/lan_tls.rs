@@ -8,21 +8,26 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::zeroize::Zeroizing;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::TlsFiles;
+use crate::files::{self, FileError};
 use crate::watch::LoadedState;
+
+/// The most a certificate chain or key file may hold; real ones are a few KiB.
+const PEM_FILE_LIMIT: u64 = 1024 * 1024;
 
 /// Why the certificate or key could not be used. Never quotes the key.
 #[derive(Debug, thiserror::Error)]
 pub enum LanTlsError {
-    /// A file is missing or unreadable.
+    /// A file is missing, unreadable, not a regular file or far too long.
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     /// A file holds no usable PEM block of the expected kind.
     #[error("{path}: {problem}")]
@@ -103,7 +108,8 @@ fn build(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, LanTlsError> {
             "holds no CERTIFICATE block".to_owned(),
         ));
     }
-    let key_pem = secrecy::zeroize::Zeroizing::new(read(&files.key)?);
+    // Zeroized on drop, as `read` returns everything.
+    let key_pem = read(&files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| invalid(&files.key, "holds no usable PRIVATE KEY block".to_owned()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -115,8 +121,8 @@ fn build(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, LanTlsError> {
     Ok(Arc::new(config))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LanTlsError> {
-    std::fs::read(path).map_err(|source| LanTlsError::Read {
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, LanTlsError> {
+    files::read_regular(path, PEM_FILE_LIMIT).map_err(|source| LanTlsError::Read {
         path: path.display().to_string(),
         source,
     })
@@ -126,5 +132,28 @@ fn invalid(path: &Path, problem: String) -> LanTlsError {
     LanTlsError::Invalid {
         path: path.display().to_string(),
         problem,
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_is_a_fifo_is_refused_and_named() {
+        let ca = crate::demo::DemoCa::generate(&["localhost"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("gateway.crt"),
+            key: dir.path().join("gateway.key"),
+        };
+        std::fs::write(&files.cert, &ca.leaf_cert_pem).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, &files.key, rustix::fs::Mode::from(0o600)).unwrap();
+        let err = LanTls::load(&files).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.key")
+                && err.contains("is a FIFO (named pipe), not a regular file"),
+            "{err}"
+        );
     }
 }

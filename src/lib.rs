@@ -6,7 +6,9 @@
 //! A request's way through the gateway, module by module:
 //!
 //! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
-//!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
+//!   [`lan_tls`]), refusing addresses outside the allowlist or past their
+//!   connection quota on accept, bounds header reads and handshakes, drains on
+//!   shutdown.
 //! - [`proxy`]: one request end to end, and its access-log line.
 //! - [`access`]: who may call: the network allowlist, Host and Origin checks,
 //!   per-device keys and their scopes.
@@ -31,6 +33,7 @@
 //! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
+//! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
@@ -39,6 +42,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod lan_tls;
 pub mod logging;
 pub mod ops;

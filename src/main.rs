@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("joulo-gateway: {e:#}");
+            eprintln!("joulo-gateway: {}", describe(&e));
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()
                 || e.downcast_ref::<StartError>().is_some()
@@ -77,6 +77,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes joined by ": ", as `{:#}` prints them, except that
+/// a cause the message before it already ends with is not printed twice (the
+/// library's errors quote their cause, so that a log line has it too).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -1,33 +1,51 @@
-//! The listener: accepts connections and shares them out to its event loops,
-//! serves HTTP/1.1 and HTTP/2 in clear text or over the LAN certificate, with
-//! bounded header reads and TLS handshakes, keeps the token and certificate
-//! fresh, and drains in-flight requests on shutdown within the grace period.
+//! The listener: refuses addresses outside `[access] allow` and past their
+//! connection quota as soon as they connect, shares the rest out to its event
+//! loops, serves HTTP/1.1 and HTTP/2 in clear text or over the LAN certificate,
+//! with bounded header reads and TLS handshakes, keeps the token and
+//! certificate fresh, and drains in-flight requests on shutdown within the
+//! grace period.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::StatusCode;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
+use crate::access::AccessError;
 use crate::config::Config;
 use crate::proxy::{self, AppState};
 
 /// Pause after a failed `accept` (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a refused client is given to send its request head, and then to
+/// read its answer and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The most of a refused client's request head read before it is answered.
+const MAX_REFUSED_HEAD: usize = 16 * 1024;
+
+/// Refused connections being answered at once; past this they are closed
+/// unanswered, so a flood of them costs a bounded number of tasks.
+const MAX_REFUSALS_IN_FLIGHT: usize = 32;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting and gives in-flight requests up to `server.shutdown_grace`.
@@ -71,8 +89,11 @@ pub async fn run(
         .max_concurrent_streams(limits.h2_max_streams)
         .max_header_list_size(u32::try_from(2 * limits.max_header_size).unwrap_or(u32::MAX));
     let handshake_timeout = limits.tls_handshake_timeout;
+    let header_timeout = limits.header_timeout;
     let idle_timeout = limits.idle_timeout;
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = PerIpConnections::new(limits.max_connections_per_ip);
+    let refuser = Refuser::new(state.lan_tls.is_some());
     let mut loops = match EventLoops::start(limits.worker_threads) {
         Ok(loops) => loops,
         Err(e) => {
@@ -93,12 +114,6 @@ pub async fn run(
     }
     tokio::pin!(shutdown);
     loop {
-        // At the connection limit, stop accepting: further clients wait in the
-        // kernel's backlog instead of costing memory here.
-        let slot = tokio::select! {
-            slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -110,6 +125,24 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        let accepted = Instant::now();
+        // Refused before anything is spent on them: no TLS handshake, no
+        // connection slot, and the loop goes straight on to the next client.
+        if state.access.check_network(client.ip()).is_err() {
+            refuser.refuse(stream, client, Refusal::Network);
+            continue;
+        }
+        let Some(per_ip) = per_ip.try_acquire(client.ip()) else {
+            refuser.refuse(stream, client, Refusal::PerIpQuota);
+            continue;
+        };
+        // At the connection limit, nothing more is accepted until a slot frees:
+        // this connection waits here, and further clients wait in the kernel's
+        // backlog rather than in the gateway's memory.
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
@@ -117,6 +150,9 @@ pub async fn run(
             client,
             watcher: graceful.watcher(),
             _slot: slot,
+            _per_ip: per_ip,
+            accepted,
+            header_timeout,
             handshake_timeout,
             idle_timeout,
         };
@@ -160,36 +196,65 @@ pub async fn run(
 
 /// One accepted connection and what serving it needs.
 struct Connection {
+    /// HTTP/1.1 and HTTP/2 settings, shared by every connection.
     builder: auto::Builder<TokioExecutor>,
+    /// What requests are served with.
     state: Arc<AppState>,
+    /// The peer, for the allowlist, per-device limits and logs.
     client: SocketAddr,
+    /// Lets shutdown ask the connection to finish gracefully.
     watcher: Watcher,
     /// Held for the connection's life: its place under `server.max_connections`.
     _slot: OwnedSemaphorePermit,
+    /// Held for the connection's life: its place in its address's count.
+    _per_ip: PerIpSlot,
+    /// When it was accepted: the first request head is due within
+    /// `header_timeout` of this.
+    accepted: Instant,
+    /// `server.header_timeout`.
+    header_timeout: Duration,
+    /// `server.tls_handshake_timeout`.
     handshake_timeout: Duration,
+    /// `server.idle_timeout`.
     idle_timeout: Duration,
 }
 
 impl Connection {
     /// Serves the connection until it closes or shutdown finishes it, on the
-    /// event loop this is polled on.
-    async fn serve(self, stream: tokio::net::TcpStream) {
+    /// event loop this is polled on. A connection on which no complete request
+    /// head has arrived within `header_timeout` of its accept is closed: hyper's
+    /// own header timer starts only once HTTP/1 is detected, so without this a
+    /// client that sends nothing, or half an HTTP/2 preface, would be held
+    /// until the idle timeout.
+    async fn serve(self, stream: TcpStream) {
+        let client = self.client;
+        let deadline = self.accepted + self.header_timeout;
+        let first_head = Arc::new(AtomicBool::new(false));
+        let serving = self.handshake_and_http(stream, first_head.clone());
+        if !until_first_head(serving, &first_head, deadline).await {
+            debug!(client = %client, "no request head within server.header_timeout; closed");
+        }
+    }
+
+    /// The TLS handshake, if the listener serves HTTPS, then HTTP.
+    async fn handshake_and_http(self, stream: TcpStream, first_head: Arc<AtomicBool>) {
         let client = self.client;
         let stream = IdleTimeout::new(stream, self.idle_timeout);
         let Some(acceptor) = self.state.lan_tls.as_ref().map(|tls| tls.acceptor()) else {
-            return self.http(TokioIo::new(stream)).await;
+            return self.http(TokioIo::new(stream), first_head).await;
         };
         // The handshake runs here, in the connection's own task and under a
         // bound, so a slow or silent client never holds up the accept loop.
         match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.http(TokioIo::new(tls)).await,
+            Ok(Ok(tls)) => self.http(TokioIo::new(tls), first_head).await,
             Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %client, "TLS handshake timed out"),
         }
     }
 
-    /// Serves HTTP on the connection until it closes or shutdown finishes it.
-    async fn http<I>(self, io: I)
+    /// Serves HTTP on the connection until it closes or shutdown finishes it,
+    /// setting `first_head` when the first request head has arrived.
+    async fn http<I>(self, io: I, first_head: Arc<AtomicBool>)
     where
         I: Read + Write + Unpin + Send + 'static,
     {
@@ -200,12 +265,209 @@ impl Connection {
             watcher,
             // Kept until the connection ends.
             _slot,
+            _per_ip,
             ..
         } = self;
-        let service = service_fn(move |request| proxy::handle(&state, client, request));
+        let service = service_fn(move |request| {
+            first_head.store(true, Ordering::Relaxed);
+            proxy::handle(&state, client, request)
+        });
         if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
             // A device going away mid-request is routine, not a gateway fault.
             debug!(client = %client, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs `serving` to its end, unless `first_head` is still unset at `deadline`:
+/// then drops it, which closes the connection, and returns false. Once a head
+/// has arrived the timer is dropped, so a busy connection never polls it.
+async fn until_first_head(
+    serving: impl Future<Output = ()>,
+    first_head: &AtomicBool,
+    deadline: Instant,
+) -> bool {
+    let mut serving = pin!(serving);
+    let mut cutoff = pin!(Some(tokio::time::sleep_until(deadline)));
+    std::future::poll_fn(|cx| {
+        if serving.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if first_head.load(Ordering::Relaxed) {
+            cutoff.set(None);
+        }
+        match cutoff.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| false),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Why a connection was refused as soon as it was accepted.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The address is outside `[access] allow`.
+    Network,
+    /// The address already has `server.max_connections_per_ip` connections.
+    PerIpQuota,
+}
+
+impl Refusal {
+    /// For log fields.
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Network => "outside [access] allow",
+            Refusal::PerIpQuota => "past server.max_connections_per_ip",
+        }
+    }
+}
+
+/// Answers refused connections without serving them: the same JSON error a
+/// request would get, written by a small task so the accept loop moves on.
+struct Refuser {
+    /// The 403 and 429 answers, whole HTTP/1.1 responses built once; `None`
+    /// on an HTTPS listener, where no handshake is spent on a refused client
+    /// and it is closed unanswered.
+    answers: Option<(Bytes, Bytes)>,
+    /// Refusals being answered; past `MAX_REFUSALS_IN_FLIGHT` a refused
+    /// connection is closed unanswered.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Refuser {
+    fn new(https: bool) -> Refuser {
+        let answers = (!https).then(|| {
+            (
+                refusal_response(StatusCode::FORBIDDEN, &AccessError::Network.to_string()),
+                refusal_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many connections from this address (server.max_connections_per_ip)",
+                ),
+            )
+        });
+        Refuser {
+            answers,
+            in_flight: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+        }
+    }
+
+    /// Answers and closes `stream`, or just closes it. Never waits.
+    fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
+        debug!(client = %client, reason = why.as_str(), "connection refused");
+        let Some((forbidden, too_many)) = &self.answers else {
+            return;
+        };
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return;
+        };
+        let answer = match why {
+            Refusal::Network => forbidden.clone(),
+            Refusal::PerIpQuota => too_many.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            // An HTTP client takes an answer that comes before its request for a
+            // broken connection, so the request head is waited for, briefly: a
+            // silent client gets the answer all the same.
+            let _ = tokio::time::timeout(REFUSAL_LINGER, read_head(&mut stream)).await;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                stream.write_all(&answer).await?;
+                stream.shutdown().await?;
+                // Closing with the request still unread would make the kernel
+                // reset the connection, and the client could lose the answer;
+                // so what it sends is read and dropped until it closes.
+                let mut sink = [0u8; 1024];
+                while stream.read(&mut sink).await? > 0 {}
+                io::Result::Ok(())
+            })
+            .await;
+        });
+    }
+}
+
+/// Reads and drops what the client sends up to the end of a request head (a
+/// blank line), the end of the stream or `MAX_REFUSED_HEAD` bytes.
+async fn read_head(stream: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    // The last bytes read, so a blank line split across reads is still seen.
+    let mut window = Vec::with_capacity(buf.len() + 3);
+    let mut total = 0;
+    while total < MAX_REFUSED_HEAD {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        window.drain(..window.len().saturating_sub(3));
+    }
+    Ok(())
+}
+
+/// A whole HTTP/1.1 response carrying the gateway's JSON error shape, as
+/// `respond::json_error` builds it for requests.
+fn refusal_response(status: StatusCode, message: &str) -> Bytes {
+    let body = serde_json::json!({ "error": message }).to_string();
+    Bytes::from(format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// Open connections by client address, for `server.max_connections_per_ip`.
+struct PerIpConnections {
+    /// The most connections one address may hold.
+    limit: usize,
+    /// Open connections by canonical address; an address with none has no entry.
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIpConnections {
+    fn new(limit: usize) -> PerIpConnections {
+        PerIpConnections {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` at the quota.
+    /// IPv4-mapped IPv6 addresses count as IPv4, as `[access] allow` sees them.
+    fn try_acquire(&self, ip: IpAddr) -> Option<PerIpSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct PerIpSlot {
+    /// The canonical address counted.
+    ip: IpAddr,
+    /// The counts it is part of.
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -441,6 +703,46 @@ mod tests {
     use tokio::time::Instant;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_per_address_quota_counts_mapped_ipv6_as_ipv4_and_frees_on_drop() {
+        let per_ip = PerIpConnections::new(2);
+        let v4: IpAddr = "192.168.1.20".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
+        let first = per_ip.try_acquire(v4).unwrap();
+        let second = per_ip.try_acquire(mapped).unwrap();
+        assert!(per_ip.try_acquire(v4).is_none(), "the same address, twice");
+        assert!(
+            per_ip
+                .try_acquire("192.168.1.21".parse().unwrap())
+                .is_some()
+        );
+        drop(first);
+        let third = per_ip.try_acquire(mapped).unwrap();
+        drop((second, third));
+        assert!(
+            per_ip.open.lock().unwrap().is_empty(),
+            "no entry is left behind"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_goes_at_the_deadline_unless_a_head_arrived() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let silent = AtomicBool::new(false);
+        assert!(!until_first_head(std::future::pending(), &silent, deadline).await);
+        assert_eq!(Instant::now(), deadline);
+
+        let served = AtomicBool::new(false);
+        let serving = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            served.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(until_first_head(serving, &served, deadline).await);
+        assert_eq!(Instant::now(), deadline + Duration::from_secs(51));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_connection_stays_and_an_idle_one_goes_within_a_quarter_more() {

@@ -13,17 +13,22 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
+use crate::files::{self, FileError};
 use crate::watch::{LoadedState, Trigger};
+
+/// The most a token file may hold: a token is at most 4096 bytes, and a file
+/// much longer than that is not a token file.
+const TOKEN_FILE_LIMIT: u64 = 64 * 1024;
 
 /// Why a token file was not accepted. Never carries the file's contents.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// The file is missing or unreadable.
+    /// The file is missing, unreadable, not a regular file or far too long.
     #[error("cannot read token file {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     /// The file is readable but does not hold one usable token.
     #[error("token file {path} {problem}")]
@@ -317,7 +322,7 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
         path: path.to_owned(),
         source,
     };
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
+    let bytes = files::read_regular(path, TOKEN_FILE_LIMIT).map_err(read_err)?;
     warn_if_shared(path);
     let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
         path: path.to_owned(),
@@ -411,6 +416,63 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(source.reload().is_err());
         assert!(source.current().is_none() && !source.is_loaded());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_replaced_by_a_fifo_a_device_or_a_huge_file_fails_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let source = TokenSource::new(path.clone());
+        /// Puts something that is no token file at the path.
+        type Replace = fn(&Path);
+        let replacements: [(Replace, &str); 4] = [
+            (
+                |p| rustix::fs::mkfifoat(rustix::fs::CWD, p, 0o600.into()).unwrap(),
+                "is a FIFO (named pipe), not a regular file",
+            ),
+            (
+                |p| std::fs::create_dir(p).unwrap(),
+                "is a directory, not a regular file",
+            ),
+            (
+                |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+                "is a character device, not a regular file",
+            ),
+            (
+                |p| std::fs::write(p, "a".repeat(TOKEN_FILE_LIMIT as usize + 1)).unwrap(),
+                "larger than 65536 bytes",
+            ),
+        ];
+        for (replace, expected) in replacements {
+            std::fs::write(&path, "joulo_a\n").unwrap();
+            source.reload().unwrap();
+            std::fs::remove_file(&path).unwrap();
+            replace(&path);
+            // On another thread, so a read that blocks fails the test, not hangs it.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reloading = source.clone();
+            std::thread::spawn(move || tx.send(reloading.reload()).unwrap());
+            let result = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("reload returned promptly ({expected})"));
+            let err = result.expect_err(expected).to_string();
+            assert!(
+                err.contains(expected) && err.contains("token file"),
+                "{err}"
+            );
+            assert!(!err.contains("joulo_"), "{err}");
+            assert!(
+                source.current().is_none() && !source.is_loaded(),
+                "{expected}"
+            );
+            // Writing the next good token into a FIFO would wait for a reader.
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                std::fs::remove_dir(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::access::{generate_key, key_sha256_hex};
 use joulo_gateway::demo::{DemoCa, write_private};
-use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, json};
+use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, connect_from, json};
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 fn clients_toml(devices: &[(&str, &str, &[&str])]) -> String {
     devices
@@ -244,17 +245,20 @@ async fn the_per_device_limit_follows_the_device_not_the_address() {
     assert_eq!(get(&b).await, StatusCode::OK);
 }
 
-/// A client that trusts only `ca_pem`, speaking h2 or http/1.1 by ALPN.
-fn https_client(ca: &DemoCa) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>> {
+/// TLS settings that trust only `ca`.
+fn client_tls(ca: &DemoCa) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.ca_der.clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// A client that trusts only `ca`, speaking h2 or http/1.1 by ALPN.
+fn https_client(ca: &DemoCa) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>> {
+    let tls = client_tls(ca);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -326,4 +330,54 @@ async fn https_for_lan_clients_with_reload_and_bounded_handshakes() {
     // The connection opened before the reload keeps working.
     let response = old_client.get(url.clone()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn https_spends_no_handshake_on_refused_addresses_and_times_the_first_head_from_accept() {
+    let upstream = MockUpstream::start();
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("gateway.crt");
+    let key = dir.path().join("gateway.key");
+    write_private(&cert, &ca.leaf_cert_pem).unwrap();
+    write_private(&key, &ca.leaf_key_pem).unwrap();
+    // The handshake bound is far above the header timeout: only the latter can
+    // close these connections within the test's few seconds.
+    let gateway = TestGateway::start_on(
+        &upstream,
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             tls_handshake_timeout = \"30s\"\nheader_timeout = \"1s\"\n\
+             [access]\nallow = [\"127.0.0.1/32\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(&ca)));
+    let localhost = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let limit = Duration::from_secs(3);
+
+    // From outside the allowlist: closed at once, without a handshake.
+    let refused = connect_from("127.0.0.9", gateway.addr).await;
+    let handshake = tokio::time::timeout(limit, connector.connect(localhost.clone(), refused))
+        .await
+        .expect("the refused client was closed at once");
+    assert!(handshake.is_err(), "no handshake for a refused address");
+
+    // Allowed, but silent: closed at the header timeout, not the handshake's.
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(limit, silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent connection was closed");
+
+    // Handshake done, then no request: closed at the header timeout too.
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut tls = connector.connect(localhost, stream).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(limit, tls.read(&mut buf))
+        .await
+        .expect("the connection without a request was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(upstream.received().is_empty());
 }

@@ -1,12 +1,17 @@
-//! Running as an appliance: abuse limits (slowloris, 431, 413, idle and connection
-//! limits), health, readiness and metrics.
+//! Running as an appliance: abuse limits (slowloris, silent connections, 431,
+//! 413, idle, connection and per-address limits, refusals at accept), health,
+//! readiness and metrics.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-use support::{MockUpstream, Reply, TestGateway, assert_no_leak, json};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use support::{MockUpstream, Reply, TestGateway, assert_no_leak, connect_from, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,10 +24,145 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8
         .map(|_| out)
 }
 
+/// A GET of `path` from `source` on a fresh connection; the whole answer.
+async fn get_from(source: &str, gateway: SocketAddr, path: &str) -> String {
+    let mut stream = connect_from(source, gateway).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn silent_refused_connections_and_a_full_per_address_quota_keep_no_device_waiting() {
+    let upstream = MockUpstream::start();
+    // Three slots: were refused connections to take one, the allowed device
+    // below would wait for the 30 s header timeout.
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[server]\nmax_connections = 3\nmax_connections_per_ip = 2\nheader_timeout = \"30s\"\n\
+         [access]\nallow = [\"127.0.0.2/32\", \"127.0.0.3/32\"]\n",
+    )
+    .await;
+    // Four connections from an address outside the allowlist, saying nothing:
+    // each is answered 403 at once, before any request.
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        refused.push(connect_from("127.0.0.9", gateway.addr).await);
+    }
+    for stream in &mut refused {
+        let answer = closed_within(stream, Duration::from_secs(3))
+            .await
+            .expect("a refused connection is answered and closed at once");
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        for line in [
+            "content-type: application/json",
+            "cache-control: no-store",
+            "connection: close",
+        ] {
+            assert!(head.contains(line), "{line} in {head}");
+        }
+        assert_eq!(
+            json(body),
+            serde_json::json!({
+                "error": "Forbidden: this address may not use the gateway (see [access] allow)"
+            })
+        );
+    }
+
+    // Two silent connections fill 127.0.0.2's quota and two of the three
+    // slots; its third is answered 429 at once and takes no slot.
+    let held = [
+        connect_from("127.0.0.2", gateway.addr).await,
+        connect_from("127.0.0.2", gateway.addr).await,
+    ];
+    let mut third = connect_from("127.0.0.2", gateway.addr).await;
+    let answer = closed_within(&mut third, Duration::from_secs(3))
+        .await
+        .expect("the connection past the quota is answered and closed at once");
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert_eq!(
+        json(answer.split_once("\r\n\r\n").unwrap().1),
+        serde_json::json!({
+            "error": "Too many connections from this address (server.max_connections_per_ip)"
+        })
+    );
+
+    // Another device is served at once, with the refused sockets still open.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        get_from("127.0.0.3", gateway.addr, "/chargers"),
+    )
+    .await
+    .expect("the allowed device was served promptly");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.received().len(), 1);
+
+    // When 127.0.0.2's connections end, its quota is given back.
+    drop(held);
+    let served = support::eventually(Duration::from_secs(5), || async {
+        get_from("127.0.0.2", gateway.addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(served, "the quota was given back");
+    drop(refused);
+}
+
+#[tokio::test]
+async fn connections_without_a_request_head_go_at_header_timeout_from_accept() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(&upstream, "[server]\nheader_timeout = \"1s\"\n").await;
+    // Neither reaches hyper's own header timer: one says nothing, the other
+    // stops inside the HTTP/2 preface, during protocol detection.
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut half_preface = TcpStream::connect(gateway.addr).await.unwrap();
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for (name, stream) in [("silent", &mut silent), ("half preface", &mut half_preface)] {
+        let out = closed_within(stream, Duration::from_secs(3)).await;
+        assert_eq!(out.as_deref(), Some(&b""[..]), "{name}: closed, unanswered");
+    }
+
+    // A connection whose first request came in time stays open past the
+    // deadline: requests every 600 ms, each within hyper's own header timer.
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    for i in 0..4 {
+        let request = Request::get("/healthz")
+            .header("host", "gateway.lan")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the kept connection: {e}"));
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    drop(sender);
+    let _ = connection.await;
+}
+
 #[tokio::test]
 async fn slowloris_connections_are_cut_at_header_timeout_and_others_are_served() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream, "[server]\nheader_timeout = \"500ms\"\n").await;
+    // All from 127.0.0.1, as the request that must still be served: a quota
+    // above the 200 lets them all reach the header timer.
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[server]\nheader_timeout = \"500ms\"\nmax_connections_per_ip = 256\n",
+    )
+    .await;
     let mut half_sent = Vec::new();
     for _ in 0..200 {
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();

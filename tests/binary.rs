@@ -108,6 +108,47 @@ fn check_validates_config_and_token_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+#[test]
+fn check_refuses_a_token_file_that_is_a_fifo_at_once() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "");
+    // Nothing ever writes to it: reading it the ordinary way would wait forever.
+    let status = Command::new("mkfifo")
+        .arg(dir.path().join("joulo_token"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`check` was still running after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("joulo_token") && err.contains("is a FIFO (named pipe), not a regular file"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("not a regular file").count(),
+        1,
+        "the cause is said once: {err}"
+    );
+}
+
 #[tokio::test]
 async fn the_binary_forwards_reloads_on_sighup_and_stops_on_sigterm() {
     let upstream = MockUpstream::start();

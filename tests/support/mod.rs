@@ -506,16 +506,21 @@ pub async fn send(
     )
 }
 
-/// Sends `GET target` to `addr` from the loopback address `source` (such as
-/// `127.0.0.2`: on Linux all of 127.0.0.0/8 is this machine), as a separate
-/// device on the LAN would, on a fresh connection. Returns the status and the
-/// body.
-pub async fn get_from(source: &str, addr: SocketAddr, target: &str) -> (u16, String) {
+/// A connection to `gateway` from the loopback address `source`: on Linux every
+/// 127.x.y.z is this machine, so a test can play several devices.
+pub async fn connect_from(source: &str, gateway: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::new(source.parse().unwrap(), 0))
         .unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
+    socket.connect(gateway).await.unwrap()
+}
+
+/// Sends `GET target` to `addr` from the loopback address `source`, as a
+/// separate device on the LAN would, on a fresh connection. Returns the status
+/// and the body.
+pub async fn get_from(source: &str, addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut stream = connect_from(source, addr).await;
     let request =
         format!("GET {target} HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -1,0 +1,252 @@
+//! Reading files an admin points the gateway at (the token, the LAN certificate
+//! and key, the upstream CA, the config itself): regular files only, bounded,
+//! never blocking. A FIFO would hang a reload forever and `/dev/zero` would
+//! never end, so neither is ever read.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use secrecy::zeroize::Zeroizing;
+
+/// Why a file was not read. Never carries any of its contents: the caller names
+/// the file and what it was for.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Opening, inspecting or reading failed: missing, a permission, an I/O error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Something that is not a regular file: reading it could block or never end.
+    #[error("it is {kind}, not a regular file")]
+    NotRegular {
+        /// What it is instead, with its article ("a FIFO (named pipe)").
+        kind: &'static str,
+    },
+    /// Longer than anything this file should hold.
+    #[error("it is larger than {limit} bytes, the most accepted for this file")]
+    TooLarge {
+        /// The most bytes accepted.
+        limit: u64,
+    },
+}
+
+/// Reads the regular file at `path` (symbolic links followed: the target is
+/// what is checked), refusing anything else and anything longer than `limit`
+/// bytes. At most `limit + 1` bytes are ever read, and the buffer is zeroized
+/// when dropped, as are any it outgrew, since the file may be a secret.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let (file, size_hint) = open_regular(path)?;
+    read_bounded(file, size_hint, limit)
+}
+
+/// Opens `path` for reading once it is known to be a regular file; returns it
+/// with its size when opened, a hint for the buffer.
+#[cfg(unix)]
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64), FileError> {
+    use rustix::fs::{Mode, OFlags};
+
+    // Looked at before opening, so a device is never even opened (opening one
+    // can have effects of its own), and a socket, which cannot be opened at
+    // all, is named as such rather than as "no such device or address".
+    check_kind(&rustix::fs::stat(path).map_err(io::Error::from)?)?;
+    // O_NONBLOCK: should a FIFO take the file's place after the check, opening
+    // and reading it return at once instead of waiting for a writer. Regular
+    // files ignore the flag. O_NOCTTY: a terminal put there does not become
+    // the gateway's controlling terminal.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    // What was opened is what counts; the path may have changed since `stat`.
+    let opened = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
+    check_kind(&opened)?;
+    let size = u64::try_from(opened.st_size).unwrap_or(0);
+    Ok((std::fs::File::from(fd), size))
+}
+
+/// Refuses every kind of file but a regular one, naming the kind.
+#[cfg(unix)]
+fn check_kind(stat: &rustix::fs::Stat) -> Result<(), FileError> {
+    use rustix::fs::FileType;
+
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => return Ok(()),
+        FileType::Directory => "a directory",
+        FileType::Fifo => "a FIFO (named pipe)",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Socket => "a socket",
+        // Not after following links, but named all the same.
+        FileType::Symlink => "a symbolic link",
+        FileType::Unknown => "of an unknown kind",
+    };
+    Err(FileError::NotRegular { kind })
+}
+
+/// Without `O_NONBLOCK` and `fstat` from rustix: the kind is checked on the
+/// opened file, which is as good except that a FIFO's open waits for a writer.
+#[cfg(not(unix))]
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64), FileError> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(FileError::NotRegular {
+            kind: "a directory",
+        });
+    }
+    if !meta.is_file() {
+        return Err(FileError::NotRegular {
+            kind: "a special file",
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads `file` to its end, or to one byte past `limit` to tell that it is too
+/// long. The buffer starts at the size the file had when opened; should it
+/// grow meanwhile, the contents move to a larger zeroizing buffer and the old
+/// one is wiped, where `Vec`'s own growth would leave a copy in freed memory.
+fn read_bounded(
+    mut file: impl Read,
+    size_hint: u64,
+    limit: u64,
+) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let ceiling = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    // One byte over the expected size, so the read that finds the end has room.
+    let start = usize::try_from(size_hint.saturating_add(1))
+        .unwrap_or(usize::MAX)
+        .clamp(1, ceiling);
+    let mut buffer = Zeroizing::new(vec![0u8; start]);
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            if filled >= ceiling {
+                return Err(FileError::TooLarge { limit });
+            }
+            let size = buffer.len().saturating_mul(2).max(4096).min(ceiling);
+            let mut larger = Zeroizing::new(vec![0u8; size]);
+            larger[..filled].copy_from_slice(&buffer[..filled]);
+            buffer = larger;
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Zeroizing a `Vec` wipes its whole capacity, the cut-off tail included.
+    buffer.truncate(filled);
+    Ok(buffer)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Runs `read_regular` on another thread and fails the test if it does not
+    /// return promptly: the point of the module is that nothing blocks.
+    fn read_promptly(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_regular(&path, limit));
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("read_regular returned within 5 s")
+    }
+
+    fn kind_of(result: Result<Zeroizing<Vec<u8>>, FileError>) -> &'static str {
+        match result {
+            Err(FileError::NotRegular { kind }) => kind,
+            other => panic!("expected a refusal by kind, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_regular_file_is_read_whole_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(&read_promptly(&path, 10).unwrap()[..], b"0123456789");
+        assert_eq!(&read_promptly(&path, 1 << 20).unwrap()[..], b"0123456789");
+        std::fs::write(&path, b"").unwrap();
+        assert!(read_promptly(&path, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_past_the_limit_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"01234567890").unwrap();
+        let err = read_promptly(&path, 10).unwrap_err();
+        assert!(matches!(err, FileError::TooLarge { limit: 10 }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("10 bytes") && !text.contains("0123"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &path, rustix::fs::Mode::from(0o600)).unwrap();
+        let err = read_promptly(&path, 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "it is a FIFO (named pipe), not a regular file"
+        );
+    }
+
+    #[test]
+    fn devices_directories_and_sockets_are_refused() {
+        assert_eq!(
+            kind_of(read_promptly(Path::new("/dev/zero"), 64)),
+            "a character device"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(kind_of(read_promptly(dir.path(), 64)), "a directory");
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert_eq!(kind_of(read_promptly(&socket, 64)), "a socket");
+    }
+
+    #[test]
+    fn symlinks_are_followed_and_their_target_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"pem").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(&read_promptly(&link, 64).unwrap()[..], b"pem");
+        let to_zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
+        assert_eq!(kind_of(read_promptly(&to_zero, 64)), "a character device");
+    }
+
+    #[test]
+    fn missing_files_give_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_promptly(&dir.path().join("missing"), 64).unwrap_err();
+        assert!(
+            matches!(&err, FileError::Io(e) if e.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_longer_than_it_was_when_opened_is_still_bounded() {
+        // The size hint says 3 bytes; the reader has far more.
+        let long = std::io::repeat(b'x');
+        let started = Instant::now();
+        let err = read_bounded(long, 3, 100_000).unwrap_err();
+        assert!(matches!(err, FileError::TooLarge { limit: 100_000 }));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let grown = read_bounded(&b"abcdefghij"[..], 3, 10).unwrap();
+        assert_eq!(&grown[..], b"abcdefghij");
+    }
+}

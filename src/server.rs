@@ -125,7 +125,6 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let accepted = Instant::now();
         // Refused before anything is spent on them: no TLS handshake, no
         // connection slot, and the loop goes straight on to the next client.
         if state.access.check_network(client.ip()).is_err() {
@@ -143,6 +142,11 @@ pub async fn run(
             slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
+        // The first head is due within header_timeout from here: normally the
+        // moment of accept; for the one connection that waited for a slot, the
+        // moment it got one (it held nothing while it waited, and had no chance
+        // to be served).
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),

@@ -761,13 +761,29 @@ fn validate_access(raw: &RawConfig, path: &Path) -> Result<AccessConfig, ConfigE
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let allowed_hosts = raw
-        .server
-        .allowed_hosts
-        .iter()
-        .flatten()
-        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
-        .collect();
+    let mut allowed_hosts = Vec::new();
+    for host in raw.server.allowed_hosts.iter().flatten() {
+        let name = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        // A host name: dot-separated labels of letters, digits and hyphens.
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(parse_err(
+                "server.allowed_hosts".to_owned(),
+                format!("`{host}` is not a host name like \"gateway.example.com\""),
+            ));
+        }
+        allowed_hosts.push(name);
+    }
 
     let mut clients: Vec<DeviceKey> = Vec::new();
     for (i, client) in raw.clients.iter().enumerate() {

@@ -34,6 +34,8 @@
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
+//! - [`hardening`]: what the process forbids itself at start: core dumps and
+//!   being dumped or traced, before the token is read.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 #![forbid(unsafe_code)]
 
@@ -43,6 +45,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod files;
+pub mod hardening;
 pub mod lan_tls;
 pub mod logging;
 pub mod ops;

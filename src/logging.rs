@@ -4,7 +4,7 @@
 //! never logs secrets in the first place.
 
 use std::borrow::Cow;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -27,12 +27,15 @@ pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> 
             .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?,
         _ => EnvFilter::builder().parse(quiet_hyper(&cfg.level))?,
     };
-    let writer = RedactingWriter::new(io::stderr, tokens);
+    let writer = RedactingWriter::new(io::stderr, tokens).with_format(cfg.format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
     let result = match cfg.format {
-        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
+        // No colours: a log line holds no escape sequence, not even ours, so
+        // one a client smuggles in is always visible as such (see
+        // `escape_controls`).
+        LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
@@ -65,12 +68,25 @@ pub struct RedactingWriter<M> {
     inner: M,
     /// The live token, so a rotated token is scrubbed as soon as it is loaded.
     tokens: Option<TokenSource>,
+    /// How control characters are escaped: text or JSON.
+    format: LogFormat,
 }
 
 impl<M> RedactingWriter<M> {
-    /// Wraps `inner`, scrubbing `tokens`' current token as well as token shapes.
+    /// Wraps `inner`, scrubbing `tokens`' current token as well as token
+    /// shapes, and escaping control characters for text lines.
     pub fn new(inner: M, tokens: Option<TokenSource>) -> Self {
-        RedactingWriter { inner, tokens }
+        RedactingWriter {
+            inner,
+            tokens,
+            format: LogFormat::Text,
+        }
+    }
+
+    /// The same writer for lines of `format`.
+    pub fn with_format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
     }
 }
 
@@ -81,6 +97,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingWriter<M> {
         EventBuffer {
             inner: self.inner.make_writer(),
             tokens: self.tokens.as_ref(),
+            format: self.format,
             buf: Vec::with_capacity(256),
         }
     }
@@ -92,6 +109,8 @@ pub struct EventBuffer<'a, W: Write> {
     inner: W,
     /// The live token to scrub, if any.
     tokens: Option<&'a TokenSource>,
+    /// How control characters are escaped.
+    format: LogFormat,
     /// The event's text so far.
     buf: Vec<u8>,
 }
@@ -107,13 +126,14 @@ impl<W: Write> Write for EventBuffer<'_, W> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&self.buf);
+        // Compared in place: no copy of the token is made for a log line.
         let token = self.tokens.and_then(|t| t.current());
-        let header = token.map(|t| t.authorization_header());
-        let secret = header
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "));
-        let clean = redact(&text, secret);
+        let text = match &token {
+            Some(token) => token.redact_from(&text, REDACTED),
+            None => text,
+        };
+        let clean = redact(&text, None);
+        let clean = escape_controls(&clean, self.format);
         let result = self.inner.write_all(clean.as_bytes());
         self.buf.clear();
         result.and_then(|()| self.inner.flush())
@@ -126,8 +146,9 @@ impl<W: Write> Drop for EventBuffer<'_, W> {
     }
 }
 
-/// `text` with every occurrence of `secret` and every secret-shaped word (a Joulo
-/// token or a device key) replaced by [`REDACTED`].
+/// `text` with every occurrence of `secret`, every secret-shaped word (a Joulo
+/// token or a device key) and the value of every `token=` / `access_token=`
+/// in a URL (any case) replaced by [`REDACTED`].
 pub fn redact<'t>(text: &'t str, secret: Option<&str>) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
     if let Some(secret) = secret.filter(|s| !s.is_empty())
@@ -140,7 +161,107 @@ pub fn redact<'t>(text: &'t str, secret: Option<&str>) -> Cow<'t, str> {
             out = Cow::Owned(redact_shape(&out, prefix, body_len));
         }
     }
+    if let Some(clean) = redact_query_credentials(&out) {
+        out = Cow::Owned(clean);
+    }
     out
+}
+
+/// `text` with the value after each `?token=`, `&token=`, `?access_token=` or
+/// `&access_token=` (ASCII case-insensitive) replaced, up to the next `&`,
+/// `#`, quote, backtick or whitespace; `None` when there is none. An old
+/// Home Assistant URL pasted into the config carries the token this way,
+/// whatever its shape.
+fn redact_query_credentials(text: &str) -> Option<String> {
+    // Most lines have none: no copy for them.
+    if !text
+        .as_bytes()
+        .windows(6)
+        .any(|w| w.eq_ignore_ascii_case(b"token="))
+    {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let mut starts = Vec::new();
+    for name in ["token=", "access_token="] {
+        for (at, _) in lower.match_indices(name) {
+            let before = at.checked_sub(1).map(|i| lower.as_bytes()[i]);
+            let is_access = name == "token=" && lower[..at].ends_with("access_");
+            if matches!(before, Some(b'?' | b'&')) && !is_access {
+                starts.push(at + name.len());
+            }
+        }
+    }
+    if starts.is_empty() {
+        return None;
+    }
+    starts.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for start in starts {
+        let end = text[start..]
+            .find(|c: char| matches!(c, '&' | '#' | '"' | '\'' | '`') || c.is_whitespace())
+            .map_or(text.len(), |n| start + n);
+        out.push_str(&text[copied..start]);
+        if text[start..end] != *REDACTED {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&text[start..end]);
+        }
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// Whether `c` must not reach a log line as it is: a control character (C0,
+/// DEL, C1), a bidirectional formatting character that could make a line read
+/// differently from what it holds (U+202E and friends), or a line or paragraph
+/// separator.
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+/// One finished event with every [`must_escape`] character written as an
+/// escape, so nothing a client sent can start a forged line, move the cursor
+/// or reorder what a reader sees. The event's own final newline stays. JSON
+/// lines get JSON's `\uXXXX` (the formatter has already escaped C0 controls;
+/// these characters can only stand inside its strings); text lines `\u{..}`.
+pub fn escape_controls(line: &str, format: LogFormat) -> Cow<'_, str> {
+    let body = line.strip_suffix('\n').unwrap_or(line);
+    if !body.chars().any(must_escape) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in body.chars() {
+        if !must_escape(c) {
+            out.push(c);
+            continue;
+        }
+        let code = u32::from(c);
+        match format {
+            LogFormat::Json => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{code:04x}"));
+            }
+            LogFormat::Text => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{code:x}}}"));
+            }
+        }
+    }
+    if body.len() < line.len() {
+        out.push('\n');
+    }
+    Cow::Owned(out)
 }
 
 fn redact_shape(text: &str, prefix: &str, body_len: usize) -> String {
@@ -187,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn control_and_bidi_characters_are_escaped_and_the_newline_kept() {
+        let forged =
+            "path=/chargers\n2026-11-30 INFO forged line \u{1b}[2J \u{202e}gnp.exe \u{85}\n";
+        let text = escape_controls(forged, LogFormat::Text);
+        assert_eq!(
+            text,
+            "path=/chargers\\u{a}2026-11-30 INFO forged line \\u{1b}[2J \\u{202e}gnp.exe \\u{85}\n"
+        );
+        assert_eq!(text.matches('\n').count(), 1);
+        let json = escape_controls("{\"path\":\"a\u{202e}b\u{9b}\"}\n", LogFormat::Json);
+        assert_eq!(json, "{\"path\":\"a\\u202eb\\u009b\"}\n");
+        let value: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(
+            value["path"], "a\u{202e}b\u{9b}",
+            "still valid JSON, same text"
+        );
+        assert!(matches!(
+            escape_controls("plain line\n", LogFormat::Text),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
     fn token_shapes_are_redacted() {
         let t = format!("joulo_{}", "aB3".repeat(11).split_at(32).0);
         let line = format!("x token={t}&y=1 Bearer {t}.");
@@ -196,6 +340,23 @@ mod tests {
             redact("joulo_short and joulo_", None),
             "joulo_short and joulo_"
         );
+    }
+
+    #[test]
+    fn credential_values_in_urls_are_redacted_whatever_their_shape() {
+        assert_eq!(
+            redact(
+                "`https://x/api?TOKEN=abc123&limit=1#f` and &access_token=q\"",
+                None
+            ),
+            "`https://x/api?TOKEN=[REDACTED]&limit=1#f` and &access_token=[REDACTED]\""
+        );
+        assert_eq!(
+            redact("my_token=1 tokens=2 ?token=", None),
+            "my_token=1 tokens=2 ?token=[REDACTED]"
+        );
+        assert_eq!(redact("?token=[REDACTED]", None), "?token=[REDACTED]");
+        assert!(matches!(redact("no credentials", None), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
 use joulo_gateway::proxy::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
-use joulo_gateway::{access, demo, logging, server};
+use joulo_gateway::{access, demo, hardening, logging, server};
 
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -65,7 +65,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("joulo-gateway: {}", describe(&e));
+            // The same redaction as every log line: a token pasted where a
+            // path or URL belongs must not be echoed to a terminal or journal.
+            let text = describe(&e);
+            eprintln!("joulo-gateway: {}", logging::redact(&text, None));
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()
                 || e.downcast_ref::<StartError>().is_some()
@@ -98,12 +101,20 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any secret is read: no core file, not dumpable or traceable.
+    let hardened = hardening::forbid_core_dumps();
+    let warn_if_dumpable = || {
+        if let Err(e) = &hardened {
+            tracing::warn!(error = %e, "cannot forbid core dumps; set LimitCORE=0 (systemd) or ulimit -c 0");
+        }
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             let config = Config::load(&cli.config)?;
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             // So a too-open token file's warning is shown.
             logging::init(&config.log, Some(tokens.clone()))?;
+            warn_if_dumpable();
             tokens.reload()?;
             // Builds what a run would: upstream TLS settings, the LAN certificate.
             AppState::new(&config, tokens)?;
@@ -133,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             logging::init(&config.log, Some(tokens.clone()))?;
+            warn_if_dumpable();
             tokens.reload()?;
             // More event loops, if configured, are started by the server.
             let runtime = runtime()?;

@@ -102,7 +102,7 @@ pub struct RequestCounters {
 
 impl RequestCounters {
     /// Counts one answer.
-    fn count(&self, route: Option<RouteId>, label: &'static str, status: u16) {
+    pub fn count(&self, route: Option<RouteId>, label: &'static str, status: u16) {
         let labels = || RequestLabels {
             route: label,
             status,

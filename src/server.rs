@@ -272,15 +272,50 @@ impl Connection {
             _per_ip,
             ..
         } = self;
+        let counters = state.clone();
         let service = service_fn(move |request| {
             first_head.store(true, Ordering::Relaxed);
             proxy::handle(&state, client, request)
         });
         if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
-            // A device going away mid-request is routine, not a gateway fault.
-            debug!(client = %client, error = %e, "connection ended with an error");
+            match refused_by_parser(&*e) {
+                // hyper answered it without the handler: the access log still
+                // gets its line, with no path (none was parsed).
+                Some((status, reason)) => {
+                    counters.requests.count(None, "none", status);
+                    info!(
+                        target: "joulo_gateway::access",
+                        client = %client,
+                        route = "none",
+                        status,
+                        reason,
+                        "request refused by the HTTP parser"
+                    );
+                }
+                // A device going away mid-request is routine, not a gateway fault.
+                None => debug!(client = %client, error = %e, "connection ended with an error"),
+            }
         }
     }
+}
+
+/// The status hyper answered a request it could not parse with, if that is
+/// how the connection ended, and why.
+fn refused_by_parser(error: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            return if e.is_parse_too_large() {
+                Some((431, "request head too large"))
+            } else if e.is_parse() {
+                Some((400, "malformed request"))
+            } else {
+                None
+            };
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// Runs `serving` to its end, unless `first_head` is still unset at `deadline`:

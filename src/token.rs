@@ -2,6 +2,7 @@
 //! read from a secrets file into a secret type, re-read on SIGHUP or when the file
 //! changes, and withdrawn (fail closed) when the file goes bad.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -79,6 +80,18 @@ impl UpstreamToken {
             secret: SecretString::from(trimmed),
             generation: 0,
         })
+    }
+
+    /// `text` with every occurrence of the token replaced by `replacement`,
+    /// for the log redactor. The token is compared where it lies: no copy of
+    /// it is made, and it never leaves this type (the only function it leaves
+    /// through is [`Self::authorization_header`]).
+    pub fn redact_from<'t>(&self, text: &'t str, replacement: &str) -> Cow<'t, str> {
+        let secret = self.secret.expose_secret();
+        if secret.is_empty() || !text.contains(secret) {
+            return Cow::Borrowed(text);
+        }
+        Cow::Owned(text.replace(secret, replacement))
     }
 
     /// Which load of the token file this token came from.

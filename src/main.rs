@@ -138,7 +138,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();
-            runtime.block_on(demo::run(listen, shutdown_signal()))
+            // The demo belongs to its terminal: closing it (SIGHUP) ends the
+            // demo and deletes its files, rather than leaving it running
+            // re-parented to init.
+            let stop = shutdown_signal();
+            let hangup = hangup_signal();
+            runtime.block_on(demo::run(listen, async {
+                tokio::select! {
+                    () = stop => {}
+                    () = hangup => {}
+                }
+            }))
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
@@ -191,6 +201,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGHUP (the terminal closed). Installed when called, like
+/// [`shutdown_signal`]; elsewhere than Unix it never resolves.
+fn hangup_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+        async move {
+            hangup.recv().await;
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending()
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Docker). The handlers are

@@ -342,3 +342,107 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let log = reader.join().unwrap();
     assert!(log.contains("all connections drained"), "{log}");
 }
+
+#[test]
+fn check_errors_never_print_secret_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = canary();
+    // Not token-shaped: only its place in a URL says it is a credential.
+    let odd = "hunter2-odd-shaped-secret";
+    let cases = [
+        (
+            format!("[upstream]\ntoken_file = \"{secret}\"\n"),
+            "token file",
+        ),
+        (
+            format!(
+                "[upstream]\nbase_url = \"https://api.joulo.nl/functions/v1/api?token={secret}\"\n"
+            ),
+            "upstream.base_url",
+        ),
+        (
+            format!("[upstream]\nbase_url = \"https://api.joulo.nl/api?TOKEN={odd}&x=1\"\n"),
+            "upstream.base_url",
+        ),
+        (
+            format!("[access]\nallow = [\"{secret}\"]\n"),
+            "access.allow",
+        ),
+        (
+            format!("[upstream]\nca_file = \"{secret}\"\n"),
+            "upstream.ca_file",
+        ),
+        (
+            format!("[server]\nallowed_hosts = [\"{secret}\"]\n"),
+            "server.allowed_hosts",
+        ),
+    ];
+    for (text, key) in cases {
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, &text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{text}");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(printed.contains(key), "{text}: {printed}");
+        assert!(printed.contains("[REDACTED]"), "{text}: {printed}");
+        assert!(!printed.contains(&secret), "{text}: {printed}");
+        assert!(!printed.contains(odd), "{text}: {printed}");
+    }
+}
+
+#[test]
+fn the_running_gateway_forbids_core_dumps_and_the_demo_ends_with_its_terminal() {
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let dir = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("config")
+                .map(|rest| Path::new(rest.trim()).parent().unwrap().to_owned())
+        })
+        .expect("the demo names its config file");
+    assert!(dir.exists());
+    // Read back from the kernel: no core file, soft and hard.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", demo.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        &core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+    // (PR_SET_DUMPABLE is read back in hardening's unit test: another
+    // process cannot ask for it.)
+    signal(demo.id(), "HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo outlived SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "the demo's directory was deleted");
+    drop(lines);
+}

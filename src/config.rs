@@ -703,6 +703,29 @@ fn validate(
         }
     }
 
+    // Without device keys every device on an allowed network (guest and IoT
+    // networks are private ranges too) could change the account.
+    for route in &enabled_write_routes {
+        let scope = access
+            .route_scopes
+            .get(route)
+            .copied()
+            .unwrap_or_else(|| Scope::default_for(*route));
+        if !access.clients.iter().any(|c| c.scopes.contains(&scope)) {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                key: format!("routes.{}.enabled", route.config_name()),
+                line: 0,
+                message: format!(
+                    "an account-changing route needs device keys: add a [[clients]] entry whose \
+                     scopes include \"{scope}\" (joulo-gateway gen-key --name NAME --scopes {scope}); \
+                     without one any device on an allowed network could use it",
+                    scope = scope.as_str()
+                ),
+            });
+        }
+    }
+
     Ok(Config {
         server: ServerConfig {
             listen,
@@ -1059,11 +1082,31 @@ mod tests {
     }
 
     #[test]
-    fn write_routes_are_opt_in() {
-        let c =
-            parse("[routes.add_charger]\nenabled = true\n[routes.reboot_charger]\nenabled = false")
-                .unwrap();
+    fn write_routes_are_opt_in_and_need_a_device_key_with_their_scope() {
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let writer = format!(
+            "[[clients]]\nname = \"admin\"\nkey_sha256 = \"{hash}\"\nscopes = [\"chargers:write\"]\n"
+        );
+        let c = parse(&format!(
+            "[routes.add_charger]\nenabled = true\n[routes.reboot_charger]\nenabled = false\n{writer}"
+        ))
+        .unwrap();
         assert_eq!(c.enabled_write_routes, vec![RouteId::AddCharger]);
+        for text in [
+            "[routes.reboot_charger]\nenabled = true".to_owned(),
+            format!(
+                "[routes.reboot_charger]\nenabled = true\n\
+                 [[clients]]\nname = \"ha\"\nkey_sha256 = \"{hash}\"\nscopes = [\"chargers:read\"]"
+            ),
+        ] {
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(
+                msg.contains("routes.reboot_charger.enabled")
+                    && msg.contains("[[clients]]")
+                    && msg.contains("chargers:write"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -192,7 +192,7 @@ async fn slowloris_connections_are_cut_at_header_timeout_and_others_are_served()
 #[tokio::test]
 async fn oversized_heads_get_431_and_bodies_413() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream,
+    let gateway = TestGateway::start_writer(&upstream,
         "[server]\nmax_header_size = \"4KiB\"\nmax_request_body = \"1KiB\"\n[routes.add_charger]\nenabled = true\n",
     )
     .await;

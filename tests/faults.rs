@@ -207,7 +207,8 @@ async fn raw_status(gateway: &TestGateway, raw: &str) -> u16 {
 #[tokio::test]
 async fn ambiguous_framing_is_refused_or_reframed_never_passed_on() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream, "[routes.add_charger]\nenabled = true\n").await;
+    let gateway =
+        TestGateway::start_writer(&upstream, "[routes.add_charger]\nenabled = true\n").await;
     let body = r#"{"nickname":"x"}"#;
     let smuggled = "GET /me HTTP/1.1\r\nHost: g\r\n\r\n";
     let cases = [

@@ -218,7 +218,8 @@ async fn an_absolute_form_target_cannot_change_the_upstream() {
 #[tokio::test]
 async fn write_routes_forward_their_body_once_enabled() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream, "[routes.add_charger]\nenabled = true\n").await;
+    let gateway =
+        TestGateway::start_writer(&upstream, "[routes.add_charger]\nenabled = true\n").await;
     let body = r#"{"nickname":"Garage","connection_type":"ocpp"}"#;
     let (status, _, _) = gateway
         .send(
@@ -545,7 +546,7 @@ async fn a_reset_before_the_answer_is_a_502_and_the_gateway_keeps_serving() {
 #[tokio::test]
 async fn a_get_cut_before_its_answer_is_retried_once_but_a_post_is_not() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(
+    let gateway = TestGateway::start_writer(
         &upstream,
         "[cache]\nttl = \"0s\"\n[routes.add_charger]\nenabled = true\n",
     )

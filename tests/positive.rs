@@ -89,7 +89,8 @@ async fn only_documented_parameters_pass_and_in_one_canonical_form() {
 #[tokio::test]
 async fn a_post_body_is_checked_against_its_schema_and_sent_anew() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream, "[routes.add_charger]\nenabled = true\n").await;
+    let gateway =
+        TestGateway::start_writer(&upstream, "[routes.add_charger]\nenabled = true\n").await;
     for body in [
         r#"{"nickname":"Garage"}"#,
         r#"{"nickname":"Garage","connection_type":"ocpp","is_admin":true}"#,

@@ -342,6 +342,10 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     /// The gateway's shared state, to look at its cache and counters.
     pub state: Arc<AppState>,
+    /// A device key holding every scope, sent with every request made through
+    /// this helper, when the gateway was started with one
+    /// ([`TestGateway::start_writer`]).
+    pub key: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -398,9 +402,27 @@ impl TestGateway {
             token_file,
             dir,
             state,
+            key: None,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// A gateway whose account-changing routes may be enabled by `extra`:
+    /// those need a device key with `chargers:write`, so it gets one device
+    /// holding every scope, whose key every request through this helper
+    /// carries (in `X-Gateway-Key`).
+    pub async fn start_writer(upstream: &MockUpstream, extra: &str) -> TestGateway {
+        let key = joulo_gateway::access::generate_key();
+        CANARIES.lock().unwrap().push(key.clone());
+        let clients = format!(
+            "[[clients]]\nname = \"admin\"\nkey_sha256 = \"{}\"\n\
+             scopes = [\"chargers:read\", \"chargers:write\", \"sessions:read\", \"energy:read\"]\n",
+            joulo_gateway::access::key_sha256_hex(&key)
+        );
+        let mut gateway = TestGateway::start_on(upstream, &format!("{extra}\n{clients}")).await;
+        gateway.key = Some(key);
+        gateway
     }
 
     /// Sends a request and returns status, headers and body text.
@@ -411,7 +433,11 @@ impl TestGateway {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, HeaderMap, String) {
-        send(self.addr, method, target, headers, body).await
+        let mut headers = headers.to_vec();
+        if let Some(key) = &self.key {
+            headers.push(("x-gateway-key", key));
+        }
+        send(self.addr, method, target, &headers, body).await
     }
 
     /// A plain GET.
@@ -423,6 +449,20 @@ impl TestGateway {
     /// until the gateway closes it (`Connection: close` should be in `raw`).
     pub async fn raw(&self, raw: &[u8]) -> String {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        // The device key goes in right after the request line.
+        let keyed;
+        let raw = match (&self.key, raw.windows(2).position(|w| w == b"\r\n")) {
+            (Some(key), Some(end)) => {
+                keyed = [
+                    &raw[..end + 2],
+                    format!("X-Gateway-Key: {key}\r\n").as_bytes(),
+                    &raw[end + 2..],
+                ]
+                .concat();
+                &keyed[..]
+            }
+            _ => raw,
+        };
         stream.write_all(raw).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;

@@ -21,6 +21,12 @@ pub enum FileError {
         /// What it is instead, with its article ("a FIFO (named pipe)").
         kind: &'static str,
     },
+    /// A secret that others could read or change: mode or owner too open.
+    #[error("{problem}")]
+    Exposed {
+        /// What is wrong and the command that fixes it.
+        problem: String,
+    },
     /// Longer than anything this file should hold.
     #[error("it is larger than {limit} bytes, the most accepted for this file")]
     TooLarge {
@@ -36,6 +42,68 @@ pub enum FileError {
 pub fn read_regular(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileError> {
     let (file, size_hint) = open_regular(path)?;
     read_bounded(file, size_hint, limit)
+}
+
+/// Who may get at a secrets file besides the gateway, ssh's standard for a
+/// private key: nobody. Group or other permission bits, or an owner that is
+/// neither the gateway's user nor root, are exposure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// What is wrong and the command that fixes it.
+    pub problem: String,
+}
+
+/// Reads a secrets file like [`read_regular`], and also checks, on the file
+/// opened (a symbolic link's target), that only the gateway's user or root
+/// owns it and nobody else may read or write it. A file failing that is
+/// refused, unless `platform_protected` (a secrets mount the platform itself
+/// guards, such as systemd credentials or Docker secrets): then it is read and
+/// its [`Exposure`] returned for a warning.
+pub fn read_private(
+    path: &Path,
+    limit: u64,
+    platform_protected: bool,
+) -> Result<(Zeroizing<Vec<u8>>, Option<Exposure>), FileError> {
+    let (file, size_hint) = open_regular(path)?;
+    let exposure = exposure(&file)?;
+    if let Some(exposure) = &exposure
+        && !platform_protected
+    {
+        return Err(FileError::Exposed {
+            problem: exposure.problem.clone(),
+        });
+    }
+    Ok((read_bounded(file, size_hint, limit)?, exposure))
+}
+
+/// The opened file's exposure, if any.
+#[cfg(unix)]
+fn exposure(file: &std::fs::File) -> Result<Option<Exposure>, FileError> {
+    let stat = rustix::fs::fstat(file).map_err(io::Error::from)?;
+    let mode = stat.st_mode & 0o7777;
+    let owner = stat.st_uid;
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if mode & 0o077 != 0 {
+        format!(
+            "it is readable or writable by group or others (mode {:04o}); \
+             run `chmod 600` on it, as ssh requires of a private key",
+            mode
+        )
+    } else if owner != me && owner != 0 {
+        format!(
+            "it belongs to uid {owner}, not to the gateway's user (uid {me}) or root; \
+             run `chown {me}` on it"
+        )
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Exposure { problem }))
+}
+
+/// Without Unix permissions there is nothing to check.
+#[cfg(not(unix))]
+fn exposure(_file: &std::fs::File) -> Result<Option<Exposure>, FileError> {
+    Ok(None)
 }
 
 /// Opens `path` for reading once it is known to be a regular file; returns it
@@ -226,6 +294,59 @@ mod tests {
         let to_zero = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
         assert_eq!(kind_of(read_promptly(&to_zero, 64)), "a character device");
+    }
+
+    #[test]
+    fn secrets_are_held_to_ssh_standard_unless_the_platform_guards_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret").unwrap();
+        for (mode, refused) in [
+            (0o600, false),
+            (0o400, false),
+            (0o640, true),
+            (0o604, true),
+            (0o620, true),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match read_private(&path, 64, false) {
+                Ok((bytes, None)) => assert!(!refused && &bytes[..] == b"s3cret", "{mode:o}"),
+                Err(FileError::Exposed { problem }) => {
+                    assert!(refused, "{mode:o}");
+                    assert!(
+                        problem.contains("chmod 600") && problem.contains(&format!("{mode:04o}")),
+                        "{problem}"
+                    );
+                    assert!(!problem.contains("s3cret"));
+                }
+                other => panic!("{mode:o}: {other:?}"),
+            }
+            // A platform-guarded mount: read, with the exposure for a warning.
+            let (bytes, exposure) = read_private(&path, 64, true).unwrap();
+            assert_eq!(&bytes[..], b"s3cret");
+            assert_eq!(exposure.is_some(), refused, "{mode:o}");
+        }
+        // A link to a loose file is judged by the file, not the link.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            read_private(&link, 64, false),
+            Err(FileError::Exposed { .. })
+        ));
+        // Another owner (only root can hand a file to someone else).
+        if rustix::process::geteuid().is_root() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&path, Some(12345), None).unwrap();
+            let Err(FileError::Exposed { problem }) = read_private(&path, 64, false) else {
+                panic!("a file of uid 12345 must be refused");
+            };
+            assert!(
+                problem.contains("uid 12345") && problem.contains("chown 0"),
+                "{problem}"
+            );
+        }
     }
 
     #[test]

@@ -335,8 +335,17 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
         path: path.to_owned(),
         source,
     };
-    let bytes = files::read_regular(path, TOKEN_FILE_LIMIT).map_err(read_err)?;
-    warn_if_shared(path);
+    let (bytes, exposure) =
+        files::read_private(path, TOKEN_FILE_LIMIT, platform_protected(path)).map_err(read_err)?;
+    if let Some(exposure) = exposure {
+        // Swarm mounts secrets 0444 root-owned by default; the platform keeps
+        // them from other containers, so this is a warning, not a refusal.
+        warn!(
+            path = %path.display(),
+            problem = %exposure.problem,
+            "token file is in a platform secrets mount but open to others"
+        );
+    }
     let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
         path: path.to_owned(),
         problem: "is not UTF-8 text",
@@ -347,23 +356,24 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
     })
 }
 
-#[cfg(unix)]
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", mode & 0o777),
-                "token file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
+/// Whether `path` lies in a secrets mount the platform itself guards: the
+/// systemd credentials directory (`$CREDENTIALS_DIRECTORY`, private to the
+/// service) or Docker's `/run/secrets` (private to the container).
+fn platform_protected(path: &Path) -> bool {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    under_platform_mount(path, credentials.as_deref())
 }
 
-#[cfg(not(unix))]
-fn warn_if_shared(_path: &Path) {}
+/// [`platform_protected`] with the credentials directory given.
+fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
+    let under = |dir: &Path| {
+        path.starts_with(dir)
+            || std::fs::canonicalize(path).is_ok_and(|real| {
+                real.starts_with(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()))
+            })
+    };
+    credentials.is_some_and(under) || under(Path::new("/run/secrets"))
+}
 
 #[cfg(test)]
 mod tests {
@@ -401,25 +411,71 @@ mod tests {
     fn errors_never_quote_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        std::fs::write(&path, "joulo_half one\n").unwrap();
+        crate::demo::write_private(&path, "joulo_half one\n").unwrap();
         let err = read_token_file(&path).unwrap_err().to_string();
         assert!(!err.contains("joulo_half"), "{err}");
         assert!(err.contains("whitespace"), "{err}");
     }
 
     #[test]
+    fn only_platform_secrets_mounts_may_be_loose() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
+        assert!(under_platform_mount(
+            &credentials.join("joulo_token"),
+            Some(&credentials)
+        ));
+        assert!(under_platform_mount(
+            Path::new("/run/secrets/joulo_token"),
+            None
+        ));
+        assert!(!under_platform_mount(
+            &dir.path().join("joulo_token"),
+            Some(&credentials)
+        ));
+        assert!(!under_platform_mount(
+            Path::new("/etc/joulo-gateway/joulo_token"),
+            None
+        ));
+        // A link resolving into a guarded mount counts as in it: the file
+        // read is the mount's.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(credentials.join("joulo_token"), &link).unwrap();
+        std::fs::write(credentials.join("joulo_token"), "joulo_a").unwrap();
+        assert!(
+            under_platform_mount(&link, Some(&credentials)),
+            "resolved to its target"
+        );
+    }
+
+    #[test]
+    fn a_loose_token_file_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        crate::demo::write_private(&path, "joulo_a").unwrap();
+        let source = TokenSource::new(path.clone());
+        source.reload().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = source.reload().unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("0644"), "{err}");
+        assert!(source.current().is_none(), "fails closed");
+    }
+
+    #[test]
     fn reload_fails_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        std::fs::write(&path, "joulo_a\n").unwrap();
+        crate::demo::write_private(&path, "joulo_a\n").unwrap();
         let source = TokenSource::new(path.clone());
         assert!(!source.is_loaded());
         source.reload().unwrap();
         assert!(source.current().is_some() && source.is_loaded());
-        std::fs::write(&path, "").unwrap();
+        crate::demo::write_private(&path, "").unwrap();
         assert!(source.reload().is_err());
         assert!(source.current().is_none() && !source.is_loaded());
-        std::fs::write(&path, "joulo_b").unwrap();
+        crate::demo::write_private(&path, "joulo_b").unwrap();
         source.reload().unwrap();
         assert!(source.is_loaded());
         assert_eq!(
@@ -453,12 +509,15 @@ mod tests {
                 "is a character device, not a regular file",
             ),
             (
-                |p| std::fs::write(p, "a".repeat(TOKEN_FILE_LIMIT as usize + 1)).unwrap(),
+                |p| {
+                    crate::demo::write_private(p, &"a".repeat(TOKEN_FILE_LIMIT as usize + 1))
+                        .unwrap()
+                },
                 "larger than 65536 bytes",
             ),
         ];
         for (replace, expected) in replacements {
-            std::fs::write(&path, "joulo_a\n").unwrap();
+            crate::demo::write_private(&path, "joulo_a\n").unwrap();
             source.reload().unwrap();
             std::fs::remove_file(&path).unwrap();
             replace(&path);
@@ -492,7 +551,7 @@ mod tests {
     fn rejection_is_reported_once_per_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        std::fs::write(&path, "joulo_a").unwrap();
+        crate::demo::write_private(&path, "joulo_a").unwrap();
         let source = TokenSource::new(path);
         source.reload().unwrap();
         let first = source.current().unwrap().generation();

@@ -392,7 +392,7 @@ async fn a_rotated_token_is_used_without_restart_and_a_deleted_one_fails_closed(
         "no upstream call while failed closed"
     );
 
-    std::fs::write(&gateway.token_file, "not a token\n").unwrap();
+    joulo_gateway::demo::write_private(&gateway.token_file, "not a token\n").unwrap();
     let path = gateway.token_file.display().to_string();
     let noticed = support::eventually(support::FILE_WATCH_LIMIT, || async {
         support::logs()

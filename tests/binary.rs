@@ -446,3 +446,31 @@ fn the_running_gateway_forbids_core_dumps_and_the_demo_ends_with_its_terminal() 
     assert!(!dir.exists(), "the demo's directory was deleted");
     drop(lines);
 }
+
+#[test]
+fn check_refuses_a_token_file_others_can_read_and_says_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "");
+    let token = canary();
+    let token_file = dir.path().join("joulo_token");
+    write_private(&token_file, &token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(&token));
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

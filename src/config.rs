@@ -149,6 +149,7 @@ struct RawUpstream {
     base_url: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    roots: Option<TrustRoots>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -306,7 +307,9 @@ pub struct UpstreamConfig {
     pub base_url: Uri,
     /// The file holding the Joulo token, re-read when it changes.
     pub token_file: PathBuf,
-    /// Trust anchors added to the built-in web roots (a private CA, a test CA).
+    /// Which store of trust anchors verifies Joulo's certificate.
+    pub roots: TrustRoots,
+    /// Trust anchors added to `roots` (a private CA, a test CA).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Bound on TCP connect to the upstream.
     pub connect_timeout: Duration,
@@ -314,6 +317,20 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// How often the token file's metadata is checked for a rotation.
     pub token_poll_interval: Duration,
+}
+
+/// Where the trust anchors for Joulo's certificate come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustRoots {
+    /// Mozilla's root list compiled into the binary (webpki-roots): the same
+    /// on every platform, needing no CA bundle in the container or OS.
+    Webpki,
+    /// The operating system's store (Debian's ca-certificates), read at start:
+    /// its updates, distrust included, apply at the next start.
+    System,
+    /// Both: a certificate either store accepts.
+    Both,
 }
 
 /// The `[log]` table.
@@ -351,6 +368,10 @@ pub mod defaults {
 
     pub const LISTEN: &str = "0.0.0.0:8080";
     pub const BASE_URL: &str = "https://api.joulo.nl/functions/v1/api";
+    /// The compiled-in roots: the gateway verifies Joulo the same way in a
+    /// distroless container, a Home Assistant add-on and on a Pi, with no
+    /// dependence on a CA bundle being installed or current.
+    pub const ROOTS: super::TrustRoots = super::TrustRoots::Webpki;
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -454,6 +475,8 @@ fn validate(
         Some(p) => load_roots(&base_dir.join(&p)).map_err(|m| invalid("upstream.ca_file", m))?,
         None => Vec::new(),
     };
+
+    let roots = raw.upstream.roots.unwrap_or(defaults::ROOTS);
 
     let connect_timeout = positive(
         raw.upstream.connect_timeout,
@@ -744,6 +767,7 @@ fn validate(
         upstream: UpstreamConfig {
             base_url,
             token_file,
+            roots,
             extra_roots,
             connect_timeout,
             timeout,
@@ -1139,6 +1163,7 @@ mod tests {
         assert!(s.access.clients.is_empty());
         assert_eq!(s.upstream.base_url, d.upstream.base_url);
         assert_eq!(s.upstream.connect_timeout, d.upstream.connect_timeout);
+        assert_eq!(s.upstream.roots, d.upstream.roots);
         assert_eq!(s.upstream.timeout, d.upstream.timeout);
         assert_eq!(
             s.upstream.token_poll_interval,

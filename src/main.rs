@@ -115,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // So a too-open token file's warning is shown.
             logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
+            warn_if_not_joulo(&config);
             tokens.reload()?;
             // Builds what a run would: upstream TLS settings, the LAN certificate.
             AppState::new(&config, tokens)?;
@@ -155,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tokens = TokenSource::new(config.upstream.token_file.clone());
             logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
+            warn_if_not_joulo(&config);
             tokens.reload()?;
             // More event loops, if configured, are started by the server.
             let runtime = runtime()?;
@@ -172,6 +174,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+/// One warning when `base_url` is not Joulo's own host: the token is sent
+/// wherever it points, so a typo or a pasted test URL should be seen. (The
+/// library does not warn, so tests and the demo, which point at a local
+/// mock, stay quiet.)
+fn warn_if_not_joulo(config: &Config) {
+    let host = config.upstream.base_url.host().unwrap_or("");
+    if !host.eq_ignore_ascii_case("api.joulo.nl") {
+        tracing::warn!(
+            host,
+            "upstream.base_url points at {host}, not api.joulo.nl: the Joulo token is sent there"
+        );
     }
 }
 

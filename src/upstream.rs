@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::config::UpstreamConfig;
+use crate::config::{TrustRoots, UpstreamConfig};
 use crate::ops::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
@@ -37,6 +37,12 @@ pub enum UpstreamError {
     /// rustls refused the TLS settings.
     #[error("cannot set up TLS to the upstream: {0}")]
     Tls(#[from] rustls::Error),
+    /// `roots = "system"` (or "both") but the system store holds nothing.
+    #[error(
+        "upstream.roots: the system certificate store is empty or unreadable \
+         (install ca-certificates, or set roots = \"webpki\")"
+    )]
+    NoSystemRoots,
 }
 
 /// The Joulo API as the gateway reaches it.
@@ -78,9 +84,19 @@ pub struct RouteLabels {
 impl Upstream {
     /// Builds the clients once, at start, one for each of `event_loops`.
     pub fn new(cfg: &UpstreamConfig, event_loops: usize) -> Result<Upstream, UpstreamError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let mut roots = rustls::RootCertStore::empty();
+        if matches!(cfg.roots, TrustRoots::Webpki | TrustRoots::Both) {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        if matches!(cfg.roots, TrustRoots::System | TrustRoots::Both) {
+            let found = rustls_native_certs::load_native_certs();
+            // Unparsable entries in a bundle are skipped, as every TLS
+            // client does; an empty store is refused below.
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(UpstreamError::NoSystemRoots);
+            }
+        }
         for cert in &cfg.extra_roots {
             roots.add(cert.clone())?;
         }

@@ -464,7 +464,10 @@ fn check_refuses_a_token_file_others_can_read_and_says_how_to_fix_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
     assert!(!err.contains(&token));
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(BIN)
@@ -472,5 +475,96 @@ fn check_refuses_a_token_file_others_can_read_and_says_how_to_fix_it() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the binary with `config` and `env`, and returns it with the address
+/// it listens on and its stderr so far, once it says it is listening.
+fn start_binary(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, SocketAddr, String) {
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    // Only what `env` says: no certificate directory from the outer shell.
+    command.env_remove("SSL_CERT_DIR");
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(addr) = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+        {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+            return (child, addr, seen);
+        }
+    }
+    panic!("the binary never listened: {seen}");
+}
+
+#[tokio::test]
+async fn upstream_roots_come_from_the_chosen_store_and_a_foreign_host_is_named() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = canary();
+    write_private(&dir.path().join("joulo_token"), &token).unwrap();
+    // The system store, as rustls-native-certs reads it: here just the mock's CA.
+    let bundle = dir.path().join("system-bundle.pem");
+    std::fs::write(&bundle, &upstream.ca_pem).unwrap();
+    let config = dir.path().join("gateway.toml");
+    let write = |roots: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"{}\"\n\
+                 token_file = \"joulo_token\"\nroots = \"{roots}\"\n",
+                upstream.base_url()
+            ),
+        )
+        .unwrap();
+    };
+    for (roots, expected) in [("system", 200), ("both", 200), ("webpki", 502)] {
+        write(roots);
+        let (mut child, addr, log) = start_binary(&config, &[("SSL_CERT_FILE", &bundle)]);
+        assert!(
+            log.contains("upstream.base_url") && log.contains("localhost") && log.contains("WARN"),
+            "one warning names the host that is not api.joulo.nl: {log}"
+        );
+        let (status, _, body) = support::send(addr, Method::GET, "/chargers", &[], "").await;
+        assert_eq!(status.as_u16(), expected, "roots = {roots}: {body}");
+        signal(child.id(), "TERM");
+        child.wait().unwrap();
+    }
+    // An empty system store is a clear error, not a gateway that trusts nothing.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    write("system");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("SSL_CERT_FILE", &empty)
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstream.roots") && err.contains("ca-certificates"),
+        "{err}"
+    );
 }

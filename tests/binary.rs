@@ -514,6 +514,8 @@ fn start_binary(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, S
             return (child, addr, seen);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the binary never listened: {seen}");
 }
 

@@ -112,6 +112,11 @@ fn the_systemd_unit_is_hardened() {
         "CapabilityBoundingSet=",
         "SystemCallFilter=@system-service",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SocketBindAllow=tcp:8080",
+        "SocketBindDeny=any",
+        "LimitCORE=0",
+        "MemoryMax=128M",
+        "TasksMax=64",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing {line}");
     }
@@ -131,5 +136,71 @@ fn the_systemd_unit_is_hardened() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in: {text}"));
-    assert!(score <= 1.5, "exposure {score}");
+    assert!(score <= 1.1, "exposure {score}");
+}
+
+#[test]
+fn the_unit_binds_only_the_port_the_shipped_config_listens_on() {
+    let unit = read("deploy/systemd/joulo-gateway.service");
+    let config = Config::load(&repo("deploy/systemd/gateway.toml")).unwrap();
+    let allowed = format!("SocketBindAllow=tcp:{}", config.server.listen.port());
+    assert!(unit.lines().any(|l| l == allowed), "missing {allowed}");
+}
+
+#[test]
+fn compose_publishes_on_one_lan_address_without_core_files() {
+    let compose = read("deploy/docker/compose.yaml");
+    let ports: Vec<&str> = compose
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("- \"") && l.contains(":8080\""))
+        .collect();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert!(
+        ports[0].starts_with("- \"${GATEWAY_LAN_IP:?"),
+        "published on a LAN address, not on all: {}",
+        ports[0]
+    );
+    assert!(compose.contains("ulimits:\n      core: 0"), "no core files");
+    for line in ["read_only: true", "- ALL", "no-new-privileges:true"] {
+        assert!(compose.contains(line), "missing {line}");
+    }
+}
+
+#[test]
+fn the_docker_build_context_leaves_secrets_out_and_bases_are_pinned() {
+    let ignore = read(".dockerignore");
+    for pattern in ["**/joulo_token", "secrets/", "target/", "**/*.key"] {
+        assert!(ignore.lines().any(|l| l == pattern), "missing {pattern}");
+    }
+    let dockerfile = read("deploy/docker/Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2);
+    for from in froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let (tagged, digest) = image.split_once("@sha256:").expect("pinned by digest");
+        assert_eq!(digest.len(), 64, "{from}");
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(
+            dockerfile.contains(&format!("# {tagged}\n{from}")),
+            "the tag is named beside {from}"
+        );
+    }
+}
+
+#[test]
+fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
+    let config = read("deploy/homeassistant/addon/joulo_gateway/config.yaml");
+    assert!(config.contains("  8080/tcp: null"), "LAN port off by default");
+    assert!(config.contains("local-joulo-gateway:8080"));
+    let run = read("deploy/homeassistant/addon/joulo_gateway/run.sh");
+    assert!(run.contains("install -m 600 -o joulo /dev/null \"${token_file}\""));
+    assert!(run.lines().any(|l| l.starts_with("exec su-exec joulo ")));
+    let dockerfile = read("deploy/homeassistant/addon/joulo_gateway/Dockerfile");
+    assert!(dockerfile.contains("adduser -S -D -H -u 65532"));
+    let build = read("deploy/homeassistant/addon/joulo_gateway/build.yaml");
+    assert!(!build.contains(":latest"), "base image pinned to a release");
 }

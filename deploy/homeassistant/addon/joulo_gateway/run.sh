@@ -6,6 +6,7 @@ set -euo pipefail
 
 umask 077
 token_file=/data/joulo_token
+install -m 600 -o joulo /dev/null "${token_file}"
 bashio::config 'joulo_token' > "${token_file}"
 if [ ! -s "${token_file}" ]; then
   bashio::exit.nok "Set joulo_token in the add-on configuration (Settings -> API -> Activate in the Joulo dashboard)."
@@ -30,4 +31,7 @@ ttl = "10m"
 ttl = "1h"
 TOML
 
-exec /usr/local/bin/joulo-gateway --config /data/gateway.toml
+# The config holds no secret; the joulo user must be able to read it.
+chmod 644 /data/gateway.toml
+# Unprivileged from here on: the token file is the joulo user's, mode 0600.
+exec su-exec joulo /usr/local/bin/joulo-gateway --config /data/gateway.toml

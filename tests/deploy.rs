@@ -194,7 +194,10 @@ fn the_docker_build_context_leaves_secrets_out_and_bases_are_pinned() {
 #[test]
 fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
     let config = read("deploy/homeassistant/addon/joulo_gateway/config.yaml");
-    assert!(config.contains("  8080/tcp: null"), "LAN port off by default");
+    assert!(
+        config.contains("  8080/tcp: null"),
+        "LAN port off by default"
+    );
     assert!(config.contains("local-joulo-gateway:8080"));
     let run = read("deploy/homeassistant/addon/joulo_gateway/run.sh");
     assert!(run.contains("install -m 600 -o joulo /dev/null \"${token_file}\""));

@@ -381,3 +381,41 @@ async fn the_access_line_is_capped_and_hides_unknown_values() {
     );
     assert!(logs.contains("apikey=[REDACTED]"));
 }
+
+#[tokio::test]
+async fn a_request_hyper_refuses_still_leaves_an_access_line() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(&upstream, "[server]\nmax_header_size = \"4KiB\"\n").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.7:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(gateway.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /chargers HTTP/1.1\r\nHost: g\r\nthis is not a header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let huge = "x".repeat(64 * 1024);
+    let response = gateway
+        .raw(format!("GET /chargers HTTP/1.1\r\nHost: g\r\nX-Filler: {huge}\r\n\r\n").as_bytes())
+        .await;
+    assert!(response.starts_with("HTTP/1.1 431"));
+    let found = support::eventually(Duration::from_secs(5), || async {
+        let logs = support::logs();
+        let refused: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                l.contains("joulo_gateway::access") && l.contains("refused by the HTTP parser")
+            })
+            .collect();
+        refused
+            .iter()
+            .any(|l| l.contains("client=127.0.0.7:") && l.contains("status=400"))
+            && refused.iter().any(|l| l.contains("status=431"))
+    })
+    .await;
+    assert!(found, "one access line each, with status and client");
+    assert!(upstream.received().is_empty());
+}

@@ -44,6 +44,18 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileE
     read_bounded(file, size_hint, limit)
 }
 
+/// Writes `contents` to `path`, creating it readable and writable by its owner
+/// only (0600 on Unix) from the start, so there is no moment at which another
+/// user could open it. An existing file keeps its mode.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
 /// Who may get at a secrets file besides the gateway, ssh's standard for a
 /// private key: nobody. Group or other permission bits, or an owner that is
 /// neither the gateway's user nor root, are exposure.

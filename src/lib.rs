@@ -10,6 +10,7 @@
 //!   connection quota on accept, bounds header reads and handshakes, drains on
 //!   shutdown.
 //! - [`proxy`]: one request end to end, and its access-log line.
+//! - [`state`]: what every request shares, built once from the config.
 //! - [`access`]: who may call: the network allowlist, Host and Origin checks,
 //!   per-device keys and their scopes.
 //! - [`routes`]: which route it is: strict path normalisation and the allowlist
@@ -31,12 +32,19 @@
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
 //! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: per-route metric series resolved once, request counters.
+//! - [`event_loop`]: which event loop a thread runs, for per-loop pools.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
 //!   being dumped or traced, before the token is read.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
+//!
+//! Modules form layers: each uses only modules listed as its dependencies
+//! below it in the request's way (`server` uses `proxy`, which uses `state`,
+//! `ops` and the checks; `upstream` picks its pool through `event_loop`, not
+//! through `server`), so there is no import cycle.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -44,10 +52,12 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod event_loop;
 pub mod files;
 pub mod hardening;
 pub mod lan_tls;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod outbound;
 pub mod params;
@@ -56,6 +66,7 @@ pub mod respond;
 pub mod routes;
 pub mod sanitize;
 pub mod server;
+pub mod state;
 pub mod token;
 pub mod upstream;
 pub mod watch;

@@ -387,7 +387,7 @@ mod tests {
     fn the_subscriber_writer_scrubs_the_loaded_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        crate::demo::write_private(&path, "odd-shaped-token-1234").unwrap();
+        crate::files::write_private(&path, "odd-shaped-token-1234").unwrap();
         let tokens = TokenSource::new(path);
         tokens.reload().unwrap();
         let sink = Sink::default();

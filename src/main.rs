@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
-use joulo_gateway::proxy::{AppState, StartError};
+use joulo_gateway::state::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
 use joulo_gateway::{access, demo, hardening, logging, server};
 

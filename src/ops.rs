@@ -6,35 +6,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 
-use std::sync::OnceLock;
-
-use crate::proxy::AppState;
 use crate::respond::{Body, full, json_error, json_response};
-use crate::routes::RouteId;
-
-/// One series per route taken from a metric family the first time it is used
-/// and kept: a family's own lookup takes a lock and hashes the labels, which
-/// the per-request metrics would otherwise pay on every request.
-#[derive(Debug)]
-pub struct RouteSeries<M> {
-    /// By `route as usize`.
-    cells: [OnceLock<M>; RouteId::ALL.len()],
-}
-
-impl<M> Default for RouteSeries<M> {
-    fn default() -> Self {
-        RouteSeries {
-            cells: std::array::from_fn(|_| OnceLock::new()),
-        }
-    }
-}
-
-impl<M> RouteSeries<M> {
-    /// The series for `route`, fetched from its family by `lookup` on first use.
-    pub fn get(&self, route: RouteId, lookup: impl FnOnce() -> M) -> &M {
-        self.cells[route as usize].get_or_init(lookup)
-    }
-}
+use crate::state::AppState;
 
 /// One of the gateway's own endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

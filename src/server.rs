@@ -31,7 +31,8 @@ use tracing::{debug, info, warn};
 
 use crate::access::AccessError;
 use crate::config::Config;
-use crate::proxy::{self, AppState};
+use crate::proxy;
+use crate::state::AppState;
 
 /// Pause after a failed `accept` (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -511,19 +512,6 @@ impl Drop for PerIpSlot {
     }
 }
 
-thread_local! {
-    /// This thread's event loop; 0 on any thread that is not one of the extra
-    /// loops, such as the one `run` is called on.
-    static EVENT_LOOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The index of the event loop running on this thread, so per-loop resources
-/// (the upstream connection pools) can be picked without passing it down every
-/// call. Any index would still work, only slower.
-pub fn event_loop() -> usize {
-    EVENT_LOOP.with(std::cell::Cell::get)
-}
-
 /// The event loops connections are shared out to: the one `run` is called on
 /// and `server.worker_threads - 1` more, each a single-threaded tokio runtime
 /// on a thread of its own. A connection stays on one loop for its life, as on
@@ -555,7 +543,7 @@ impl EventLoops {
             let thread = std::thread::Builder::new()
                 .name(format!("joulo-loop-{index}"))
                 .spawn(move || {
-                    EVENT_LOOP.with(|current| current.set(index));
+                    crate::event_loop::enter(index);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -411,7 +411,7 @@ mod tests {
     fn errors_never_quote_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        crate::demo::write_private(&path, "joulo_half one\n").unwrap();
+        crate::files::write_private(&path, "joulo_half one\n").unwrap();
         let err = read_token_file(&path).unwrap_err().to_string();
         assert!(!err.contains("joulo_half"), "{err}");
         assert!(err.contains("whitespace"), "{err}");
@@ -454,7 +454,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        crate::demo::write_private(&path, "joulo_a").unwrap();
+        crate::files::write_private(&path, "joulo_a").unwrap();
         let source = TokenSource::new(path.clone());
         source.reload().unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -467,15 +467,15 @@ mod tests {
     fn reload_fails_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        crate::demo::write_private(&path, "joulo_a\n").unwrap();
+        crate::files::write_private(&path, "joulo_a\n").unwrap();
         let source = TokenSource::new(path.clone());
         assert!(!source.is_loaded());
         source.reload().unwrap();
         assert!(source.current().is_some() && source.is_loaded());
-        crate::demo::write_private(&path, "").unwrap();
+        crate::files::write_private(&path, "").unwrap();
         assert!(source.reload().is_err());
         assert!(source.current().is_none() && !source.is_loaded());
-        crate::demo::write_private(&path, "joulo_b").unwrap();
+        crate::files::write_private(&path, "joulo_b").unwrap();
         source.reload().unwrap();
         assert!(source.is_loaded());
         assert_eq!(
@@ -510,14 +510,14 @@ mod tests {
             ),
             (
                 |p| {
-                    crate::demo::write_private(p, &"a".repeat(TOKEN_FILE_LIMIT as usize + 1))
+                    crate::files::write_private(p, &"a".repeat(TOKEN_FILE_LIMIT as usize + 1))
                         .unwrap()
                 },
                 "larger than 65536 bytes",
             ),
         ];
         for (replace, expected) in replacements {
-            crate::demo::write_private(&path, "joulo_a\n").unwrap();
+            crate::files::write_private(&path, "joulo_a\n").unwrap();
             source.reload().unwrap();
             std::fs::remove_file(&path).unwrap();
             replace(&path);
@@ -551,7 +551,7 @@ mod tests {
     fn rejection_is_reported_once_per_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        crate::demo::write_private(&path, "joulo_a").unwrap();
+        crate::files::write_private(&path, "joulo_a").unwrap();
         let source = TokenSource::new(path);
         source.reload().unwrap();
         let first = source.current().unwrap().generation();

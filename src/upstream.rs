@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::{TrustRoots, UpstreamConfig};
-use crate::ops::RouteSeries;
+use crate::metrics::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
 
@@ -156,7 +156,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, GatewayError> {
         let started = Instant::now();
         let route = request.route;
-        let client = &self.clients[crate::server::event_loop() % self.clients.len()];
+        let client = &self.clients[crate::event_loop::current() % self.clients.len()];
         let exchange = async {
             let first = client.request(hyper_request(request, authorization.clone()));
             if request.body.is_some() {

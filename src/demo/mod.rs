@@ -8,7 +8,7 @@ pub mod sim;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -129,7 +129,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
     tokens.reload()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = Arc::new(crate::proxy::AppState::new(&config, tokens)?);
+    let state = Arc::new(crate::state::AppState::new(&config, tokens)?);
     let gateway = tokio::spawn({
         let config = config.clone();
         async move {
@@ -276,12 +276,4 @@ impl Drop for DemoDir {
     }
 }
 
-/// Writes a file only its owner can read, as a token file should be.
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents.as_bytes())
-}
+pub use crate::files::write_private;

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
 use joulo_gateway::demo::{self, DemoCa};
-use joulo_gateway::proxy::AppState;
+use joulo_gateway::state::AppState;
 use joulo_gateway::token::TokenSource;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

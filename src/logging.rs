@@ -232,7 +232,7 @@ fn must_escape(c: char) -> bool {
         )
 }
 
-/// One finished event with every [`must_escape`] character written as an
+/// One finished event with every `must_escape` character written as an
 /// escape, so nothing a client sent can start a forged line, move the cursor
 /// or reorder what a reader sees. The event's own final newline stays. JSON
 /// lines get JSON's `\uXXXX` (the formatter has already escaped C0 controls;

@@ -269,6 +269,11 @@ fn finish(
         }
         e.response()
     });
+    let response = if parts.method == Method::HEAD {
+        head_only(response)
+    } else {
+        response
+    };
 
     let route_label = match (trace.route, trace.ops) {
         (Some(route), _) => route.config_name(),
@@ -304,6 +309,19 @@ fn finish(
         duration_ms = started.map(|s| s.elapsed().as_micros() as f64 / 1000.0),
     );
     response
+}
+
+/// A HEAD answer: the GET's head, its `Content-Length` included when the
+/// body's length is known, and no body. HTTP/1.1 would drop the body itself;
+/// over HTTP/2 a body after a HEAD is a protocol error, so it goes here.
+fn head_only(response: Response<Body>) -> Response<Body> {
+    use hyper::body::Body as _;
+    let (mut head, body) = response.into_parts();
+    if let Some(length) = body.size_hint().exact() {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(head, crate::respond::full(Bytes::new()))
 }
 
 fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {

@@ -118,25 +118,29 @@ impl RouteTable {
     }
 
     /// Matches a raw request path (as sent, still percent-encoded) and method.
+    /// HEAD on a read route is that route: it is answered like the GET
+    /// (from the cache when it can, upstream with a GET otherwise) and the
+    /// server sends the head alone; uptime checkers use it.
     pub fn resolve(&self, method: &Method, raw_path: &str) -> Result<RouteId, RouteError> {
         let path = normalise_path(raw_path)?;
         let mut allowed: Vec<&'static str> = Vec::new();
         for &route in &self.enabled {
             if route.path() == path {
-                if route.method() == method {
+                if route.method() == method
+                    || (method == Method::HEAD && route.method() == Method::GET)
+                {
                     return Ok(route);
                 }
                 allowed.push(if route.changes_account() {
                     "POST"
                 } else {
-                    "GET"
+                    "GET, HEAD"
                 });
             }
         }
         if allowed.is_empty() {
             return Err(RouteError::NotFound);
         }
-        // HEAD is not listed: Joulo documents no HEAD, so it is not forwarded either.
         let allow = HeaderValue::from_str(&allowed.join(", ")).expect("method names are ASCII");
         Err(RouteError::MethodNotAllowed { allow })
     }
@@ -268,7 +272,12 @@ mod tests {
         else {
             panic!("POST /chargers should be 405 when off");
         };
-        assert_eq!(allow, "GET");
+        assert_eq!(allow, "GET, HEAD");
+        assert_eq!(
+            off.resolve(&Method::HEAD, "/chargers"),
+            Ok(RouteId::Chargers)
+        );
+        assert!(off.resolve(&Method::HEAD, "/chargers/reboot").is_err());
         assert_eq!(
             off.resolve(&Method::POST, "/chargers/reboot"),
             Err(RouteError::NotFound)
@@ -286,7 +295,12 @@ mod tests {
         else {
             panic!("DELETE is never allowed");
         };
-        assert_eq!(allow, "GET, POST");
+        assert_eq!(allow, "GET, HEAD, POST");
+        let Err(RouteError::MethodNotAllowed { .. }) =
+            on.resolve(&Method::HEAD, "/chargers/reboot")
+        else {
+            panic!("HEAD is only for read routes");
+        };
     }
 
     #[test]
@@ -383,6 +397,9 @@ mod tests {
                 if let Ok(route) = table.resolve(&method, &raw) {
                     prop_assert_eq!(Ok(Cow::Borrowed(route.path())), normalise_path(&raw));
                     prop_assert_eq!(route.method(), method);
+                }
+                if let Ok(route) = table.resolve(&Method::HEAD, &raw) {
+                    prop_assert_eq!(route.method(), Method::GET);
                 }
             }
         }

@@ -419,3 +419,48 @@ async fn a_request_hyper_refuses_still_leaves_an_access_line() {
     assert!(found, "one access line each, with status and client");
     assert!(upstream.received().is_empty());
 }
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body_and_from_the_cache() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let head = gateway
+        .raw(b"HEAD /chargers HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n")
+        .await;
+    let (lines, body) = head.split_once("\r\n\r\n").unwrap();
+    assert!(lines.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(lines.contains("x-cache: MISS"), "{head}");
+    assert!(body.is_empty(), "no body: {body:?}");
+    let got = upstream.last();
+    assert_eq!(got.method, Method::GET, "Joulo is asked with a GET");
+    // Its Content-Length is the GET's.
+    let (_, get_headers, get_body) = gateway.get("/chargers").await;
+    assert_eq!(get_headers["x-cache"], "HIT");
+    let length = format!("content-length: {}", get_body.len());
+    assert!(lines.to_ascii_lowercase().contains(&length), "{lines}");
+    let again = gateway
+        .raw(b"HEAD /chargers HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(again.contains("x-cache: HIT"), "{again}");
+    assert_eq!(upstream.received().len(), 1);
+    // Over HTTP/2 too.
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let response = client
+        .request(
+            http::Request::head(format!("http://{}/energy", gateway.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty());
+    // Not on the routes that change the account.
+    let (status, headers, _) = gateway
+        .send(Method::HEAD, "/chargers/reboot", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{headers:?}");
+}

@@ -39,6 +39,8 @@
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
 //!   being dumped or traced, before the token is read.
+//! - [`healthcheck`]: `joulo-gateway healthcheck`, asking a running
+//!   gateway's `/healthz` over HTTP or HTTPS.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
 //!
 //! Modules form layers: each uses only modules listed as its dependencies
@@ -55,6 +57,7 @@ pub mod demo;
 pub mod event_loop;
 pub mod files;
 pub mod hardening;
+pub mod healthcheck;
 pub mod lan_tls;
 pub mod logging;
 pub mod metrics;

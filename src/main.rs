@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
 use joulo_gateway::state::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
-use joulo_gateway::{access, demo, hardening, logging, server};
+use joulo_gateway::{access, demo, hardening, healthcheck, logging, server};
 
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -45,12 +45,17 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
-    /// Exit 0 if the gateway at URL answers 200 (for container health checks,
-    /// where no curl exists).
+    /// Exit 0 if the gateway answers 200 on /healthz within 3 s (for
+    /// container health checks and watchdogs, where no curl exists). Without
+    /// --url it asks what --config serves: its listen address, over HTTPS with
+    /// its own certificate pinned when tls_cert is set.
     Healthcheck {
-        /// The health endpoint to ask.
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: http::Uri,
+        /// Ask this URL instead of the config's listener.
+        #[arg(long)]
+        url: Option<http::Uri>,
+        /// A PEM CA (or the certificate itself) to verify an https --url against.
+        #[arg(long, requires = "url")]
+        ca: Option<PathBuf>,
     },
     /// Start a simulated Joulo API and the gateway in front of it, on loopback.
     Demo {
@@ -132,9 +137,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", access::gen_key_text(&name, &scopes)?);
             Ok(())
         }
-        Command::Healthcheck { url } => {
+        Command::Healthcheck { url, ca } => {
+            let target = match url {
+                Some(url) => healthcheck::Target::from_url(url, ca.as_deref())?,
+                None => healthcheck::Target::from_config(&cli.config)?,
+            };
             let runtime = runtime()?;
-            runtime.block_on(healthcheck(url))
+            runtime.block_on(target.check())?;
+            Ok(())
         }
         Command::Demo { listen } => {
             let runtime = runtime()?;
@@ -189,24 +199,6 @@ fn warn_if_not_joulo(config: &Config) {
             "upstream.base_url points at {host}, not api.joulo.nl: the Joulo token is sent there"
         );
     }
-}
-
-/// Asks `url` once, with a 3 s bound, and fails unless it answers 200.
-async fn healthcheck(url: http::Uri) -> anyhow::Result<()> {
-    use http_body_util::Empty;
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(url.clone()))
-        .await
-        .with_context(|| format!("{url} did not answer within 3 s"))?
-        .with_context(|| format!("cannot reach {url}"))?;
-    anyhow::ensure!(
-        response.status() == http::StatusCode::OK,
-        "{url} answered {}",
-        response.status()
-    );
-    Ok(())
 }
 
 /// A single-threaded runtime: tokio's current-thread scheduler skips the

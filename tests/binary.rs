@@ -570,3 +570,110 @@ async fn upstream_roots_come_from_the_chosen_store_and_a_foreign_host_is_named()
         "{err}"
     );
 }
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn healthcheck_asks_what_the_config_serves_over_https_too() {
+    use joulo_gateway::demo::DemoCa;
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("joulo_token"), &canary()).unwrap();
+    let lan = DemoCa::generate(&["gateway.lan"]).unwrap();
+    write_private(&dir.path().join("lan.crt"), &lan.leaf_cert_pem).unwrap();
+    write_private(&dir.path().join("lan.key"), &lan.leaf_key_pem).unwrap();
+    write_private(&dir.path().join("lan-ca.pem"), &lan.ca_pem).unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &upstream,
+        &format!(
+            "[server]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"lan.crt\"\ntls_key = \"lan.key\"\n"
+        ),
+    );
+    // write_config put its own [server] first: keep only ours.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[server]\nlisten = \"127.0.0.1:0\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let healthcheck = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("healthcheck")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let config_arg = config.to_str().unwrap();
+    // Nothing listens yet: a failure, quickly.
+    let out = healthcheck(&["--config", config_arg]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach https://127.0.0.1:"));
+
+    let (mut child, addr, _) = start_binary(&config, &[]);
+    assert_eq!(addr.port(), port);
+    let out = healthcheck(&["--config", config_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A certificate other than the served one is refused, pinned or by CA.
+    let other = DemoCa::generate(&["gateway.lan"]).unwrap();
+    write_private(&dir.path().join("lan.crt"), &other.leaf_cert_pem).unwrap();
+    let out = healthcheck(&["--config", config_arg]);
+    assert!(
+        !out.status.success(),
+        "a certificate the config does not serve"
+    );
+    let out = healthcheck(&[
+        "--url",
+        &format!("https://127.0.0.1:{port}/healthz"),
+        "--ca",
+        dir.path().join("lan-ca.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "127.0.0.1 is not a name in the certificate"
+    );
+    signal(child.id(), "TERM");
+    child.wait().unwrap();
+
+    // And by CA, for a certificate naming localhost.
+    let named = DemoCa::generate(&["localhost"]).unwrap();
+    write_private(&dir.path().join("lan.crt"), &named.leaf_cert_pem).unwrap();
+    write_private(&dir.path().join("lan.key"), &named.leaf_key_pem).unwrap();
+    write_private(&dir.path().join("lan-ca.pem"), &named.ca_pem).unwrap();
+    let (mut child, _, _) = start_binary(&config, &[]);
+    let url = format!("https://localhost:{port}/healthz");
+    let out = healthcheck(&[
+        "--url",
+        &url,
+        "--ca",
+        dir.path().join("lan-ca.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = healthcheck(&["--url", &url]);
+    assert!(
+        !out.status.success(),
+        "without --ca the LAN CA is not trusted"
+    );
+    let out = healthcheck(&["--config", config_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(child.id(), "TERM");
+    child.wait().unwrap();
+}

@@ -1,0 +1,269 @@
+//! `joulo-gateway healthcheck`: asks a running gateway's `/healthz` once, the
+//! way a container health check or a watchdog does, over HTTP or HTTPS. With a
+//! config it asks the address, scheme and certificate that config serves;
+//! with a URL, that URL, verified against a given CA.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::config::{Config, ConfigError};
+use crate::files::{self, FileError};
+
+/// How long the whole check may take.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most a certificate file may hold.
+const PEM_LIMIT: u64 = 1024 * 1024;
+
+/// What to ask, and how to trust its certificate.
+#[derive(Debug)]
+pub struct Target {
+    /// The health endpoint.
+    pub url: Uri,
+    /// How an `https` URL's certificate is checked.
+    pub trust: Trust,
+}
+
+/// How the gateway's certificate is checked.
+#[derive(Debug)]
+pub enum Trust {
+    /// Exactly this certificate must be presented: the one the config
+    /// serves. A self-signed LAN certificate then needs no CA at all.
+    Pinned(CertificateDer<'static>),
+    /// A chain to one of these roots, for the URL's host name.
+    Roots(Vec<CertificateDer<'static>>),
+    /// Plain HTTP: nothing to check.
+    None,
+}
+
+/// Why the check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The config could not be read.
+    #[error(transparent)]
+    Config(#[from] Box<ConfigError>),
+    /// A certificate file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: FileError,
+    },
+    /// A certificate file holds no usable certificate.
+    #[error("{path} holds no PEM CERTIFICATE block")]
+    NoCertificate { path: PathBuf },
+    /// The URL is not http or https.
+    #[error("{0}: only http:// and https:// URLs can be checked")]
+    Scheme(Uri),
+    /// No answer in time.
+    #[error("{0} did not answer within 3 s")]
+    Timeout(Uri),
+    /// No connection, or TLS refused.
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        url: Uri,
+        #[source]
+        source: Box<hyper_util::client::legacy::Error>,
+    },
+    /// An answer other than 200.
+    #[error("{url} answered {status}")]
+    Status { url: Uri, status: http::StatusCode },
+    /// rustls refused the settings.
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl Target {
+    /// The health endpoint `config` serves: its listen address (a wildcard
+    /// address asked on loopback), `https` when it has a certificate, and that
+    /// certificate pinned.
+    pub fn from_config(path: &Path) -> Result<Target, HealthError> {
+        let config = Config::load(path).map_err(Box::new)?;
+        let listen = config.server.listen;
+        let ip = match listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let addr = SocketAddr::new(ip, listen.port());
+        let (scheme, trust) = match &config.server.tls {
+            Some(files) => {
+                let chain = read_certificates(&files.cert)?;
+                let leaf = chain
+                    .into_iter()
+                    .next()
+                    .expect("read_certificates: at least one");
+                ("https", Trust::Pinned(leaf))
+            }
+            None => ("http", Trust::None),
+        };
+        let url = format!("{scheme}://{addr}/healthz")
+            .parse()
+            .expect("a socket address makes a URI");
+        Ok(Target { url, trust })
+    }
+
+    /// `url`, its certificate checked against the CA in `ca` (or Mozilla's
+    /// roots when none is given).
+    pub fn from_url(url: Uri, ca: Option<&Path>) -> Result<Target, HealthError> {
+        let trust = match (url.scheme_str(), ca) {
+            (Some("http"), _) => Trust::None,
+            (Some("https"), Some(ca)) => Trust::Roots(read_certificates(ca)?),
+            (Some("https"), None) => Trust::Roots(Vec::new()),
+            _ => return Err(HealthError::Scheme(url)),
+        };
+        Ok(Target { url, trust })
+    }
+
+    /// Asks once; `Ok` only for a 200 within 3 s.
+    pub async fn check(&self) -> Result<(), HealthError> {
+        let tls = self.tls_config()?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+        let url = self.url.clone();
+        let response = tokio::time::timeout(TIMEOUT, client.get(url.clone()))
+            .await
+            .map_err(|_| HealthError::Timeout(url.clone()))?
+            .map_err(|source| HealthError::Unreachable {
+                url: url.clone(),
+                source: Box::new(source),
+            })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HealthError::Status {
+                url,
+                status: response.status(),
+            });
+        }
+        Ok(())
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, HealthError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let config = match &self.trust {
+            Trust::Pinned(leaf) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                    leaf: leaf.clone(),
+                    provider,
+                }))
+                .with_no_client_auth(),
+            Trust::Roots(roots) => {
+                let mut store = rustls::RootCertStore::empty();
+                if roots.is_empty() {
+                    store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                }
+                for root in roots {
+                    store.add(root.clone())?;
+                }
+                builder.with_root_certificates(store).with_no_client_auth()
+            }
+            Trust::None => builder
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        Ok(config)
+    }
+}
+
+/// The certificates in a PEM file, at least one.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, HealthError> {
+    let pem = files::read_regular(path, PEM_LIMIT).map_err(|source| HealthError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(HealthError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Accepts exactly one certificate, with the handshake's signatures checked as
+/// usual: what a health check of the gateway's own listener needs, since it
+/// knows the certificate the gateway serves and its LAN name may be anything.
+#[derive(Debug)]
+struct PinnedCertificate {
+    /// The certificate the server must present.
+    leaf: CertificateDer<'static>,
+    /// The signature algorithms to check the handshake with.
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -65,6 +65,10 @@ pub struct UpstreamBudget {
     queue_timeout: Duration,
     /// Set after an upstream 429.
     backoff: Mutex<Backoff>,
+    /// When the calls of the last minute went out, for "left this minute".
+    recent: Mutex<std::collections::VecDeque<Instant>>,
+    /// The per-minute rate, to say how much of it is left.
+    per_minute: u32,
     /// Requests refused by this budget, by reason.
     refused: Family<LimitLabels, Counter>,
 }
@@ -92,8 +96,38 @@ impl UpstreamBudget {
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
             queue_timeout: cfg.queue_timeout,
             backoff: Mutex::new(Backoff::default()),
-            refused: Family::default(),
+            recent: Mutex::default(),
+            per_minute: cfg.upstream_per_minute.get(),
+            refused: {
+                // Every limit's series exists from the start, at zero, so an
+                // alert on it compares against something from the first scrape.
+                let family = Family::<LimitLabels, Counter>::default();
+                for limit in [
+                    "upstream_budget",
+                    "upstream_backoff",
+                    "client",
+                    "device_share",
+                ] {
+                    let _ = family.get_or_create(&LimitLabels { limit });
+                }
+                family
+            },
         }
+    }
+
+    /// Upstream calls in the last 60 s, and how many of the per-minute budget
+    /// are left (none below zero: a burst may go past the rate for a while).
+    pub fn this_minute(&self) -> (u32, u32) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        while recent
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(60))
+        {
+            recent.pop_front();
+        }
+        let used = u32::try_from(recent.len()).unwrap_or(u32::MAX);
+        (used, self.per_minute.saturating_sub(used))
     }
 
     /// Adds the refusal counters (this budget's and the device limiter's, which
@@ -115,16 +149,26 @@ impl UpstreamBudget {
     /// Refused outright while backing off after a 429.
     pub async fn acquire(&self) -> Result<(), GatewayError> {
         self.check_backoff()?;
-        wait_for_slot(|| self.limiter.check(), self.queue_timeout)
-            .await
-            .map_err(|wait| {
-                self.refused
-                    .get_or_create(&LimitLabels {
-                        limit: "upstream_budget",
-                    })
-                    .inc();
-                GatewayError::BudgetExhausted { retry_after: wait }
-            })
+        let result = wait_for_slot(|| self.limiter.check(), self.queue_timeout).await;
+        if result.is_ok() {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while recent
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(60))
+            {
+                recent.pop_front();
+            }
+            recent.push_back(now);
+        }
+        result.map_err(|wait| {
+            self.refused
+                .get_or_create(&LimitLabels {
+                    limit: "upstream_budget",
+                })
+                .inc();
+            GatewayError::BudgetExhausted { retry_after: wait }
+        })
     }
 
     /// Refuses while backing off after a 429: no call could go out, so nothing

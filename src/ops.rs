@@ -3,6 +3,7 @@
 //! `/metrics` (Prometheus text format).
 
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 
@@ -41,7 +42,8 @@ impl OpsEndpoint {
     }
 
     /// Answers the endpoint from the gateway's state.
-    pub fn respond(self, method: &Method, state: &AppState) -> Response<Body> {
+    pub fn respond(self, request: &Parts, state: &AppState) -> Response<Body> {
+        let method = &request.method;
         if method != Method::GET && method != Method::HEAD {
             let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
             response
@@ -57,20 +59,53 @@ impl OpsEndpoint {
                 None => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
                 Some(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, &reason),
             },
-            OpsEndpoint::Metrics => {
-                let mut text = String::with_capacity(8192);
-                encode(&mut text, &state.registry).expect("writing to a String cannot fail");
-                let mut response = Response::new(full(text));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                response
-            }
+            OpsEndpoint::Metrics => metrics(request, state),
         }
     }
+}
+
+/// `/metrics`: Prometheus text format 0.0.4, which every scraper and
+/// `promtool` reads, unless the scraper's `Accept` asks for OpenMetrics.
+fn metrics(request: &Parts, state: &AppState) -> Response<Body> {
+    let (used, left) = state.budget.this_minute();
+    let gauges = &state.gauges;
+    gauges.budget_used.set(i64::from(used));
+    gauges.budget_left.set(i64::from(left));
+    gauges.backoff_seconds.set(
+        state
+            .budget
+            .backoff_remaining()
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    gauges.token_loaded.set(i64::from(state.tokens.is_loaded()));
+    gauges
+        .token_rejected
+        .set(i64::from(state.tokens.is_rejected()));
+
+    let mut text = String::with_capacity(8192);
+    encode(&mut text, &state.registry).expect("writing to a String cannot fail");
+    let openmetrics = request
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            crate::metrics::to_prometheus_text(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut response = Response::new(full(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Why the gateway cannot usefully serve, if it cannot.

@@ -195,7 +195,7 @@ fn admit(
     // Prometheus scraper has none, and they reveal no secret.
     if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
         trace.ops = Some(endpoint);
-        return Ok(Admitted::Answered(endpoint.respond(&parts.method, state)));
+        return Ok(Admitted::Answered(endpoint.respond(parts, state)));
     }
     let who = state.access.authenticate(client.ip(), parts)?;
     // Named on every answer from here on, refusals included.
@@ -283,6 +283,9 @@ fn finish(
     state
         .requests
         .count(trace.route, route_label, response.status().as_u16());
+    if let Some(Caller::Device(name)) = &trace.caller {
+        state.devices.request(name);
+    }
     info!(
         target: "joulo_gateway::access",
         client = %client,
@@ -354,7 +357,11 @@ async fn fetch_shared(
             deadline,
             || {
                 state.budget.check_backoff()?;
-                state.shares.spend(&call.who)
+                state.shares.spend(&call.who)?;
+                if let Caller::Device(name) = &call.who {
+                    state.devices.upstream_call(name);
+                }
+                Ok(())
             },
             || {
                 let request = state.outbound.request(call.route, &call.query, None);
@@ -490,6 +497,9 @@ async fn forward(
         .ok_or(GatewayError::TokenUnavailable)?;
     state.budget.check_backoff()?;
     state.shares.spend(&call.who)?;
+    if let Caller::Device(name) = &call.who {
+        state.devices.upstream_call(name);
+    }
     state.budget.acquire().await?;
     let timeout = state.upstream.timeout();
     let response = state

@@ -12,7 +12,7 @@ use crate::budget::{ClientLimiter, DeviceShare, UpstreamBudget};
 use crate::cache::ResponseCache;
 use crate::config::{CacheConfig, Config};
 use crate::lan_tls::{LanTls, LanTlsError};
-use crate::metrics::RequestCounters;
+use crate::metrics::{DeviceCounters, Gauges, RequestCounters};
 use crate::outbound::Outbound;
 use crate::params::QuerySchema;
 use crate::routes::RouteTable;
@@ -51,6 +51,10 @@ pub struct AppState {
     pub lan_tls: Option<Arc<LanTls>>,
     /// Requests by route and status, for `/metrics`.
     pub requests: RequestCounters,
+    /// Requests and upstream calls by configured device, for `/metrics`.
+    pub devices: DeviceCounters,
+    /// Budget, back-off and token state, set before each scrape.
+    pub gauges: Gauges,
     /// Larger request heads get 431.
     pub max_header_size: usize,
     /// Larger request bodies get 413.
@@ -79,6 +83,8 @@ impl AppState {
         let shares = DeviceShare::new(&config.limits, budget.refusal_counters());
         let cache = ResponseCache::new(&config.cache);
         let requests = RequestCounters::default();
+        let devices = DeviceCounters::new(config.access.clients.iter().map(|c| &c.name));
+        let gauges = Gauges::default();
 
         let mut registry = Registry::with_prefix("joulo_gateway");
         registry.register(
@@ -90,6 +96,8 @@ impl AppState {
         budget.register_metrics(&mut registry);
         cache.stats.register(&mut registry);
         tokens.register_metrics(&mut registry);
+        devices.register(&mut registry);
+        gauges.register(&mut registry);
 
         Ok(AppState {
             routes: RouteTable::new(&config.enabled_write_routes),
@@ -109,6 +117,8 @@ impl AppState {
                 None => None,
             },
             requests,
+            devices,
+            gauges,
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
             registry,

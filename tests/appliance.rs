@@ -358,27 +358,58 @@ async fn health_and_readiness_follow_the_token() {
 #[tokio::test]
 async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
     let upstream = MockUpstream::start();
+    let key = joulo_gateway::access::generate_key();
+    let quiet = joulo_gateway::access::generate_key();
     let gateway = TestGateway::start_on(
         &upstream,
-        "[limits]\nclient_burst = 5\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n",
+        &format!(
+            "[limits]\nclient_burst = 5\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n\
+             [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n\
+             [[clients]]\nname = \"meter\"\nkey_sha256 = \"{}\"\nscopes = [\"energy:read\"]\n",
+            joulo_gateway::access::key_sha256_hex(&key),
+            joulo_gateway::access::key_sha256_hex(&quiet),
+        ),
     )
     .await;
+    // Before any request: every series alerting needs is there, at zero.
+    let (_, _, fresh) = gateway.get("/metrics").await;
+    for line in [
+        "joulo_gateway_rate_limited_total{limit=\"upstream_budget\"} 0",
+        "joulo_gateway_rate_limited_total{limit=\"upstream_backoff\"} 0",
+        "joulo_gateway_rate_limited_total{limit=\"client\"} 0",
+        "joulo_gateway_rate_limited_total{limit=\"device_share\"} 0",
+        "joulo_gateway_upstream_unauthorized_total 0",
+        "joulo_gateway_device_requests_total{device=\"meter\"} 0",
+        "joulo_gateway_token_loaded 1",
+        "joulo_gateway_token_rejected 0",
+        "joulo_gateway_upstream_budget_left 30",
+        "joulo_gateway_upstream_backoff_seconds 0",
+    ] {
+        assert!(fresh.contains(line), "missing {line:?} in\n{fresh}");
+    }
+    let with_key = [("x-gateway-key", key.as_str())];
     let leaked = support::canary();
-    gateway.get(&format!("/chargers?token={leaked}")).await;
-    gateway.get("/chargers").await;
-    gateway.get("/teleport").await;
+    gateway
+        .send(
+            Method::GET,
+            &format!("/chargers?token={leaked}"),
+            &with_key,
+            "",
+        )
+        .await;
+    gateway.send(Method::GET, "/chargers", &with_key, "").await;
+    gateway.send(Method::GET, "/teleport", &with_key, "").await;
     for _ in 0..3 {
-        gateway.get("/chargers").await;
+        gateway.send(Method::GET, "/chargers", &with_key, "").await;
     }
     let (status, headers, text) = gateway.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
+    assert_eq!(
+        headers["content-type"], "text/plain; version=0.0.4; charset=utf-8",
+        "Prometheus' own format unless OpenMetrics is asked for"
     );
     for line in [
+        "# TYPE joulo_gateway_requests_total counter",
         "joulo_gateway_requests_total{route=\"chargers\",status=\"200\"} 4",
         "joulo_gateway_requests_total{route=\"none\",status=\"404\"} 1",
         "joulo_gateway_upstream_calls_total{route=\"chargers\",status=\"200\"} 1",
@@ -387,11 +418,69 @@ async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
         "joulo_gateway_rate_limited_total{limit=\"client\"} 1",
         "joulo_gateway_token_reloads_ok_total 1",
         "joulo_gateway_upstream_latency_seconds_count{route=\"chargers\"} 1",
+        "joulo_gateway_device_requests_total{device=\"homeassistant\"} 6",
+        "joulo_gateway_device_upstream_calls_total{device=\"homeassistant\"} 1",
+        "joulo_gateway_device_requests_total{device=\"meter\"} 0",
+        "joulo_gateway_upstream_budget_used 1",
+        "joulo_gateway_upstream_budget_left 29",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
-    assert_no_leak(&[&gateway.token, &leaked], &[&text]);
+    assert!(!text.contains("# EOF") && !text.contains("_created"));
+    assert_no_leak(&[&gateway.token, &leaked, &key], &[&text]);
     assert!(!text.contains("token="), "no query values in labels");
+    assert!(!text.contains("127.0.0.1"), "no client address in labels");
+
+    // The tool operators check scrapes with, where it is installed (.ci/run
+    // installs Debian's prometheus package for it).
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            use std::io::Write as _;
+            promtool
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = promtool.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool: {said}\n{text}"
+            );
+        }
+        Err(e) => eprintln!("promtool not installed ({e}): scrape format not checked by it"),
+    }
+
+    // OpenMetrics for a scraper that asks for it.
+    let (_, headers, om) = gateway
+        .send(
+            Method::GET,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )],
+            "",
+        )
+        .await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(om.ends_with("# EOF\n"));
 }
 
 #[tokio::test]

@@ -115,6 +115,11 @@ impl UpstreamBudget {
         }
     }
 
+    /// The per-minute budget.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
     /// Upstream calls in the last 60 s, and how many of the per-minute budget
     /// are left (none below zero: a burst may go past the rate for a while).
     pub fn this_minute(&self) -> (u32, u32) {

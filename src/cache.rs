@@ -359,7 +359,9 @@ impl ResponseCache {
 
     /// Stores `answer` under `key` if it is cacheable: a 200 within `max_body`
     /// that the upstream's `Cache-Control` and `Vary` allow to be shared. Fresh for
-    /// `ttl`, or less if `max-age` says so.
+    /// `ttl` (or less if `max-age` says so) less [`poll_margin`], counted from
+    /// `now`: the moment the gateway asked Joulo, so the time the answer took to
+    /// arrive counts toward its age (RFC 9111 section 4.2.3).
     pub fn store(&self, key: CacheKey, answer: &Buffered, ttl: Duration, now: Instant) -> bool {
         if answer.status != StatusCode::OK
             || answer.body.len() > self.max_body
@@ -370,6 +372,7 @@ impl ResponseCache {
         let Some(fresh_for) = freshness(&answer.headers, ttl) else {
             return false;
         };
+        let fresh_for = fresh_for.saturating_sub(poll_margin(fresh_for));
         if varies_on_anything(&answer.headers) {
             return false;
         }
@@ -511,6 +514,15 @@ impl Drop for Landing {
     }
 }
 
+/// How much sooner than its ttl a copy stops being fresh: a device that polls
+/// exactly every ttl (Home Assistant's `scan_interval` set to the ttl) sends
+/// each poll a few milliseconds early or late; without a margin, every other
+/// poll would get a copy that is a moment from expiry and the device would
+/// see new data only every second poll. One second, or a tenth of a short ttl.
+pub fn poll_margin(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(1))
+}
+
 /// How long an answer with these headers may be served fresh, given the route's
 /// `ttl`; `None` if it must not be stored at all.
 fn freshness(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
@@ -625,8 +637,9 @@ mod tests {
             t0
         ));
         let copy = c.lookup(key("").as_ref()).unwrap();
-        assert!(copy.is_fresh(t0 + Duration::from_secs(14)));
-        assert!(!copy.is_fresh(t0 + Duration::from_secs(15)));
+        // Fresh for the ttl less the poll margin (1 s).
+        assert!(copy.is_fresh(t0 + Duration::from_millis(13_999)));
+        assert!(!copy.is_fresh(t0 + Duration::from_secs(14)));
         assert!(
             c.serve_stale(Some(&copy), t0 + Duration::from_secs(599))
                 .is_some()
@@ -639,6 +652,31 @@ mod tests {
         assert_eq!(hit.headers()["age"], "7");
         assert_eq!(hit.headers()["x-cache"], "HIT");
         assert_eq!(c.stats.hits.get(), 1);
+    }
+
+    #[test]
+    fn a_device_polling_every_ttl_finds_each_copy_expired_however_it_jitters() {
+        let c = cache(8, 1024);
+        let ttl = Duration::from_secs(15);
+        let asked = Instant::now();
+        // The answer took 300 ms; its age counts from the asking.
+        assert!(c.store(key(""), &answer(200, &[], "{}"), ttl, asked));
+        let copy = c.lookup(key("").as_ref()).unwrap();
+        for early in [0, 5, 50, 500, 999] {
+            let poll = asked + ttl - Duration::from_millis(early);
+            assert!(
+                !copy.is_fresh(poll),
+                "a poll {early} ms early got an old copy"
+            );
+        }
+        assert_eq!(
+            poll_margin(Duration::from_secs(5)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            poll_margin(Duration::from_secs(600)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

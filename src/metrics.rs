@@ -127,6 +127,14 @@ impl DeviceCounters {
         }
     }
 
+    /// Requests answered so far, by device name.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<&str, u64> {
+        self.by_name
+            .iter()
+            .map(|(name, (requests, _))| (&**name, requests.get()))
+            .collect()
+    }
+
     /// Adds both families to `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

@@ -1,6 +1,7 @@
 //! The gateway's own endpoints, never forwarded: `/healthz` (the process is
-//! alive), `/readyz` (a token is loaded and Joulo has not rejected it) and
-//! `/metrics` (Prometheus text format).
+//! alive), `/readyz` (a token is loaded and Joulo has not rejected it),
+//! `/metrics` (Prometheus text or OpenMetrics) and `/status` (the same state
+//! as JSON, for people and Home Assistant).
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -19,6 +20,8 @@ pub enum OpsEndpoint {
     Ready,
     /// Prometheus metrics.
     Metrics,
+    /// What the household can see: token, budget, cache, last failure.
+    Status,
 }
 
 impl OpsEndpoint {
@@ -28,6 +31,7 @@ impl OpsEndpoint {
             "/healthz" => Some(OpsEndpoint::Health),
             "/readyz" => Some(OpsEndpoint::Ready),
             "/metrics" => Some(OpsEndpoint::Metrics),
+            "/status" => Some(OpsEndpoint::Status),
             _ => None,
         }
     }
@@ -38,6 +42,7 @@ impl OpsEndpoint {
             OpsEndpoint::Health => "healthz",
             OpsEndpoint::Ready => "readyz",
             OpsEndpoint::Metrics => "metrics",
+            OpsEndpoint::Status => "status",
         }
     }
 
@@ -60,6 +65,7 @@ impl OpsEndpoint {
                 Some(reason) => json_error(StatusCode::SERVICE_UNAVAILABLE, &reason),
             },
             OpsEndpoint::Metrics => metrics(request, state),
+            OpsEndpoint::Status => json_response(StatusCode::OK, &status(state)),
         }
     }
 }
@@ -106,6 +112,54 @@ fn metrics(request: &Parts, state: &AppState) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// `/status`: the gateway's state as JSON, for a dashboard or Home Assistant
+/// sensors. Never the token, a key, an address or a query.
+fn status(state: &AppState) -> serde_json::Value {
+    use std::time::SystemTime;
+    let (used, left) = state.budget.this_minute();
+    let stats = &state.cache.stats;
+    let (hits, misses) = (stats.hits.get(), stats.misses.get());
+    let file_age = std::fs::metadata(state.tokens.path())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+        .map(|age| age.as_secs());
+    let last_error = state.upstream.last_failure().map(|failure| {
+        serde_json::json!({
+            "error": failure.what,
+            "at": humantime::format_rfc3339_seconds(failure.at).to_string(),
+            "age_s": SystemTime::now()
+                .duration_since(failure.at)
+                .map_or(0, |age| age.as_secs()),
+        })
+    });
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "ready": not_ready_reason(state).is_none(),
+        "token": {
+            "loaded": state.tokens.is_loaded(),
+            "rejected": state.tokens.is_rejected(),
+            "file_age_s": file_age,
+        },
+        "budget": {
+            "per_minute": state.budget.per_minute(),
+            "used_this_minute": used,
+            "left_this_minute": left,
+            "backoff_s": state.budget.backoff_remaining().map_or(0, |d| d.as_secs().max(1)),
+        },
+        "cache": {
+            "entries": state.cache.len(),
+            "hits": hits,
+            "misses": misses,
+            "stale": stats.stale.get(),
+            "hit_ratio": (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+        },
+        "last_upstream_error": last_error,
+        "devices": state.devices.request_counts(),
+    })
 }
 
 /// Why the gateway cannot usefully serve, if it cannot.

@@ -400,13 +400,16 @@ async fn fetch_for_cache(
     request: UpstreamRequest,
     ttl: Duration,
 ) -> Outcome {
+    // When the answer's age starts: as it is asked for, not as it arrives.
+    let mut asked = Instant::now();
     let result = async {
         let token = state
             .tokens
             .current()
             .ok_or(GatewayError::TokenUnavailable)?;
         state.budget.acquire().await?;
-        let deadline = Instant::now() + state.upstream.timeout();
+        asked = Instant::now();
+        let deadline = asked + state.upstream.timeout();
         let response = state
             .upstream
             .send(&request, token.authorization_header(), deadline)
@@ -429,12 +432,21 @@ async fn fetch_for_cache(
         }
         let collected = tokio::time::timeout_at(deadline, Limited::new(body, max_body).collect())
             .await
-            .map_err(|_| GatewayError::UpstreamTimeout)?;
+            .map_err(|_| {
+                state
+                    .upstream
+                    .record_failure("Upstream timed out while sending its answer".to_owned());
+                GatewayError::UpstreamTimeout
+            })?;
         let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 return match e.downcast::<hyper::Error>() {
-                    Ok(e) => Err(GatewayError::UpstreamBody(*e)),
+                    Ok(e) => {
+                        let e = GatewayError::UpstreamBody(*e);
+                        state.upstream.record_failure(e.to_string());
+                        Err(e)
+                    }
                     Err(_) => Ok(None),
                 };
             }
@@ -451,7 +463,7 @@ async fn fetch_for_cache(
     .await;
     match result {
         Ok(Some(answer)) => {
-            state.cache.store(key, &answer, ttl, Instant::now());
+            state.cache.store(key, &answer, ttl, asked);
             Outcome::Answer(answer)
         }
         Ok(None) => Outcome::TooLarge,

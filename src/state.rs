@@ -61,6 +61,8 @@ pub struct AppState {
     pub max_request_body: usize,
     /// Every metric, as `/metrics` shows them.
     pub registry: Registry,
+    /// When the gateway started, for its uptime.
+    pub started: tokio::time::Instant,
 }
 
 /// Why the gateway could not be set up from a valid-looking config.
@@ -122,6 +124,7 @@ impl AppState {
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
             registry,
+            started: tokio::time::Instant::now(),
         })
     }
 }

@@ -52,6 +52,9 @@ pub struct Upstream {
     /// an upstream connection is driven on the loop whose requests use it and a
     /// call never waits for another thread to be woken.
     clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
+    /// The last time Joulo could not be reached or answered with an error,
+    /// and what happened, for `/status`.
+    last_error: Arc<std::sync::Mutex<Option<UpstreamFailure>>>,
     /// Bound on a whole upstream call: the response head, and for a buffered
     /// answer its body; for a streamed one, the longest pause between chunks.
     timeout: Duration,
@@ -63,6 +66,15 @@ pub struct Upstream {
     ok_calls: Arc<RouteSeries<Counter>>,
     /// Each route's series of `latency`.
     route_latency: Arc<RouteSeries<Histogram>>,
+}
+
+/// When Joulo last failed, and how.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    /// What happened, in the gateway's own words or Joulo's status.
+    pub what: String,
+    /// When.
+    pub at: std::time::SystemTime,
 }
 
 /// Metric labels for an upstream call. Never a query value or a header.
@@ -132,6 +144,7 @@ impl Upstream {
             }),
             ok_calls: Arc::default(),
             route_latency: Arc::default(),
+            last_error: Arc::default(),
         })
     }
 
@@ -177,6 +190,16 @@ impl Upstream {
         };
         let name = route.config_name();
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+        match &result {
+            Err(e) => self.record_failure(e.to_string()),
+            Ok(r)
+                if r.status().is_server_error()
+                    || matches!(r.status().as_u16(), 401 | 403 | 429) =>
+            {
+                self.record_failure(format!("Joulo answered {}", r.status()));
+            }
+            Ok(_) => {}
+        }
         let calls = |status| {
             self.calls
                 .get_or_create(&CallLabels {
@@ -197,6 +220,22 @@ impl Upstream {
             })
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Records that Joulo failed now, in `what` (never a URL or a header).
+    pub fn record_failure(&self, what: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(UpstreamFailure {
+            what,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// The last failure, if there was one.
+    pub fn last_failure(&self) -> Option<UpstreamFailure> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Adds the upstream call counters and latency histogram to `registry`.

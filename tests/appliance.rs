@@ -487,12 +487,12 @@ async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
 async fn ops_endpoints_obey_the_allowlist_and_are_never_forwarded() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start_on(&upstream, "[access]\nallow = [\"10.0.0.0/8\"]\n").await;
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/status"] {
         assert_eq!(gateway.get(path).await.0, StatusCode::FORBIDDEN, "{path}");
     }
     let open = MockUpstream::start();
     let gateway = TestGateway::start(&open).await;
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/status"] {
         assert_eq!(gateway.get(path).await.0, StatusCode::OK, "{path}");
         assert_eq!(
             gateway.send(Method::POST, path, &[], "").await.0,
@@ -500,4 +500,72 @@ async fn ops_endpoints_obey_the_allowlist_and_are_never_forwarded() {
         );
     }
     assert!(upstream.received().is_empty() && open.received().is_empty());
+}
+
+#[tokio::test]
+async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
+    let upstream = MockUpstream::start();
+    let key = joulo_gateway::access::generate_key();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        &format!(
+            "timeout = \"300ms\"\n\
+             [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\n\
+             scopes = [\"chargers:read\", \"energy:read\"]\n",
+            joulo_gateway::access::key_sha256_hex(&key)
+        ),
+    )
+    .await;
+    let with_key = [("x-gateway-key", key.as_str())];
+    for _ in 0..3 {
+        gateway.send(Method::GET, "/chargers", &with_key, "").await;
+    }
+    upstream.set_reply(Reply::Hang);
+    let (status, _, _) = gateway.send(Method::GET, "/energy", &with_key, "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+
+    // No key needed, like /metrics.
+    let (status, headers, body) = gateway.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json(&body);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_s"].is_u64());
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["token"]["loaded"], true);
+    assert_eq!(v["token"]["rejected"], false);
+    assert!(v["token"]["file_age_s"].as_u64().unwrap() < 60);
+    assert_eq!(v["budget"]["per_minute"], 30);
+    assert_eq!(v["budget"]["used_this_minute"], 2);
+    assert_eq!(v["budget"]["left_this_minute"], 28);
+    assert_eq!(v["budget"]["backoff_s"], 0);
+    assert_eq!(v["cache"]["entries"], 1);
+    assert_eq!(v["cache"]["hits"], 2);
+    assert_eq!(v["cache"]["misses"], 2);
+    assert_eq!(v["cache"]["hit_ratio"], 0.5);
+    assert_eq!(v["last_upstream_error"]["error"], "Upstream timed out");
+    assert!(
+        v["last_upstream_error"]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(v["devices"]["homeassistant"], 4);
+    assert_no_leak(&[&gateway.token, &key], &[&body]);
+    assert!(!body.contains("127.0.0.1"), "no client address");
+
+    // A rejected token shows, and readiness with it.
+    upstream.set_reply(Reply::Status(
+        401,
+        r#"{"error": "Missing or invalid API token"}"#,
+    ));
+    gateway.state.cache.purge();
+    gateway.send(Method::GET, "/chargers", &with_key, "").await;
+    let v = json(&gateway.get("/status").await.2);
+    assert_eq!(v["token"]["rejected"], true);
+    assert_eq!(v["ready"], false);
+    assert_eq!(
+        v["last_upstream_error"]["error"],
+        "Joulo answered 401 Unauthorized"
+    );
 }

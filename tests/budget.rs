@@ -351,3 +351,25 @@ async fn cache_size_bounds_hold() {
         "evicted"
     );
 }
+
+#[tokio::test]
+async fn a_device_polling_every_ttl_gets_a_fresh_answer_on_every_poll() {
+    let upstream = MockUpstream::start();
+    // The shipped /chargers ttl and Home Assistant's scan_interval for it.
+    let gateway = TestGateway::start_on(&upstream, "[routes.chargers]\nttl = \"15s\"\n").await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(gateway.get("/chargers").await.1["x-cache"].to_owned());
+        // A poll a little early, as timers and request latency make it.
+        jump_clock(Duration::from_millis(14_900)).await;
+    }
+    assert_eq!(
+        seen, ["MISS"; 4],
+        "every poll fetched, none got a copy about to expire"
+    );
+    assert_eq!(upstream.received().len(), 4);
+    // A second device polling in between still shares the copies.
+    gateway.get("/chargers").await;
+    jump_clock(Duration::from_secs(5)).await;
+    assert_eq!(gateway.get("/chargers").await.1["x-cache"], "HIT");
+}

@@ -326,7 +326,7 @@ pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
                 .to_str()
                 .ok()
                 .filter(|h| !h.is_empty() && !h.contains('@'))
-                .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+                .filter(|h| h.parse::<http::uri::Authority>().is_ok() && port_fits(h))
                 .ok_or(AccessError::BadHost("invalid Host header"))?,
         ),
     };
@@ -343,6 +343,19 @@ pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
             "missing :authority (HTTP/2 requires one)",
         )),
         _ => Ok(()),
+    }
+}
+
+/// Whether an authority's port, if it has one, is a port number: `http`
+/// parses `host:99999` as an authority all the same.
+fn port_fits(authority: &str) -> bool {
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => true,
     }
 }
 

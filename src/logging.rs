@@ -21,9 +21,11 @@ const SECRET_SHAPES: [(&str, usize); 2] = [("joulo_", 32), (crate::access::KEY_P
 /// Installs the process-wide subscriber: `RUST_LOG` if set, else `cfg.level`;
 /// text or JSON lines on stderr, scrubbed of `tokens`' current token.
 pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> {
+    // RUST_LOG gets the same quieting as `[log] level`: a LAN client must not
+    // be able to flood the log because an operator turned on info by hand.
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .parse(&directives)
+            .parse(quiet_hyper(&directives))
             .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?,
         _ => EnvFilter::builder().parse(quiet_hyper(&cfg.level))?,
     };

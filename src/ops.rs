@@ -162,18 +162,20 @@ fn status(state: &AppState) -> serde_json::Value {
     })
 }
 
-/// Why the gateway cannot usefully serve, if it cannot.
+/// Why the gateway cannot usefully serve, if it cannot. Any allowed client
+/// may ask, so the token file's path is not said here: the log has it.
 fn not_ready_reason(state: &AppState) -> Option<String> {
-    let file = state.tokens.path().display();
-    if state.tokens.current().is_none() {
-        return Some(format!(
-            "Upstream token unavailable: {file} is missing or holds no valid token"
-        ));
+    if !state.tokens.is_loaded() {
+        return Some(
+            "Upstream token unavailable: the token file is missing or holds no valid token \
+             (the gateway's log names the file)"
+                .to_owned(),
+        );
     }
     if state.tokens.is_rejected() {
-        return Some(format!(
-            "Joulo rejected the token (401): put the current token in {file}"
-        ));
+        return Some(
+            "Joulo rejected the token (401): put the current token in the token file".to_owned(),
+        );
     }
     None
 }

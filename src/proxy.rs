@@ -605,6 +605,17 @@ fn after_upstream_answer(
             }
         }
         StatusCode::UNAUTHORIZED => {
+            // RFC 9110 section 11.6.1: a 401 names a scheme. Joulo's may not;
+            // the device learns the gateway's token was refused.
+            if !headers.contains_key(header::WWW_AUTHENTICATE) {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"api.joulo.nl\", error=\"invalid_token\", \
+                         error_description=\"Joulo rejected the gateway's token\"",
+                    ),
+                );
+            }
             state.budget.on_upstream_answer();
             match state.tokens.mark_rejected(generation) {
                 Rejection::First => {

@@ -1,6 +1,8 @@
 //! When secrets files are re-read: on SIGHUP, and when a watched file's metadata
-//! changes (an atomic rename or a Kubernetes symlink swap changes it too). Polling
-//! metadata needs no platform file-event API and works on every filesystem.
+//! changes (an atomic rename or a Kubernetes symlink swap changes it too). On
+//! Linux the kernel says when something in the files' folders changed
+//! (inotify), so an idle gateway is never woken to look; where that is not
+//! available, the metadata is polled instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,14 +49,37 @@ pub fn watch_files(
     let reload = Arc::new(reload);
     async move {
         let mut last = loaded.0;
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut notified = FolderEvents::watch(&paths);
+        // Polling only where change notification could not be set up.
+        let mut ticker = notified.is_none().then(|| {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
         tokio::pin!(shutdown);
+        // Looked at once straight away: a change made between the initial
+        // load and now would raise no event later.
+        let mut first = true;
         loop {
-            let trigger = tokio::select! {
-                () = &mut shutdown => return,
-                _ = ticker.tick() => Trigger::FileChange,
-                () = recv_hangup(&mut hangup) => Trigger::Hangup,
+            let trigger = if std::mem::take(&mut first) {
+                Trigger::FileChange
+            } else {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = next_tick(&mut ticker) => Trigger::FileChange,
+                    changed = next_event(&mut notified) => {
+                        if !changed {
+                            // The event stream failed: poll from now on.
+                            warn!("file change notification stopped; polling the token and certificate files instead");
+                            notified = None;
+                            let mut polling = tokio::time::interval(interval);
+                            polling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            ticker = Some(polling);
+                        }
+                        Trigger::FileChange
+                    }
+                    () = recv_hangup(&mut hangup) => Trigger::Hangup,
+                }
             };
             let now = fingerprints(&paths).await;
             if trigger == Trigger::FileChange && now == last {
@@ -69,6 +94,88 @@ pub fn watch_files(
                 warn!("a reload task panicked");
             }
         }
+    }
+}
+
+/// The next poll, or never when not polling.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for a change in a watched folder: true for an event, false when the
+/// stream ended or failed; never returns without a stream.
+async fn next_event(events: &mut Option<FolderEvents>) -> bool {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Change notification for the folders the watched files are in. The folder,
+/// not the file, is watched: an atomic rename replaces the file (a watch on
+/// the old inode would see nothing), and Kubernetes swaps a `..data` symlink
+/// beside it.
+#[cfg(target_os = "linux")]
+struct FolderEvents(inotify::EventStream<Vec<u8>>);
+
+#[cfg(target_os = "linux")]
+impl FolderEvents {
+    /// Notification for the folders of `paths`, or `None` (with a debug line
+    /// saying why) when it cannot be set up: then the caller polls.
+    fn watch(paths: &[PathBuf]) -> Option<FolderEvents> {
+        use inotify::{Inotify, WatchMask};
+        let set_up = || -> std::io::Result<FolderEvents> {
+            let inotify = Inotify::init()?;
+            for path in paths {
+                let folder = match path.parent() {
+                    Some(folder) if !folder.as_os_str().is_empty() => folder,
+                    _ => Path::new("."),
+                };
+                inotify.watches().add(
+                    folder,
+                    WatchMask::CREATE
+                        | WatchMask::DELETE
+                        | WatchMask::MOVED_FROM
+                        | WatchMask::MOVED_TO
+                        | WatchMask::CLOSE_WRITE
+                        | WatchMask::MODIFY
+                        | WatchMask::ATTRIB
+                        | WatchMask::DELETE_SELF
+                        | WatchMask::MOVE_SELF,
+                )?;
+            }
+            Ok(FolderEvents(inotify.into_event_stream(vec![0u8; 4096])?))
+        };
+        set_up()
+            .map_err(
+                |e| tracing::debug!(error = %e, "no file change notification; polling instead"),
+            )
+            .ok()
+    }
+
+    async fn next(&mut self) -> bool {
+        use futures_util::StreamExt;
+        matches!(self.0.next().await, Some(Ok(_)))
+    }
+}
+
+/// Without inotify there is no notification: always polled.
+#[cfg(not(target_os = "linux"))]
+struct FolderEvents;
+
+#[cfg(not(target_os = "linux"))]
+impl FolderEvents {
+    fn watch(_paths: &[PathBuf]) -> Option<FolderEvents> {
+        None
+    }
+
+    async fn next(&mut self) -> bool {
+        std::future::pending().await
     }
 }
 
@@ -198,6 +305,38 @@ mod tests {
         let (task, mut reloads) = watching(&path, &loaded);
         let trigger = tokio::time::timeout(Duration::from_secs(5), reloads.recv()).await;
         assert_eq!(trigger.ok().flatten(), Some(Trigger::FileChange));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_change_is_seen_by_notification_without_polling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("joulo_token");
+        std::fs::write(&path, "first").unwrap();
+        let loaded = LoadedState::default();
+        loaded.record(&[&path]);
+        let (tx, mut reloads) = tokio::sync::mpsc::unbounded_channel();
+        // An hour between polls: only a notification can be this quick.
+        let task = tokio::spawn(watch_files(
+            vec![path.clone()],
+            loaded.baseline(),
+            Duration::from_secs(3600),
+            std::future::pending(),
+            move |trigger| {
+                let _ = tx.send(trigger);
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Replaced atomically, as Docker and Kubernetes secret updates do.
+        let staged = dir.path().join(".joulo_token.new");
+        std::fs::write(&staged, "second").unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        let trigger = tokio::time::timeout(Duration::from_secs(5), reloads.recv()).await;
+        assert_eq!(trigger.ok().flatten(), Some(Trigger::FileChange));
+        // An unrelated file in the same folder wakes the watcher but is not a reload.
+        std::fs::write(dir.path().join("gateway.toml"), "x").unwrap();
+        let extra = tokio::time::timeout(Duration::from_millis(300), reloads.recv()).await;
+        assert!(extra.is_err(), "reloaded for another file: {extra:?}");
         task.abort();
     }
 

@@ -248,11 +248,18 @@ async fn a_401_for_a_token_rotated_while_in_flight_changes_nothing() {
     .await;
     assert!(rotated, "the new token was loaded");
     gate.notify_one();
-    let (status, _, _) = in_flight.await.unwrap();
+    let (status, headers, _) = in_flight.await.unwrap();
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "Joulo's answer is passed on"
+    );
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer "),
+        "a 401 names a scheme even when Joulo's did not"
     );
 
     assert!(
@@ -321,6 +328,10 @@ async fn a_request_naming_its_target_two_ways_is_refused() {
         ),
         (
             "GET /chargers HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+            "invalid Host",
+        ),
+        (
+            "GET /chargers HTTP/1.1\r\nHost: gateway.lan:99999\r\nConnection: close\r\n\r\n",
             "invalid Host",
         ),
     ] {

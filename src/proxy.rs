@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::access::Caller;
 use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, Stored, X_CACHE};
@@ -260,6 +260,7 @@ fn finish(
     started: Option<Instant>,
     result: Result<Response<Body>, GatewayError>,
 ) -> Response<Body> {
+    let quiet = matches!(result, Err(GatewayError::ClientRateLimited { .. }));
     let response = result.unwrap_or_else(|e| {
         if matches!(
             e,
@@ -286,31 +287,43 @@ fn finish(
     if let Some(Caller::Device(name)) = &trace.caller {
         state.devices.request(name);
     }
-    info!(
-        target: "joulo_gateway::access",
-        client = %client,
-        device = match &trace.caller {
-            Some(Caller::Device(name)) => Some(&**name),
-            _ => None,
-        },
-        method = %parts.method,
-        path = %LoggedTarget {
-            path: parts.uri.path(),
-            query: LoggedQuery {
-                raw: parts.uri.query().unwrap_or(""),
-                shown: trace.route.map_or(&[], |r| state.schema.params(r)),
+    // One line per request, at info; a device's requests past its own
+    // allowance are at debug: a client looping as fast as it can must not be
+    // able to flood the log (the refusals are counted in /metrics).
+    macro_rules! access_line {
+        ($level:ident) => {
+        tracing::$level!(
+            target: "joulo_gateway::access",
+            client = %client,
+            device = match &trace.caller {
+                Some(Caller::Device(name)) => Some(&**name),
+                _ => None,
             },
-        },
-        route = route_label,
-        status = response.status().as_u16(),
-        upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
-        cache = response
-            .headers()
-            .get(&X_CACHE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-        duration_ms = started.map(|s| s.elapsed().as_micros() as f64 / 1000.0),
-    );
+            method = %parts.method,
+            path = %LoggedTarget {
+                path: parts.uri.path(),
+                query: LoggedQuery {
+                    raw: parts.uri.query().unwrap_or(""),
+                    shown: trace.route.map_or(&[], |r| state.schema.params(r)),
+                },
+            },
+            route = route_label,
+            status = response.status().as_u16(),
+            upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0.as_u16()),
+            cache = response
+                .headers()
+                .get(&X_CACHE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            duration_ms = started.map(|s| s.elapsed().as_micros() as f64 / 1000.0),
+        );
+        };
+    }
+    if quiet {
+        access_line!(debug);
+    } else {
+        access_line!(info);
+    }
     response
 }
 
@@ -496,7 +509,10 @@ async fn forward(
     // Read and check the body first: a refused body must not use a budget slot.
     let body = match body.filter(|_| route.method() == Method::POST) {
         Some(body) => {
-            let raw = read_request_body(client_headers, body, state.max_request_body).await?;
+            let read = read_request_body(client_headers, body, state.max_request_body);
+            let raw = tokio::time::timeout(state.body_timeout, read)
+                .await
+                .map_err(|_| GatewayError::BodyTimeout)??;
             params::canonical_body(route, &raw)?
         }
         None => None,

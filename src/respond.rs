@@ -39,6 +39,9 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// The body did not arrive within `server.header_timeout`.
+    #[error("Request body not received in time")]
+    BodyTimeout,
     /// The client broke off while sending its body.
     #[error("Request body could not be read")]
     ClientBody,
@@ -106,6 +109,7 @@ impl GatewayError {
             | GatewayError::Access(AccessError::BadHost(_))
             | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {

@@ -59,6 +59,9 @@ pub struct AppState {
     pub max_header_size: usize,
     /// Larger request bodies get 413.
     pub max_request_body: usize,
+    /// Bound on receiving a request body (`server.header_timeout`): a device
+    /// dripping a POST body a byte at a time cannot hold its request open.
+    pub body_timeout: Duration,
     /// Every metric, as `/metrics` shows them.
     pub registry: Registry,
     /// When the gateway started, for its uptime.
@@ -123,6 +126,7 @@ impl AppState {
             gauges,
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
+            body_timeout: config.server.header_timeout,
             registry,
             started: tokio::time::Instant::now(),
         })

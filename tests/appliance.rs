@@ -569,3 +569,57 @@ async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
         "Joulo answered 401 Unauthorized"
     );
 }
+
+#[tokio::test]
+async fn a_post_body_dripped_a_byte_at_a_time_gets_408_within_header_timeout() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_writer(
+        &upstream,
+        "[server]\nheader_timeout = \"1s\"\n[routes.add_charger]\nenabled = true\n",
+    )
+    .await;
+    let key = gateway.key.clone().unwrap();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /chargers HTTP/1.1\r\nHost: g\r\nX-Gateway-Key: {key}\r\n\
+                 Content-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let drip = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        answer
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(5), drip)
+        .await
+        .expect("answered while still dripping")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(upstream.received().is_empty());
+}

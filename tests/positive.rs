@@ -475,3 +475,41 @@ async fn head_answers_like_get_without_a_body_and_from_the_cache() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{headers:?}");
 }
+
+#[tokio::test]
+async fn a_device_flooding_past_its_allowance_does_not_flood_the_log() {
+    let upstream = MockUpstream::start();
+    let key = joulo_gateway::access::generate_key();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        &format!(
+            "[limits]\nclient_burst = 3\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n\
+             [[clients]]\nname = \"flooder\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+            joulo_gateway::access::key_sha256_hex(&key)
+        ),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (status, _, _) = gateway
+            .send(Method::GET, "/chargers", &[("x-gateway-key", &key)], "")
+            .await;
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 17);
+    let logs = support::logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("joulo_gateway::access") && l.contains("device=\"flooder\""))
+        .collect();
+    let info = lines.iter().filter(|l| l.contains(" INFO ")).count();
+    let debug = lines.iter().filter(|l| l.contains(" DEBUG ")).count();
+    assert_eq!((info, debug), (3, 17), "refusals at debug: {lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" DEBUG "))
+            .all(|l| l.contains("status=429"))
+    );
+}

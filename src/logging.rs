@@ -51,10 +51,19 @@ pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> 
 const CLIENT_TRIGGERED: [&str; 3] = ["hyper", "h2", "rustls"];
 
 /// `level` with the [`CLIENT_TRIGGERED`] libraries held to errors, unless the
-/// directive names them: warnings anyone on the LAN can cause would otherwise
-/// flood the log and bury the gateway's own.
+/// directive names them or sets everything to debug or trace (someone
+/// debugging wants all of it): warnings anyone on the LAN can cause would
+/// otherwise flood the log and bury the gateway's own.
 fn quiet_hyper(level: &str) -> std::borrow::Cow<'_, str> {
+    let everything_verbose = level.split(',').map(str::trim).any(|directive| {
+        ["debug", "trace"]
+            .iter()
+            .any(|verbose| directive.eq_ignore_ascii_case(verbose))
+    });
     let mut directives = std::borrow::Cow::Borrowed(level);
+    if everything_verbose {
+        return directives;
+    }
     for library in CLIENT_TRIGGERED {
         if !level.contains(library) {
             directives = format!("{directives},{library}=error").into();
@@ -300,8 +309,13 @@ mod tests {
             "info,hyper=error,h2=error,rustls=error"
         );
         assert_eq!(
-            quiet_hyper("debug,rustls=debug"),
-            "debug,rustls=debug,hyper=error,h2=error"
+            quiet_hyper("info,rustls=debug"),
+            "info,rustls=debug,hyper=error,h2=error"
+        );
+        assert_eq!(quiet_hyper("trace"), "trace", "debugging: everything");
+        assert_eq!(
+            quiet_hyper("warn,joulo_gateway=debug"),
+            "warn,joulo_gateway=debug,hyper=error,h2=error,rustls=error"
         );
         for level in ["info", "joulo_gateway=trace"] {
             let filter = EnvFilter::builder().parse(quiet_hyper(level)).unwrap();

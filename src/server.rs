@@ -21,7 +21,6 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -104,7 +103,9 @@ pub async fn run(
         }
     };
 
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish when the server stops.
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let evictions = Evictions::default();
     if let Ok(addr) = listener.local_addr() {
         info!(
             addr = %addr,
@@ -136,12 +137,23 @@ pub async fn run(
             refuser.refuse(stream, client, Refusal::PerIpQuota);
             continue;
         };
-        // At the connection limit, nothing more is accepted until a slot frees:
-        // this connection waits here, and further clients wait in the kernel's
-        // backlog rather than in the gateway's memory.
-        let slot = tokio::select! {
-            slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
+        // At the connection limit the oldest connection is asked to finish
+        // (an idle keep-alive one closes at once, a busy one after its request)
+        // and this one waits for the slot it frees; further clients wait in the
+        // kernel's backlog rather than in the gateway's memory. Without that,
+        // a few addresses holding keep-alive connections open could lock every
+        // other device out.
+        let slot = match connection_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if evictions.evict_oldest() {
+                    debug!(client = %client, "every connection slot taken: the oldest connection was asked to close");
+                }
+                tokio::select! {
+                    slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
         };
         // The first head is due within header_timeout from here: normally the
         // moment of accept; for the one connection that waited for a slot, the
@@ -153,7 +165,8 @@ pub async fn run(
             builder: builder.clone(),
             state: state.clone(),
             client,
-            watcher: graceful.watcher(),
+            closing: closing_rx.clone(),
+            eviction: evictions.register(),
             _slot: slot,
             _per_ip: per_ip,
             accepted,
@@ -181,13 +194,16 @@ pub async fn run(
     }
 
     drop(listener);
+    let _ = closing_tx.send(true);
+    // Every open connection holds a slot: when all are back, all are drained.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     info!(
-        in_flight = graceful.count(),
+        in_flight = limits.max_connections - connection_slots.available_permits(),
         grace = ?config.server.shutdown_grace,
         "shutting down: no new connections"
     );
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections drained"),
+        _ = connection_slots.acquire_many(all) => info!("all connections drained"),
         () = tokio::time::sleep(config.server.shutdown_grace) => {
             warn!("grace period over; closing the remaining connections");
         }
@@ -207,8 +223,11 @@ struct Connection {
     state: Arc<AppState>,
     /// The peer, for the allowlist, per-device limits and logs.
     client: SocketAddr,
-    /// Lets shutdown ask the connection to finish gracefully.
-    watcher: Watcher,
+    /// Set when the server stops: the connection finishes gracefully.
+    closing: tokio::sync::watch::Receiver<bool>,
+    /// Its place in the queue of connections asked to close, oldest first,
+    /// when every slot is taken.
+    eviction: Eviction,
     /// Held for the connection's life: its place under `server.max_connections`.
     _slot: OwnedSemaphorePermit,
     /// Held for the connection's life: its place in its address's count.
@@ -267,7 +286,8 @@ impl Connection {
             builder,
             state,
             client,
-            watcher,
+            mut closing,
+            eviction,
             // Kept until the connection ends.
             _slot,
             _per_ip,
@@ -278,7 +298,25 @@ impl Connection {
             first_head.store(true, Ordering::Relaxed);
             proxy::handle(&state, client, request)
         });
-        if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        let connection = builder.serve_connection(io, service);
+        let mut connection = pin!(connection);
+        let asked_to_finish = async {
+            tokio::select! {
+                _ = closing.wait_for(|closing| *closing) => {}
+                () = eviction.notify.notified() => {}
+            }
+        };
+        // hyper's graceful shutdown: an idle HTTP/1.1 connection closes now, a
+        // request under way is answered first; HTTP/2 sends GOAWAY and finishes
+        // its open streams.
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = asked_to_finish => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             match refused_by_parser(&*e) {
                 // hyper answered it without the handler: the access log still
                 // gets its line, with no path (none was parsed).
@@ -317,6 +355,75 @@ fn refused_by_parser(error: &(dyn std::error::Error + 'static)) -> Option<(u16, 
         source = e.source();
     }
     None
+}
+
+/// The open connections, oldest first, each of which can be asked to finish.
+#[derive(Debug, Default, Clone)]
+struct Evictions(Arc<std::sync::Mutex<EvictionQueue>>);
+
+#[derive(Debug, Default)]
+struct EvictionQueue {
+    /// The next connection's number: numbers grow with age order.
+    next: u64,
+    /// Open connections not yet asked, by number.
+    open: std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>,
+}
+
+impl Evictions {
+    /// A new connection's place at the end of the queue.
+    fn register(&self) -> Eviction {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let id = queue.next;
+        queue.next += 1;
+        queue.open.insert(id, notify.clone());
+        Eviction {
+            id,
+            notify,
+            queue: self.clone(),
+        }
+    }
+
+    /// Asks the oldest connection not yet asked to finish; false if none is
+    /// left to ask.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .pop_first();
+        match oldest {
+            Some((_, notify)) => {
+                // Kept until the connection waits for it, if it is not yet.
+                notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in [`Evictions`]; leaves it when the connection ends.
+#[derive(Debug)]
+struct Eviction {
+    /// Its number in the queue.
+    id: u64,
+    /// Woken when it is asked to finish.
+    notify: Arc<tokio::sync::Notify>,
+    /// The queue to leave.
+    queue: Evictions,
+}
+
+impl Drop for Eviction {
+    fn drop(&mut self) {
+        self.queue
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .remove(&self.id);
+    }
 }
 
 /// Runs `serving` to its end, unless `first_head` is still unset at `deadline`:

@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -269,19 +270,24 @@ async fn idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn connections_past_the_limit_wait_for_a_free_slot() {
+async fn past_the_limit_a_busy_connection_finishes_its_request_before_making_room() {
     let upstream = MockUpstream::start();
-    let gateway = TestGateway::start_on(&upstream, "[server]\nmax_connections = 1\n").await;
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[server]\nmax_connections = 1\n[cache]\nttl = \"0s\"\n",
+    )
+    .await;
+    // The only slot: a connection whose request waits on Joulo.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    upstream.set_reply(Reply::Gate(gate.clone()));
     let mut first = TcpStream::connect(gateway.addr).await.unwrap();
     first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
+        .write_all(b"GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 12];
-    first.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 200");
-
-    // The first connection stays open (keep-alive): the second is not served.
+    while upstream.received().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let second = tokio::spawn({
         let gateway_addr = gateway.addr;
         async move {
@@ -292,7 +298,15 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "served past max_connections");
-    drop(first);
+    // The busy connection was asked to finish: its answer still comes whole,
+    // then it closes and the waiting device is served.
+    gate.notify_one();
+    let answer = closed_within(&mut first, Duration::from_secs(5))
+        .await
+        .expect("closed after its answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\"gated\": true}"), "{answer}");
     let status = tokio::time::timeout(Duration::from_secs(5), second)
         .await
         .unwrap()
@@ -622,4 +636,51 @@ async fn a_post_body_dripped_a_byte_at_a_time_gets_408_within_header_timeout() {
         started.elapsed()
     );
     assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn with_every_slot_taken_the_oldest_connection_makes_room_for_a_new_device() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[server]\nmax_connections = 4\nmax_connections_per_ip = 8\n",
+    )
+    .await;
+    // One device holds every slot with keep-alive connections, each used once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from("127.0.0.2", gateway.addr).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // Another device is still served, promptly.
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        support::get_from("127.0.0.3", gateway.addr, "/healthz"),
+    )
+    .await
+    .expect("served while every slot was taken");
+    assert_eq!(status, 200);
+    // The oldest held connection was the one closed.
+    let mut oldest = held.remove(0);
+    let closed = closed_within(&mut oldest, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some_and(|rest| rest.is_empty()),
+        "closed, cleanly and idle"
+    );
+    // The others still work.
+    let newest = held.last_mut().unwrap();
+    newest
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = newest.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }

@@ -467,7 +467,7 @@ pub fn gen_key_text(name: &str, scopes: &[String]) -> Result<String, GenKeyError
     Ok(format!(
         "Key for \"{name}\" (shown once; the gateway keeps only its hash):\n\n  {key}\n\n\
          Give it to the device (Home Assistant: secrets.yaml, used with authentication: basic),\n\
-         then add this to gateway.toml and restart the gateway:\n\n\
+         then add this to gateway.toml and reload the gateway (systemctl reload joulo-gateway, or SIGHUP):\n\n\
          [[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nscopes = [{scope_list}]\n",
         hash = key_sha256_hex(&key),
     ))

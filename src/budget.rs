@@ -17,7 +17,6 @@ use http::HeaderValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
@@ -90,7 +89,7 @@ struct Backoff {
 
 impl UpstreamBudget {
     /// A budget from the `[limits]` table.
-    pub fn new(cfg: &LimitsConfig) -> UpstreamBudget {
+    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> UpstreamBudget {
         let quota = Quota::per_minute(cfg.upstream_per_minute).allow_burst(cfg.upstream_burst);
         UpstreamBudget {
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
@@ -98,21 +97,35 @@ impl UpstreamBudget {
             backoff: Mutex::new(Backoff::default()),
             recent: Mutex::default(),
             per_minute: cfg.upstream_per_minute.get(),
-            refused: {
-                // Every limit's series exists from the start, at zero, so an
-                // alert on it compares against something from the first scrape.
-                let family = Family::<LimitLabels, Counter>::default();
-                for limit in [
-                    "upstream_budget",
-                    "upstream_backoff",
-                    "client",
-                    "device_share",
-                ] {
-                    let _ = family.get_or_create(&LimitLabels { limit });
-                }
-                family
-            },
+            refused,
         }
+    }
+
+    /// The refusal counters every limit shares, each limit's series made at
+    /// zero, so an alert on it compares against something from the first
+    /// scrape.
+    pub fn refusal_family() -> Family<LimitLabels, Counter> {
+        let family = Family::<LimitLabels, Counter>::default();
+        for limit in [
+            "upstream_budget",
+            "upstream_backoff",
+            "client",
+            "device_share",
+        ] {
+            let _ = family.get_or_create(&LimitLabels { limit });
+        }
+        family
+    }
+
+    /// Takes over what `old` learned that outlives a change of limits: a back-off
+    /// Joulo asked for, and the calls of the last minute.
+    pub fn carry_over(&self, old: &UpstreamBudget) {
+        let backoff = old.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mine = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        mine.until = backoff.until;
+        mine.streak = backoff.streak;
+        let recent = old.recent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = recent;
     }
 
     /// The per-minute budget.
@@ -133,21 +146,6 @@ impl UpstreamBudget {
         }
         let used = u32::try_from(recent.len()).unwrap_or(u32::MAX);
         (used, self.per_minute.saturating_sub(used))
-    }
-
-    /// Adds the refusal counters (this budget's and the device limiter's, which
-    /// shares them) to `registry`.
-    pub fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "rate_limited",
-            "Requests answered 429 by the gateway, by limit",
-            self.refused.clone(),
-        );
-    }
-
-    /// The refusal counters, for the device limiter to share.
-    pub fn refusal_counters(&self) -> Family<LimitLabels, Counter> {
-        self.refused.clone()
     }
 
     /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
@@ -391,6 +389,13 @@ fn jitter(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
+impl UpstreamBudget {
+    fn new_for_test(cfg: &LimitsConfig) -> UpstreamBudget {
+        UpstreamBudget::new(cfg, Family::default())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::num::NonZeroU32;
@@ -427,7 +432,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refusal_with_the_wait() {
-        let budget = UpstreamBudget::new(&limits(2, 2, 0));
+        let budget = UpstreamBudget::new_for_test(&limits(2, 2, 0));
         budget.acquire().await.unwrap();
         budget.acquire().await.unwrap();
         let Err(GatewayError::BudgetExhausted { retry_after }) = budget.acquire().await else {
@@ -440,7 +445,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waits_in_the_queue_up_to_queue_timeout() {
-        let budget = UpstreamBudget::new(&limits(6, 1, 15));
+        let budget = UpstreamBudget::new_for_test(&limits(6, 1, 15));
         let start = Instant::now();
         budget.acquire().await.unwrap();
         budget.acquire().await.unwrap();
@@ -456,7 +461,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn upstream_429_blocks_every_call_for_retry_after() {
-        let budget = UpstreamBudget::new(&limits(60, 10, 2));
+        let budget = UpstreamBudget::new_for_test(&limits(60, 10, 2));
         let wait = budget.on_upstream_429(Some(&HeaderValue::from_static("120")));
         assert_eq!(wait, Duration::from_secs(120));
         for _ in 0..5 {
@@ -473,7 +478,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn default_backoff_is_about_a_minute_and_grows() {
-        let budget = UpstreamBudget::new(&limits(60, 10, 2));
+        let budget = UpstreamBudget::new_for_test(&limits(60, 10, 2));
         let first = budget.on_upstream_429(None);
         assert!((48..=72).contains(&first.as_secs()), "{first:?}");
         let second = budget.on_upstream_429(Some(&HeaderValue::from_static("soon")));

@@ -5,6 +5,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -301,11 +302,11 @@ pub struct ResponseCache {
     /// Upstream calls under way, by key; late requests subscribe to them.
     flights: Flights,
     /// How old a copy may be and still stand in for a failure.
-    stale_if_error: Duration,
+    stale_if_error: AtomicU64,
     /// Bound on `entries`.
-    max_entries: usize,
+    max_entries: AtomicUsize,
     /// Bound on a cached body.
-    max_body: usize,
+    max_body: AtomicUsize,
     /// What the cache did, for tests, logs and metrics.
     pub stats: CacheStats,
 }
@@ -316,16 +317,29 @@ impl ResponseCache {
         ResponseCache {
             entries: Mutex::new(HashMap::default()),
             flights: Arc::default(),
-            stale_if_error: cfg.stale_if_error,
-            max_entries: cfg.max_entries,
-            max_body: cfg.max_body,
+            stale_if_error: AtomicU64::new(millis(cfg.stale_if_error)),
+            max_entries: AtomicUsize::new(cfg.max_entries),
+            max_body: AtomicUsize::new(cfg.max_body),
             stats: CacheStats::default(),
         }
     }
 
     /// The largest body that is cached.
     pub fn max_body(&self) -> usize {
-        self.max_body
+        self.max_body.load(Ordering::Relaxed)
+    }
+
+    /// Takes new `[cache]` bounds (a config reload); copies already held stay
+    /// until they are replaced or evicted.
+    pub fn set_limits(&self, cfg: &CacheConfig) {
+        self.stale_if_error
+            .store(millis(cfg.stale_if_error), Ordering::Relaxed);
+        self.max_entries.store(cfg.max_entries, Ordering::Relaxed);
+        self.max_body.store(cfg.max_body, Ordering::Relaxed);
+    }
+
+    fn stale_if_error(&self) -> Duration {
+        Duration::from_millis(self.stale_if_error.load(Ordering::Relaxed))
     }
 
     /// The copy for `key`, fresh or not.
@@ -349,7 +363,7 @@ impl ResponseCache {
 
     /// Serves `copy` in place of a failure if it is young enough.
     pub fn serve_stale(&self, copy: Option<&Stored>, now: Instant) -> Option<Response<Body>> {
-        let copy = copy.filter(|c| c.age(now) < self.stale_if_error)?;
+        let copy = copy.filter(|c| c.age(now) < self.stale_if_error())?;
         self.stats.stale.inc();
         Some(
             copy.answer
@@ -364,8 +378,8 @@ impl ResponseCache {
     /// arrive counts toward its age (RFC 9111 section 4.2.3).
     pub fn store(&self, key: CacheKey, answer: &Buffered, ttl: Duration, now: Instant) -> bool {
         if answer.status != StatusCode::OK
-            || answer.body.len() > self.max_body
-            || self.max_entries == 0
+            || answer.body.len() > self.max_body()
+            || self.max_entries.load(Ordering::Relaxed) == 0
         {
             return false;
         }
@@ -389,10 +403,12 @@ impl ResponseCache {
             fresh_for,
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+        let max_entries = self.max_entries.load(Ordering::Relaxed);
+        let stale_if_error = self.stale_if_error();
+        if entries.len() >= max_entries && !entries.contains_key(&key) {
             // Make room: first everything too old even to stand in, then the oldest.
-            entries.retain(|_, s| s.age(now) < s.fresh_for.max(self.stale_if_error));
-            while entries.len() >= self.max_entries {
+            entries.retain(|_, s| s.age(now) < s.fresh_for.max(stale_if_error));
+            while entries.len() >= max_entries {
                 let Some(oldest) = entries
                     .iter()
                     .min_by_key(|(_, s)| s.stored_at)
@@ -495,6 +511,11 @@ impl ResponseCache {
             .get(key)
             .map_or(0, |f| f.outcome.receiver_count())
     }
+}
+
+/// A duration as whole milliseconds, for an atomic.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Removes a flight from the table when its task ends, even by panic.

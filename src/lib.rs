@@ -35,6 +35,7 @@
 //! - [`metrics`]: per-route metric series resolved once, request counters.
 //! - [`event_loop`]: which event loop a thread runs, for per-loop pools.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
+//! - [`reload`]: `gateway.toml` re-read on SIGHUP, applied to new requests.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
@@ -65,6 +66,7 @@ pub mod ops;
 pub mod outbound;
 pub mod params;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod sanitize;

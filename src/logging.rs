@@ -20,27 +20,96 @@ const SECRET_SHAPES: [(&str, usize); 2] = [("joulo_", 32), (crate::access::KEY_P
 
 /// Installs the process-wide subscriber: `RUST_LOG` if set, else `cfg.level`;
 /// text or JSON lines on stderr, scrubbed of `tokens`' current token.
-pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<()> {
+pub fn init(cfg: &LogConfig, tokens: Option<TokenSource>) -> anyhow::Result<LogLevel> {
     // RUST_LOG gets the same quieting as `[log] level`: a LAN client must not
     // be able to flood the log because an operator turned on info by hand.
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .parse(quiet_hyper(&directives))
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty());
+    let filter = match &from_env {
+        Some(directives) => EnvFilter::builder()
+            .parse(quiet_hyper(directives))
             .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?,
-        _ => EnvFilter::builder().parse(quiet_hyper(&cfg.level))?,
+        None => EnvFilter::builder().parse(quiet_hyper(&cfg.level))?,
     };
     let writer = RedactingWriter::new(io::stderr, tokens).with_format(cfg.format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    let result = match cfg.format {
+    let env = from_env.is_some();
+    let installed = match cfg.format {
         // No colours: a log line holds no escape sequence, not even ours, so
         // one a client smuggles in is always visible as such (see
         // `escape_controls`).
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => {
+            let builder = builder.with_ansi(false).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder
+                .try_init()
+                .map(|()| LogLevel::new(env, move |f| handle.reload(f)))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder
+                .try_init()
+                .map(|()| LogLevel::new(env, move |f| handle.reload(f)))
+        }
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Swaps the installed subscriber's filter.
+type SetFilter =
+    Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync>;
+
+/// Changes the installed subscriber's level: `[log] level` on a config reload.
+pub struct LogLevel {
+    /// Swaps the filter in; `None` when nothing was installed (tests).
+    set: Option<SetFilter>,
+    /// Whether RUST_LOG chose the filter: it overrides the config's level.
+    from_env: bool,
+}
+
+impl std::fmt::Debug for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLevel")
+            .field("from_env", &self.from_env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogLevel {
+    fn new(
+        from_env: bool,
+        set: impl Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync + 'static,
+    ) -> LogLevel {
+        LogLevel {
+            set: Some(Box::new(set)),
+            from_env,
+        }
+    }
+
+    /// A level that changes nothing: for a gateway whose caller installed its
+    /// own subscriber (tests, the demo).
+    pub fn fixed() -> LogLevel {
+        LogLevel {
+            set: None,
+            from_env: false,
+        }
+    }
+
+    /// Applies `level` (already validated as a filter) from a reloaded
+    /// config. `Ok(false)` when RUST_LOG is in charge or nothing is installed.
+    pub fn apply(&self, level: &str) -> Result<bool, String> {
+        let Some(set) = self.set.as_ref().filter(|_| !self.from_env) else {
+            return Ok(false);
+        };
+        let filter = EnvFilter::builder()
+            .parse(quiet_hyper(level))
+            .map_err(|e| e.to_string())?;
+        set(filter).map(|()| true).map_err(|e| e.to_string())
+    }
 }
 
 /// Libraries whose warnings a LAN client can trigger at will, one per

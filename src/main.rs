@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use joulo_gateway::config::{self, Config, ConfigError};
 use joulo_gateway::state::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
-use joulo_gateway::{access, demo, hardening, healthcheck, logging, server};
+use joulo_gateway::{access, demo, hardening, healthcheck, logging, reload, server};
 
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -164,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = Config::load(&cli.config)?;
             let tokens = TokenSource::new(config.upstream.token_file.clone());
-            logging::init(&config.log, Some(tokens.clone()))?;
+            let log_level = logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
             tokens.reload()?;
@@ -177,6 +177,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
                 let state = Arc::new(AppState::new(&config, tokens)?);
+                // SIGHUP re-reads gateway.toml too (it ends with the runtime).
+                tokio::spawn(reload::watch(
+                    cli.config.clone(),
+                    state.clone(),
+                    log_level,
+                    std::future::pending(),
+                ));
                 // systemd Type=notify: ready once the listener is up (a no-op elsewhere).
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 server::run(listener, &config, state, shutdown).await;

@@ -83,30 +83,56 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
+/// The per-device metric families, made once and registered once: the device
+/// counters of every config (reloads included) add their series to them.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFamilies {
+    /// Requests answered, by device.
+    requests: Family<DeviceLabels, Counter>,
+    /// Upstream calls a device's request started, by device.
+    upstream_calls: Family<DeviceLabels, Counter>,
+}
+
+impl DeviceFamilies {
+    /// Adds both families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "device_requests",
+            "Requests answered, by configured device",
+            self.requests.clone(),
+        );
+        registry.register(
+            "device_upstream_calls",
+            "Calls to the Joulo API a device's request started (cache misses it paid for), by configured device",
+            self.upstream_calls.clone(),
+        );
+    }
+}
+
 /// Requests and upstream calls per configured device, every series made at
 /// start (at zero) so an alert on one has something to compare from the
 /// first scrape, and looked up by name without allocating.
 #[derive(Debug, Default)]
 pub struct DeviceCounters {
-    /// Requests answered, by device.
-    requests: Family<DeviceLabels, Counter>,
-    /// Upstream calls a device's request started, by device.
-    upstream_calls: Family<DeviceLabels, Counter>,
     /// Both series of each device, by name.
     by_name: HashMap<Arc<str>, (Counter, Counter)>,
 }
 
 impl DeviceCounters {
-    /// The series for the configured device `names`.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a Arc<str>>) -> DeviceCounters {
+    /// The series for the configured device `names`, in `families`. A
+    /// device that stays across a reload keeps counting where it was.
+    pub fn new<'a>(
+        families: &DeviceFamilies,
+        names: impl IntoIterator<Item = &'a Arc<str>>,
+    ) -> DeviceCounters {
         let mut counters = DeviceCounters::default();
         for name in names {
             let labels = DeviceLabels {
                 device: name.to_string(),
             };
             let pair = (
-                counters.requests.get_or_create(&labels).clone(),
-                counters.upstream_calls.get_or_create(&labels).clone(),
+                families.requests.get_or_create(&labels).clone(),
+                families.upstream_calls.get_or_create(&labels).clone(),
             );
             counters.by_name.insert(name.clone(), pair);
         }
@@ -133,20 +159,6 @@ impl DeviceCounters {
             .iter()
             .map(|(name, (requests, _))| (&**name, requests.get()))
             .collect()
-    }
-
-    /// Adds both families to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "device_requests",
-            "Requests answered, by configured device",
-            self.requests.clone(),
-        );
-        registry.register(
-            "device_upstream_calls",
-            "Calls to the Joulo API a device's request started (cache misses it paid for), by configured device",
-            self.upstream_calls.clone(),
-        );
     }
 }
 

@@ -73,12 +73,13 @@ impl OpsEndpoint {
 /// `/metrics`: Prometheus text format 0.0.4, which every scraper and
 /// `promtool` reads, unless the scraper's `Accept` asks for OpenMetrics.
 fn metrics(request: &Parts, state: &AppState) -> Response<Body> {
-    let (used, left) = state.budget.this_minute();
+    let policy = state.policy.load();
+    let (used, left) = policy.budget.this_minute();
     let gauges = &state.gauges;
     gauges.budget_used.set(i64::from(used));
     gauges.budget_left.set(i64::from(left));
     gauges.backoff_seconds.set(
-        state
+        policy
             .budget
             .backoff_remaining()
             .map_or(0.0, |d| d.as_secs_f64()),
@@ -118,7 +119,8 @@ fn metrics(request: &Parts, state: &AppState) -> Response<Body> {
 /// sensors. Never the token, a key, an address or a query.
 fn status(state: &AppState) -> serde_json::Value {
     use std::time::SystemTime;
-    let (used, left) = state.budget.this_minute();
+    let policy = state.policy.load();
+    let (used, left) = policy.budget.this_minute();
     let stats = &state.cache.stats;
     let (hits, misses) = (stats.hits.get(), stats.misses.get());
     let file_age = std::fs::metadata(state.tokens.path())
@@ -145,10 +147,10 @@ fn status(state: &AppState) -> serde_json::Value {
             "file_age_s": file_age,
         },
         "budget": {
-            "per_minute": state.budget.per_minute(),
+            "per_minute": policy.budget.per_minute(),
             "used_this_minute": used,
             "left_this_minute": left,
-            "backoff_s": state.budget.backoff_remaining().map_or(0, |d| d.as_secs().max(1)),
+            "backoff_s": policy.budget.backoff_remaining().map_or(0, |d| d.as_secs().max(1)),
         },
         "cache": {
             "entries": state.cache.len(),
@@ -158,7 +160,7 @@ fn status(state: &AppState) -> serde_json::Value {
             "hit_ratio": (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
         },
         "last_upstream_error": last_error,
-        "devices": state.devices.request_counts(),
+        "devices": policy.devices.request_counts(),
     })
 }
 

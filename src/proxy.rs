@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access::Caller;
+use crate::budget::UpstreamBudget;
 use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, Stored, X_CACHE};
 use crate::ops::OpsEndpoint;
 use crate::outbound::UpstreamRequest;
@@ -28,7 +29,7 @@ use crate::params::{self, CanonicalQuery, LoggedQuery};
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
 use crate::sanitize;
-use crate::state::AppState;
+use crate::state::{AppState, Policy};
 use crate::token::Rejection;
 use crate::upstream;
 
@@ -55,14 +56,20 @@ pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incomi
         tracing::enabled!(target: "joulo_gateway::access", tracing::Level::INFO).then(Instant::now);
     let (parts, body) = request.into_parts();
     let mut trace = Trace::default();
-    let result = match admit(state, client, &parts, &mut trace) {
+    // The policy in force now serves this request to its end, whatever a
+    // reload does meanwhile.
+    let policy = state.policy.load();
+    let result = match admit(state, &policy, client, &parts, &mut trace) {
         Ok(Admitted::Answered(response)) => Ok(response),
         Err(e) => Err(e),
         Ok(Admitted::Waiting(waiting)) => {
-            return Handled::later(state, client, parts, body, trace, started, waiting);
+            let policy = arc_swap::Guard::into_inner(policy);
+            return Handled::later(state, policy, client, parts, body, trace, started, waiting);
         }
     };
-    Handled::Ready(Some(finish(state, client, &parts, &trace, started, result)))
+    Handled::Ready(Some(finish(
+        state, &policy, client, &parts, &trace, started, result,
+    )))
 }
 
 /// A request's answer: ready at once, or a wait under way.
@@ -75,8 +82,10 @@ pub enum Handled {
 
 impl Handled {
     /// The future that finishes a request `admit` could not answer.
+    #[allow(clippy::too_many_arguments)]
     fn later(
         state: &Arc<AppState>,
+        policy: Arc<Policy>,
         client: SocketAddr,
         parts: Parts,
         body: Incoming,
@@ -90,22 +99,25 @@ impl Handled {
                 let call = match waiting {
                     Waiting::Upstream(call) => call,
                     Waiting::Allowance(who) => {
-                        state.clients.wait(&who).await?;
-                        match route(&state, &parts, who, &mut trace)? {
+                        policy.clients.wait(&who).await?;
+                        match route(&state, &policy, &parts, who, &mut trace)? {
                             Routed::Answered(response) => return Ok(response),
                             Routed::Upstream(call) => call,
                         }
                     }
                 };
                 match &call.kind {
-                    CallKind::Forward => forward(&state, &call, &parts.headers, Some(body)).await,
+                    CallKind::Forward => {
+                        forward(&state, &policy, &call, &parts.headers, Some(body)).await
+                    }
                     CallKind::Fetch { ttl, copy } => {
-                        fetch_shared(&state, &call, *ttl, copy.clone(), &parts.headers).await
+                        fetch_shared(&state, &policy, &call, *ttl, copy.clone(), &parts.headers)
+                            .await
                     }
                 }
             }
             .await;
-            finish(&state, client, &parts, &trace, started, result)
+            finish(&state, &policy, client, &parts, &trace, started, result)
         }))
     }
 }
@@ -179,31 +191,32 @@ enum CallKind {
 /// The checks in order, up to the device's allowance.
 fn admit(
     state: &AppState,
+    policy: &Policy,
     client: SocketAddr,
     parts: &Parts,
     trace: &mut Trace,
 ) -> Result<Admitted, GatewayError> {
     // Refused addresses get nothing else done for them.
-    state.access.check_network(client.ip())?;
+    policy.access.check_network(client.ip())?;
     if head_size(parts) > state.max_header_size {
         return Err(GatewayError::HeadersTooLarge {
             limit: state.max_header_size,
         });
     }
-    state.access.check_host_and_origin(parts)?;
+    policy.access.check_host_and_origin(parts)?;
     // Health and metrics need no device key: a container health check or a
     // Prometheus scraper has none, and they reveal no secret.
     if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
         trace.ops = Some(endpoint);
         return Ok(Admitted::Answered(endpoint.respond(parts, state)));
     }
-    let who = state.access.authenticate(client.ip(), parts)?;
+    let who = policy.access.authenticate(client.ip(), parts)?;
     // Named on every answer from here on, refusals included.
     trace.caller = Some(who.clone());
-    if !state.clients.try_acquire(&who) {
+    if !policy.clients.try_acquire(&who) {
         return Ok(Admitted::Waiting(Waiting::Allowance(who)));
     }
-    Ok(match route(state, parts, who, trace)? {
+    Ok(match route(state, policy, parts, who, trace)? {
         Routed::Answered(response) => Admitted::Answered(response),
         Routed::Upstream(call) => Admitted::Waiting(Waiting::Upstream(call)),
     })
@@ -213,17 +226,18 @@ fn admit(
 /// query against the route's parameters, and a fresh cached copy if there is one.
 fn route(
     state: &AppState,
+    policy: &Policy,
     parts: &Parts,
     who: Caller,
     trace: &mut Trace,
 ) -> Result<Routed, GatewayError> {
-    let id = resolve(state, parts)?;
+    let id = resolve(policy, parts)?;
     trace.route = Some(id);
-    state.access.check_scope(&who, id)?;
-    let query = state
+    policy.access.check_scope(&who, id)?;
+    let query = policy
         .schema
         .canonical(id, parts.uri.query().unwrap_or(""))?;
-    let ttl = state.cache_config.ttl_for(id);
+    let ttl = policy.cache_config.ttl_for(id);
     if ttl.is_zero() {
         return Ok(Routed::Upstream(UpstreamCall {
             route: id,
@@ -254,6 +268,7 @@ fn route(
 /// Counts the request and writes its access line.
 fn finish(
     state: &AppState,
+    policy: &Policy,
     client: SocketAddr,
     parts: &Parts,
     trace: &Trace,
@@ -285,7 +300,7 @@ fn finish(
         .requests
         .count(trace.route, route_label, response.status().as_u16());
     if let Some(Caller::Device(name)) = &trace.caller {
-        state.devices.request(name);
+        policy.devices.request(name);
     }
     // One line per request, at info; a device's requests past its own
     // allowance are at debug: a client looping as fast as it can must not be
@@ -304,7 +319,7 @@ fn finish(
                 path: parts.uri.path(),
                 query: LoggedQuery {
                     raw: parts.uri.query().unwrap_or(""),
-                    shown: trace.route.map_or(&[], |r| state.schema.params(r)),
+                    shown: trace.route.map_or(&[], |r| policy.schema.params(r)),
                 },
             },
             route = route_label,
@@ -340,13 +355,13 @@ fn head_only(response: Response<Body>) -> Response<Body> {
     Response::from_parts(head, crate::respond::full(Bytes::new()))
 }
 
-fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {
+fn resolve(policy: &Policy, parts: &Parts) -> Result<RouteId, GatewayError> {
     if parts.method == Method::CONNECT {
         return Err(GatewayError::Connect);
     }
     // Only the path is used: an absolute-form target's scheme and authority are
     // ignored, so no request can choose where the gateway connects.
-    Ok(state.routes.resolve(&parts.method, parts.uri.path())?)
+    Ok(policy.routes.resolve(&parts.method, parts.uri.path())?)
 }
 
 /// A cacheable GET with no fresh copy: one upstream call shared with every
@@ -354,6 +369,7 @@ fn resolve(state: &AppState, parts: &Parts) -> Result<RouteId, GatewayError> {
 /// call fails or this device is over its share.
 async fn fetch_shared(
     state: &Arc<AppState>,
+    policy: &Arc<Policy>,
     call: &UpstreamCall,
     ttl: Duration,
     copy: Option<Arc<Stored>>,
@@ -362,23 +378,23 @@ async fn fetch_shared(
     let key = CacheKey::new(call.route, &call.query);
     // Every request waiting on the call gives up at the first one's deadline:
     // a slot from the budget, then the whole answer.
-    let deadline = Instant::now() + state.queue_timeout + state.upstream.timeout();
+    let deadline = Instant::now() + policy.queue_timeout + state.upstream.timeout();
     let outcome = state
         .cache
         .coalesce(
             key.clone(),
             deadline,
             || {
-                state.budget.check_backoff()?;
-                state.shares.spend(&call.who)?;
+                policy.budget.check_backoff()?;
+                policy.shares.spend(&call.who)?;
                 if let Caller::Device(name) = &call.who {
-                    state.devices.upstream_call(name);
+                    policy.devices.upstream_call(name);
                 }
                 Ok(())
             },
             || {
                 let request = state.outbound.request(call.route, &call.query, None);
-                fetch_for_cache(state.clone(), key, request, ttl)
+                fetch_for_cache(state.clone(), policy.budget.clone(), key, request, ttl)
             },
         )
         .await;
@@ -400,7 +416,7 @@ async fn fetch_shared(
             .filter(|_| e.allows_stale())
             .unwrap_or_else(|| e.response())),
         // Nothing was shared; streaming is the only way to serve it.
-        Outcome::TooLarge => forward(state, call, client_headers, None).await,
+        Outcome::TooLarge => forward(state, policy, call, client_headers, None).await,
     }
 }
 
@@ -409,6 +425,7 @@ async fn fetch_shared(
 /// and stores it if cacheable.
 async fn fetch_for_cache(
     state: Arc<AppState>,
+    budget: Arc<UpstreamBudget>,
     key: CacheKey,
     request: UpstreamRequest,
     ttl: Duration,
@@ -420,7 +437,7 @@ async fn fetch_for_cache(
             .tokens
             .current()
             .ok_or(GatewayError::TokenUnavailable)?;
-        state.budget.acquire().await?;
+        budget.acquire().await?;
         asked = Instant::now();
         let deadline = asked + state.upstream.timeout();
         let response = state
@@ -430,7 +447,7 @@ async fn fetch_for_cache(
         let generation = token.generation();
         drop(token);
         let (mut head, body) = response.into_parts();
-        after_upstream_answer(&state, head.status, &mut head.headers, generation);
+        after_upstream_answer(&state, &budget, head.status, &mut head.headers, generation);
         // Larger answers than the cache keeps are still buffered, up to a hard
         // bound, so one call serves every waiter; only a huge answer (never seen
         // from Joulo) is refetched per request, streaming.
@@ -501,6 +518,7 @@ async fn fetch_for_cache(
 /// against the route's schema and sent re-serialised.
 async fn forward(
     state: &AppState,
+    policy: &Policy,
     call: &UpstreamCall,
     client_headers: &HeaderMap,
     body: Option<Incoming>,
@@ -523,12 +541,12 @@ async fn forward(
         .tokens
         .current()
         .ok_or(GatewayError::TokenUnavailable)?;
-    state.budget.check_backoff()?;
-    state.shares.spend(&call.who)?;
+    policy.budget.check_backoff()?;
+    policy.shares.spend(&call.who)?;
     if let Caller::Device(name) = &call.who {
-        state.devices.upstream_call(name);
+        policy.devices.upstream_call(name);
     }
-    state.budget.acquire().await?;
+    policy.budget.acquire().await?;
     let timeout = state.upstream.timeout();
     let response = state
         .upstream
@@ -541,7 +559,13 @@ async fn forward(
     let generation = token.generation();
     drop(token);
     let (mut head, body) = response.into_parts();
-    after_upstream_answer(state, head.status, &mut head.headers, generation);
+    after_upstream_answer(
+        state,
+        &policy.budget,
+        head.status,
+        &mut head.headers,
+        generation,
+    );
     if let Some(coding) = head.headers.get(header::CONTENT_ENCODING)
         && !upstream::accepts_coding(client_headers, coding)
     {
@@ -599,6 +623,7 @@ fn head_size(parts: &Parts) -> usize {
 /// the back-off. Cleans the answer's headers for devices.
 fn after_upstream_answer(
     state: &AppState,
+    budget: &UpstreamBudget,
     status: StatusCode,
     headers: &mut HeaderMap,
     generation: u64,
@@ -606,9 +631,7 @@ fn after_upstream_answer(
     sanitize::clean_response_headers(headers);
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
-            let wait = state
-                .budget
-                .on_upstream_429(headers.get(header::RETRY_AFTER));
+            let wait = budget.on_upstream_429(headers.get(header::RETRY_AFTER));
             warn!(
                 backoff_s = wait.as_secs(),
                 "Joulo answered 429: no upstream calls until the back-off ends"
@@ -632,7 +655,7 @@ fn after_upstream_answer(
                     ),
                 );
             }
-            state.budget.on_upstream_answer();
+            budget.on_upstream_answer();
             match state.tokens.mark_rejected(generation) {
                 Rejection::First => {
                     // Nothing fetched with a rejected token is served again.
@@ -651,7 +674,7 @@ fn after_upstream_answer(
             }
         }
         _ => {
-            state.budget.on_upstream_answer();
+            budget.on_upstream_answer();
             if status.is_success() {
                 state.tokens.mark_accepted(generation);
             }

@@ -129,7 +129,13 @@ pub async fn run(
         };
         // Refused before anything is spent on them: no TLS handshake, no
         // connection slot, and the loop goes straight on to the next client.
-        if state.access.check_network(client.ip()).is_err() {
+        if state
+            .policy
+            .load()
+            .access
+            .check_network(client.ip())
+            .is_err()
+        {
             refuser.refuse(stream, client, Refusal::Network);
             continue;
         }

@@ -1,58 +1,76 @@
 //! The gateway's shared state: everything a request needs (routes, limits,
-//! cache, token, upstream client, metrics), built once from a validated config
-//! and passed to every connection as one `Arc`.
+//! cache, token, upstream client, metrics), built from a validated config and
+//! passed to every connection as one `Arc`. What `gateway.toml` can change
+//! without a restart (device keys, access, limits, cache ttls, routes) is one
+//! [`Policy`], swapped whole on a reload: a request holds the policy it
+//! started with to its end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::access::{AccessPolicy, Caller};
-use crate::budget::{ClientLimiter, DeviceShare, UpstreamBudget};
+use crate::budget::{ClientLimiter, DeviceShare, LimitLabels, UpstreamBudget};
 use crate::cache::ResponseCache;
-use crate::config::{CacheConfig, Config};
+use crate::config::{CacheConfig, Config, LimitsConfig};
 use crate::lan_tls::{LanTls, LanTlsError};
-use crate::metrics::{DeviceCounters, Gauges, RequestCounters};
+use crate::metrics::{DeviceCounters, DeviceFamilies, Gauges, RequestCounters};
 use crate::outbound::Outbound;
 use crate::params::QuerySchema;
 use crate::routes::RouteTable;
 use crate::token::TokenSource;
 use crate::upstream::{Upstream, UpstreamError};
 
-/// Everything a request needs, built once at start and shared by every connection.
+/// What `gateway.toml` decides that can change while the gateway runs.
 #[derive(Debug)]
-pub struct AppState {
+pub struct Policy {
     /// The allowlist requests are matched against.
     pub routes: RouteTable,
     /// The query parameters each route takes.
     pub schema: QuerySchema,
-    /// Builds the upstream requests.
-    pub outbound: Outbound,
-    /// The pooled client to Joulo.
-    pub upstream: Upstream,
-    /// The token injected into every upstream request.
-    pub tokens: TokenSource,
-    /// The token's budget of upstream calls, shared by all devices.
-    pub budget: UpstreamBudget,
     /// Who may call.
     pub access: AccessPolicy,
     /// Each device's own allowance, by device name when keys are in use.
     pub clients: ClientLimiter<Caller>,
     /// Each device's share of the upstream budget, spent on cache misses.
     pub shares: DeviceShare<Caller>,
+    /// The token's budget of upstream calls, shared by all devices; kept
+    /// across a reload that leaves `[limits]` as it was.
+    pub budget: Arc<UpstreamBudget>,
+    /// Per-route freshness.
+    pub cache_config: CacheConfig,
     /// Bound on waiting for an upstream budget slot; with the upstream
     /// timeout, how long a cache miss may take in all.
     pub queue_timeout: Duration,
+    /// Requests and upstream calls by configured device, for `/metrics`.
+    pub devices: DeviceCounters,
+    /// The `[limits]` this policy was made from, to tell whether a reload
+    /// changes them.
+    limits: LimitsConfig,
+}
+
+/// Everything a request needs, shared by every connection.
+#[derive(Debug)]
+pub struct AppState {
+    /// What the config decides that a reload can change.
+    pub policy: ArcSwap<Policy>,
+    /// Builds the upstream requests.
+    pub outbound: Outbound,
+    /// The pooled client to Joulo.
+    pub upstream: Upstream,
+    /// The token injected into every upstream request.
+    pub tokens: TokenSource,
     /// Cached answers and in-flight upstream calls.
     pub cache: ResponseCache,
-    /// Per-route freshness.
-    pub cache_config: CacheConfig,
     /// The LAN certificate, when the gateway serves HTTPS.
     pub lan_tls: Option<Arc<LanTls>>,
     /// Requests by route and status, for `/metrics`.
     pub requests: RequestCounters,
-    /// Requests and upstream calls by configured device, for `/metrics`.
-    pub devices: DeviceCounters,
     /// Budget, back-off and token state, set before each scrape.
     pub gauges: Gauges,
     /// Larger request heads get 431.
@@ -66,6 +84,21 @@ pub struct AppState {
     pub registry: Registry,
     /// When the gateway started, for its uptime.
     pub started: tokio::time::Instant,
+    /// Refusals by limit: one family for every policy's limiters.
+    refusals: Family<LimitLabels, Counter>,
+    /// Per-device series: one pair of families for every policy's devices.
+    device_families: DeviceFamilies,
+    /// Config reloads by result.
+    reloads: Family<ReloadLabels, Counter>,
+    /// The config in force, to tell what a reload changes.
+    config: Mutex<Config>,
+}
+
+/// Metric labels for a config reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
 }
 
 /// Why the gateway could not be set up from a valid-looking config.
@@ -79,17 +112,48 @@ pub enum StartError {
     LanTls(#[from] LanTlsError),
 }
 
+impl Policy {
+    /// The policy `config` describes, counting in the gateway's metric
+    /// families; the budget is `budget` when given (limits unchanged).
+    fn new(
+        config: &Config,
+        refusals: &Family<LimitLabels, Counter>,
+        device_families: &DeviceFamilies,
+        budget: Option<Arc<UpstreamBudget>>,
+    ) -> Policy {
+        Policy {
+            routes: RouteTable::new(&config.enabled_write_routes),
+            schema: QuerySchema::new(&config.extra_params),
+            access: AccessPolicy::new(config.access.clone(), config.server.tls.is_some()),
+            clients: ClientLimiter::new(&config.limits, refusals.clone()),
+            shares: DeviceShare::new(&config.limits, refusals.clone()),
+            budget: budget
+                .unwrap_or_else(|| Arc::new(UpstreamBudget::new(&config.limits, refusals.clone()))),
+            cache_config: config.cache.clone(),
+            queue_timeout: config.limits.queue_timeout,
+            devices: DeviceCounters::new(
+                device_families,
+                config.access.clients.iter().map(|c| &c.name),
+            ),
+            limits: config.limits.clone(),
+        }
+    }
+}
+
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
     pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
         let upstream = Upstream::new(&config.upstream, config.server.worker_threads)?;
-        let budget = UpstreamBudget::new(&config.limits);
-        let clients = ClientLimiter::new(&config.limits, budget.refusal_counters());
-        let shares = DeviceShare::new(&config.limits, budget.refusal_counters());
+        let refusals = UpstreamBudget::refusal_family();
+        let device_families = DeviceFamilies::default();
+        let policy = Policy::new(config, &refusals, &device_families, None);
         let cache = ResponseCache::new(&config.cache);
         let requests = RequestCounters::default();
-        let devices = DeviceCounters::new(config.access.clients.iter().map(|c| &c.name));
         let gauges = Gauges::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        for result in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
 
         let mut registry = Registry::with_prefix("joulo_gateway");
         registry.register(
@@ -98,37 +162,152 @@ impl AppState {
             requests.family.clone(),
         );
         upstream.register_metrics(&mut registry);
-        budget.register_metrics(&mut registry);
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 by the gateway, by limit",
+            refusals.clone(),
+        );
         cache.stats.register(&mut registry);
         tokens.register_metrics(&mut registry);
-        devices.register(&mut registry);
+        device_families.register(&mut registry);
         gauges.register(&mut registry);
+        registry.register(
+            "config_reloads",
+            "Re-reads of gateway.toml (SIGHUP), by result",
+            reloads.clone(),
+        );
 
         Ok(AppState {
-            routes: RouteTable::new(&config.enabled_write_routes),
-            schema: QuerySchema::new(&config.extra_params),
+            policy: ArcSwap::from_pointee(policy),
             outbound: Outbound::new(&config.upstream.base_url),
             upstream,
             tokens,
-            budget,
-            access: AccessPolicy::new(config.access.clone(), config.server.tls.is_some()),
-            clients,
-            shares,
-            queue_timeout: config.limits.queue_timeout,
             cache,
-            cache_config: config.cache.clone(),
             lan_tls: match &config.server.tls {
                 Some(files) => Some(Arc::new(LanTls::load(files)?)),
                 None => None,
             },
             requests,
-            devices,
             gauges,
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
             body_timeout: config.server.header_timeout,
             registry,
             started: tokio::time::Instant::now(),
+            refusals,
+            device_families,
+            reloads,
+            config: Mutex::new(config.clone()),
         })
     }
+
+    /// Applies a reloaded, validated config to new requests, all at once:
+    /// device keys, access, limits, cache ttls and bounds, routes. Requests
+    /// already under way finish under the policy they started with. Returns
+    /// the keys that changed but need a restart (they are not applied).
+    pub fn reload(&self, config: &Config) -> Vec<&'static str> {
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.policy.load();
+        // The budget's state (a back-off Joulo asked for, the last minute's
+        // calls) outlives the reload; its limiter is new only if its limits are.
+        let budget = if same_upstream_limits(&old.limits, &config.limits) {
+            Some(old.budget.clone())
+        } else {
+            let budget = Arc::new(UpstreamBudget::new(&config.limits, self.refusals.clone()));
+            budget.carry_over(&old.budget);
+            Some(budget)
+        };
+        let policy = Policy::new(config, &self.refusals, &self.device_families, budget);
+        self.cache.set_limits(&config.cache);
+        self.policy.store(Arc::new(policy));
+        let restart = restart_needed(&current, config);
+        *current = config.clone();
+        restart
+    }
+
+    /// Counts a reload by its result.
+    pub fn count_reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+}
+
+/// Whether two `[limits]` give the shared budget the same limiter.
+fn same_upstream_limits(a: &LimitsConfig, b: &LimitsConfig) -> bool {
+    a.upstream_per_minute == b.upstream_per_minute
+        && a.upstream_burst == b.upstream_burst
+        && a.queue_timeout == b.queue_timeout
+}
+
+/// The keys that differ between `old` and `new` but are read only at start.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    let (ou, nu) = (&old.upstream, &new.upstream);
+    let tls = |c: &Config| {
+        c.server
+            .tls
+            .as_ref()
+            .map(|t| (t.cert.clone(), t.key.clone()))
+    };
+    [
+        ("server.listen", o.listen != n.listen),
+        (
+            "server.worker_threads",
+            o.worker_threads != n.worker_threads,
+        ),
+        ("server.tls_cert / server.tls_key", tls(old) != tls(new)),
+        (
+            "server.max_connections",
+            o.max_connections != n.max_connections,
+        ),
+        (
+            "server.max_connections_per_ip",
+            o.max_connections_per_ip != n.max_connections_per_ip,
+        ),
+        (
+            "server.header_timeout",
+            o.header_timeout != n.header_timeout,
+        ),
+        ("server.idle_timeout", o.idle_timeout != n.idle_timeout),
+        (
+            "server.tls_handshake_timeout",
+            o.tls_handshake_timeout != n.tls_handshake_timeout,
+        ),
+        (
+            "server.max_header_size",
+            o.max_header_size != n.max_header_size,
+        ),
+        (
+            "server.max_request_body",
+            o.max_request_body != n.max_request_body,
+        ),
+        (
+            "server.h2_max_streams",
+            o.h2_max_streams != n.h2_max_streams,
+        ),
+        (
+            "server.shutdown_grace",
+            o.shutdown_grace != n.shutdown_grace,
+        ),
+        ("upstream.base_url", ou.base_url != nu.base_url),
+        ("upstream.token_file", ou.token_file != nu.token_file),
+        ("upstream.ca_file", ou.extra_roots != nu.extra_roots),
+        ("upstream.roots", ou.roots != nu.roots),
+        (
+            "upstream.connect_timeout",
+            ou.connect_timeout != nu.connect_timeout,
+        ),
+        ("upstream.timeout", ou.timeout != nu.timeout),
+        (
+            "upstream.token_poll_interval",
+            ou.token_poll_interval != nu.token_poll_interval,
+        ),
+        ("log.format", old.log.format != new.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }

@@ -677,3 +677,100 @@ async fn healthcheck_asks_what_the_config_serves_over_https_too() {
     signal(child.id(), "TERM");
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connection() {
+    use joulo_gateway::access::{generate_key, key_sha256_hex};
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("joulo_token"), &canary()).unwrap();
+    let (kept, revoked) = (generate_key(), generate_key());
+    let clients = |keys: &[(&str, &str)]| -> String {
+        keys.iter()
+            .map(|(name, key)| {
+                format!(
+                    "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+                    key_sha256_hex(key)
+                )
+            })
+            .collect()
+    };
+    let limits = "[limits]\nclient_per_minute = 60000\nclient_burst = 1000\n";
+    let config = write_config(
+        dir.path(),
+        &upstream,
+        &format!(
+            "{limits}{}",
+            clients(&[("homeassistant", &kept), ("tablet", &revoked)])
+        ),
+    );
+    let (mut child, addr, _) = start_binary(&config, &[]);
+    // One keep-alive connection for the device that stays, polling all along.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .build_http();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let poller = tokio::spawn({
+        let kept = kept.clone();
+        async move {
+            let mut statuses = Vec::new();
+            while !*stop.borrow_and_update() {
+                let request = http::Request::get(format!("http://{addr}/chargers"))
+                    .header("x-gateway-key", &kept)
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                statuses.push(response.status().as_u16());
+                use http_body_util::BodyExt as _;
+                let _ = response.into_body().collect().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        }
+    });
+    let tablet = |addr| {
+        let revoked = revoked.clone();
+        async move {
+            support::send(
+                addr,
+                Method::GET,
+                "/chargers",
+                &[("x-gateway-key", &revoked)],
+                "",
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(tablet(addr).await, StatusCode::OK);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without_tablet = text.replace(&clients(&[("tablet", &revoked)]), "");
+    assert_ne!(text, without_tablet);
+    std::fs::write(&config, without_tablet).unwrap();
+    let sent = std::time::Instant::now();
+    signal(child.id(), "HUP");
+    let mut refused_after = None;
+    while sent.elapsed() < Duration::from_secs(2) {
+        if tablet(addr).await == StatusCode::UNAUTHORIZED {
+            refused_after = Some(sent.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_after = refused_after.expect("the revoked key was refused within 2 s");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    let statuses = poller.await.unwrap();
+    assert!(statuses.len() > 10, "{}", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the other device failed: {statuses:?}"
+    );
+    eprintln!(
+        "revoked after {refused_after:?}; the other device made {} requests, all 200",
+        statuses.len()
+    );
+    signal(child.id(), "TERM");
+    child.wait().unwrap();
+}

@@ -20,7 +20,14 @@ const EXIT_CONFIG: u8 = 64;
 /// A LAN gateway for the Joulo EV-charging API: home devices call it without the
 /// token; it strips `?token=`, injects the bearer token and keeps it out of logs.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_long_help = "Settings live in the config file (--config, default gateway.toml; \
+        /etc/joulo-gateway/gateway.toml when installed from the package): every key is \
+        listed there with its default and what it does. SIGHUP re-reads it, the token file \
+        and the LAN certificate."
+)]
 struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
@@ -56,6 +63,18 @@ enum Command {
         /// A PEM CA (or the certificate itself) to verify an https --url against.
         #[arg(long, requires = "url")]
         ca: Option<PathBuf>,
+    },
+    /// Write the manual page or shell completions, made from this command
+    /// line's own definition so they cannot drift from --help.
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: Generated,
+        /// Where to write it (a folder for `man`, which writes one page per
+        /// command); standard output without.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Start a simulated Joulo API and the gateway in front of it, on loopback.
     Demo {
@@ -105,6 +124,64 @@ fn describe(e: &anyhow::Error) -> String {
     text
 }
 
+/// What `generate` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// joulo-gateway(1) and a page per subcommand (roff).
+    Man,
+    /// Completions for bash.
+    Bash,
+    /// Completions for zsh.
+    Zsh,
+    /// Completions for fish.
+    Fish,
+}
+
+/// Writes the manual pages or completions from the command line's definition.
+fn generate(what: Generated, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut command = Cli::command();
+    command.build();
+    let shell = match what {
+        Generated::Man => {
+            let pages = std::iter::once(command.clone()).chain(
+                command
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+                    .map(|sub| {
+                        let name = format!("joulo-gateway-{}", sub.get_name());
+                        sub.clone().name(name).version(env!("CARGO_PKG_VERSION"))
+                    }),
+            );
+            for page in pages {
+                let mut roff = Vec::new();
+                clap_mangen::Man::new(page.clone()).render(&mut roff)?;
+                match out {
+                    Some(dir) => {
+                        let file = dir.join(format!("{}.1", page.get_name()));
+                        std::fs::write(&file, roff)
+                            .with_context(|| format!("cannot write {}", file.display()))?;
+                    }
+                    None => std::io::stdout().write_all(&roff)?,
+                }
+            }
+            return Ok(());
+        }
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "joulo-gateway", &mut script);
+    match out {
+        Some(file) => std::fs::write(file, script)
+            .with_context(|| format!("cannot write {}", file.display()))?,
+        None => std::io::stdout().write_all(&script)?,
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Before any secret is read: no core file, not dumpable or traceable.
     let hardened = hardening::forbid_core_dumps();
@@ -146,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(target.check())?;
             Ok(())
         }
+        Command::Generate { what, out } => generate(what, out.as_deref()),
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();

@@ -774,3 +774,58 @@ async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connecti
     signal(child.id(), "TERM");
     child.wait().unwrap();
 }
+
+#[test]
+fn the_manual_and_completions_come_from_the_command_line_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["generate", "man", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = String::from_utf8_lossy(&Command::new(BIN).arg("--help").output().unwrap().stdout)
+        .into_owned();
+    let main = std::fs::read_to_string(dir.path().join("joulo-gateway.1")).unwrap();
+    assert!(main.contains(".TH joulo-gateway 1"), "{main}");
+    assert!(
+        main.contains("gateway.toml"),
+        "points to the config for settings"
+    );
+    for sub in ["run", "check", "gen-key", "healthcheck", "demo"] {
+        assert!(help.contains(sub), "{sub} in --help");
+        let page = std::fs::read_to_string(dir.path().join(format!("joulo-gateway-{sub}.1")))
+            .unwrap_or_else(|e| panic!("joulo-gateway-{sub}.1: {e}"));
+        assert!(
+            page.contains(&format!(".TH joulo-gateway-{sub} 1")),
+            "{page}"
+        );
+        assert!(main.contains(&format!("joulo\\-gateway\\-{}(1)", sub.replace('-', "\\-"))));
+    }
+    let gen_key = std::fs::read_to_string(dir.path().join("joulo-gateway-gen-key.1")).unwrap();
+    assert!(gen_key.contains("\\-\\-scopes") && gen_key.contains("\\-\\-name"));
+    // Hidden: not a page of its own, not in --help.
+    assert!(!dir.path().join("joulo-gateway-generate.1").exists());
+    assert!(!help.contains("generate"));
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef joulo-gateway"),
+        ("fish", "complete -c joulo-gateway"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["generate", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("healthcheck") && script.contains("gen-key"),
+            "{shell}"
+        );
+    }
+}

@@ -21,7 +21,7 @@ fn read(path: &str) -> String {
 fn deploy_configs_validate_and_take_the_token_from_the_platform() {
     let systemd = Config::load(&repo("deploy/systemd/gateway.toml")).unwrap();
     // Without $CREDENTIALS_DIRECTORY (as here) the Docker path is the fallback;
-    // under systemd the credential directory wins (unit-tested in config.rs).
+    // under systemd the credential directory wins (unit-tested in src/config/upstream.rs).
     assert!(systemd.upstream.token_file.ends_with("joulo_token"));
     let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
     assert_eq!(

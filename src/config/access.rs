@@ -1,0 +1,202 @@
+//! Who may call, as configured: the `[access]` network allowlist, `[server]
+//! allowed_hosts`, the `[[clients]]` device keys and each route's `scope`,
+//! checked into one [`AccessConfig`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use super::routes::RawRoute;
+use crate::access::{AccessConfig, DEFAULT_ALLOW, DeviceKey, Scope};
+use crate::routes::RouteId;
+
+/// `[access]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccess {
+    /// Client networks or addresses allowed at all; unset means the private ranges.
+    pub(super) allow: Option<Vec<String>>,
+}
+
+/// One `[[clients]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    /// The device's name, in logs and in its rate limit.
+    pub(super) name: String,
+    /// SHA-256 of the device's key, in hex.
+    pub(super) key_sha256: String,
+    /// What the device may do.
+    pub(super) scopes: Vec<String>,
+}
+
+/// Checks who may call. `allowed_hosts` comes from `[server]`; of `routes`
+/// only each known route's `scope` is read here (unknown route names are
+/// reported by `config::routes`).
+pub(super) fn validate(
+    access: &RawAccess,
+    allowed_hosts: Option<&[String]>,
+    raw_clients: &[RawClient],
+    routes: &BTreeMap<String, RawRoute>,
+    path: &Path,
+) -> Result<AccessConfig, ConfigError> {
+    let parse_err = |key: String, message: String| ConfigError::at_key(path, key, message);
+    let allow = match &access.allow {
+        None => DEFAULT_ALLOW
+            .iter()
+            .map(|n| n.parse().expect("defaults parse"))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        parse_err(
+                            "access.allow".to_owned(),
+                            format!("`{n}` is not a network like \"192.168.1.0/24\" or an address"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut hosts = Vec::new();
+    for host in allowed_hosts.into_iter().flatten() {
+        let name = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        // A host name: dot-separated labels of letters, digits and hyphens.
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(parse_err(
+                "server.allowed_hosts".to_owned(),
+                format!("`{host}` is not a host name like \"gateway.example.com\""),
+            ));
+        }
+        hosts.push(name);
+    }
+
+    let mut clients: Vec<DeviceKey> = Vec::new();
+    for (i, client) in raw_clients.iter().enumerate() {
+        let key = |field: &str| format!("clients[{i}].{field}");
+        let name = client.name.trim();
+        if !crate::access::valid_device_name(name) {
+            return Err(parse_err(
+                key("name"),
+                "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'".to_owned(),
+            ));
+        }
+        if clients.iter().any(|c| &*c.name == name) {
+            return Err(parse_err(key("name"), format!("`{name}` is used twice")));
+        }
+        let hex = client.key_sha256.trim();
+        let mut key_sha256 = [0u8; 32];
+        let valid_hex = hex.len() == 64
+            && hex.is_ascii()
+            && key_sha256.iter_mut().enumerate().all(|(j, byte)| {
+                u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
+                    .map(|b| *byte = b)
+                    .is_ok()
+            });
+        if !valid_hex {
+            // The value is not repeated: it is a credential's fingerprint.
+            return Err(parse_err(
+                key("key_sha256"),
+                "must be 64 hex digits (the line `joulo-gateway gen-key` prints)".to_owned(),
+            ));
+        }
+        let mut scopes = Vec::new();
+        for scope in &client.scopes {
+            scopes.push(Scope::parse(scope).ok_or_else(|| {
+                parse_err(
+                    key("scopes"),
+                    format!("`{scope}` is not a scope; known: {}", scope_list()),
+                )
+            })?);
+        }
+        clients.push(DeviceKey {
+            name: name.into(),
+            key_sha256,
+            scopes,
+        });
+    }
+
+    let mut route_scopes = HashMap::new();
+    for (name, route) in routes {
+        if let (Some(id), Some(scope)) = (RouteId::from_config_name(name), &route.scope) {
+            let scope = Scope::parse(scope).ok_or_else(|| {
+                parse_err(
+                    format!("routes.{name}.scope"),
+                    format!("`{scope}` is not a scope; known: {}", scope_list()),
+                )
+            })?;
+            route_scopes.insert(id, scope);
+        }
+    }
+    Ok(AccessConfig {
+        allow,
+        allowed_hosts: hosts,
+        clients,
+        route_scopes,
+    })
+}
+
+fn scope_list() -> String {
+    Scope::ALL.map(Scope::as_str).join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use crate::access::{DEFAULT_ALLOW, Scope};
+    use crate::routes::RouteId;
+
+    #[test]
+    fn access_settings_validate() {
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let c = parse(&format!(
+            "[access]\nallow = [\"192.168.1.0/24\", \"10.0.0.7\"]\n\
+             [server]\nallowed_hosts = [\"Joulo.Example.com\"]\n\
+             [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{hash}\"\nscopes = [\"chargers:read\"]\n\
+             [routes.me]\nscope = \"chargers:read\""
+        ))
+        .unwrap();
+        assert_eq!(c.access.allow.len(), 2);
+        assert_eq!(c.access.allowed_hosts, ["joulo.example.com"]);
+        assert_eq!(&*c.access.clients[0].name, "homeassistant");
+        assert_eq!(c.access.route_scopes[&RouteId::Me], Scope::ChargersRead);
+        assert_eq!(parse("").unwrap().access.allow.len(), DEFAULT_ALLOW.len());
+
+        let bad_hash = "[[clients]]\nname = \"a\"\nkey_sha256 = \"secretish-not-hex\"\nscopes = []";
+        let err = parse(bad_hash).unwrap_err().to_string();
+        assert!(
+            err.contains("clients[0].key_sha256") && !err.contains("secretish"),
+            "{err}"
+        );
+        for (text, key) in [
+            ("[access]\nallow = [\"lan\"]", "access.allow"),
+            (
+                &*format!("[[clients]]\nname = \"a b\"\nkey_sha256 = \"{hash}\"\nscopes = []"),
+                "clients[0].name",
+            ),
+            (
+                &*format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{hash}\"\nscopes = [\"all\"]"),
+                "clients[0].scopes",
+            ),
+            ("[routes.me]\nscope = \"me:read\"", "routes.me.scope"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text:?} gave {msg}");
+        }
+    }
+}

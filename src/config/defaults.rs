@@ -1,0 +1,34 @@
+//! Defaults, in one place so `gateway.toml` and the code cannot drift apart silently:
+//! `config::tests::shipped_config_matches_defaults` compares them.
+
+use std::time::Duration;
+
+pub const LISTEN: &str = "0.0.0.0:8080";
+pub const BASE_URL: &str = "https://api.joulo.nl/functions/v1/api";
+/// The compiled-in roots: the gateway verifies Joulo the same way in a
+/// distroless container, a Home Assistant add-on and on a Pi, with no
+/// dependence on a CA bundle being installed or current.
+pub const ROOTS: super::TrustRoots = super::TrustRoots::Webpki;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HEADER_SIZE: usize = 16 * 1024;
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const H2_MAX_STREAMS: u32 = 64;
+pub const WORKER_THREADS: usize = 1;
+pub const UPSTREAM_PER_MINUTE: u32 = 30;
+pub const UPSTREAM_BURST: u32 = 10;
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CLIENT_PER_MINUTE: u32 = 120;
+pub const CLIENT_BURST: u32 = 30;
+pub const DEVICE_UPSTREAM_SHARE: f64 = 0.5;
+pub const CACHE_TTL: Duration = Duration::from_secs(15);
+pub const STALE_IF_ERROR: Duration = Duration::from_secs(600);
+pub const MAX_ENTRIES: usize = 512;
+pub const MAX_BODY: usize = 1024 * 1024;

@@ -1,0 +1,195 @@
+//! The `[upstream]` table: where requests go (Joulo's API root), where the token
+//! is read from, which trust anchors verify Joulo, and the bounds on each call.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde::Deserialize;
+
+use super::{CREDENTIAL_NAME, ConfigError, DOCKER_SECRET_PATH, FILE_LIMIT, defaults, positive};
+use crate::files;
+
+/// `[upstream]` as written; an unset key takes its default in [`validate`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    /// The Joulo API root, as text so a bad one is reported with its key.
+    pub(super) base_url: Option<String>,
+    /// The token file, relative to the config file's folder; unset means the
+    /// platform's secret location.
+    pub(super) token_file: Option<PathBuf>,
+    /// Extra trust anchors (PEM), relative to the config file's folder.
+    pub(super) ca_file: Option<PathBuf>,
+    /// Which store of trust anchors verifies Joulo.
+    pub(super) roots: Option<TrustRoots>,
+    /// Bound on TCP connect to Joulo.
+    #[serde(default, with = "humantime_serde")]
+    pub(super) connect_timeout: Option<Duration>,
+    /// Bound on waiting for Joulo's response head.
+    #[serde(default, with = "humantime_serde")]
+    pub(super) timeout: Option<Duration>,
+    /// How often the token file is checked for a rotation.
+    #[serde(default, with = "humantime_serde")]
+    pub(super) token_poll_interval: Option<Duration>,
+}
+
+/// The `[upstream]` table.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The Joulo API root; an allowlisted route path is appended to it.
+    pub base_url: Uri,
+    /// The file holding the Joulo token, re-read when it changes.
+    pub token_file: PathBuf,
+    /// Which store of trust anchors verifies Joulo's certificate.
+    pub roots: TrustRoots,
+    /// Trust anchors added to `roots` (a private CA, a test CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Bound on TCP connect to the upstream.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the upstream's response head, TLS handshake included.
+    pub timeout: Duration,
+    /// How often the token file's metadata is checked for a rotation.
+    pub token_poll_interval: Duration,
+}
+
+/// Where the trust anchors for Joulo's certificate come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustRoots {
+    /// Mozilla's root list compiled into the binary (webpki-roots): the same
+    /// on every platform, needing no CA bundle in the container or OS.
+    Webpki,
+    /// The operating system's store (Debian's ca-certificates), read at start:
+    /// its updates, distrust included, apply at the next start.
+    System,
+    /// Both: a certificate either store accepts.
+    Both,
+}
+
+/// Checks `[upstream]`. Relative paths are taken from `base_dir`, the config
+/// file's folder; without `token_file` the token comes from `credentials_dir`
+/// (systemd's `$CREDENTIALS_DIRECTORY`) or else Docker's secret path.
+pub(super) fn validate(
+    raw: RawUpstream,
+    path: &Path,
+    base_dir: &Path,
+    credentials_dir: Option<&Path>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let base_text = raw
+        .base_url
+        .as_deref()
+        .unwrap_or(defaults::BASE_URL)
+        .trim_end_matches('/');
+    let base_url = parse_base_url(base_text)
+        .map_err(|m| ConfigError::invalid(path, "upstream.base_url", m))?;
+
+    let token_file = match raw.token_file {
+        Some(p) => base_dir.join(p),
+        None => match credentials_dir {
+            Some(dir) => dir.join(CREDENTIAL_NAME),
+            None => PathBuf::from(DOCKER_SECRET_PATH),
+        },
+    };
+
+    let extra_roots = match raw.ca_file {
+        Some(p) => load_roots(&base_dir.join(&p))
+            .map_err(|m| ConfigError::invalid(path, "upstream.ca_file", m))?,
+        None => Vec::new(),
+    };
+
+    let roots = raw.roots.unwrap_or(defaults::ROOTS);
+
+    let connect_timeout = positive(
+        raw.connect_timeout,
+        defaults::CONNECT_TIMEOUT,
+        "upstream.connect_timeout",
+        path,
+    )?;
+    let timeout = positive(raw.timeout, defaults::TIMEOUT, "upstream.timeout", path)?;
+    let token_poll_interval = positive(
+        raw.token_poll_interval,
+        defaults::TOKEN_POLL_INTERVAL,
+        "upstream.token_poll_interval",
+        path,
+    )?;
+
+    Ok(UpstreamConfig {
+        base_url,
+        token_file,
+        roots,
+        extra_roots,
+        connect_timeout,
+        timeout,
+        token_poll_interval,
+    })
+}
+
+/// The API root must be HTTPS without user information, query or fragment:
+/// the token rides on every request to it, and route paths are appended to it.
+fn parse_base_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "`{text}` must start with https://: the token is never sent in clear text"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{text}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry user information (user:password@)".to_owned());
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(format!(
+            "`{text}` must not have a query or fragment: routes are appended to it"
+        ));
+    }
+    Ok(uri)
+}
+
+/// Reads the PEM certificates in `file` and checks each is usable as a trust
+/// anchor now, so a bad `ca_file` stops the start rather than the first request.
+fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = files::read_regular(file, FILE_LIMIT)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no CERTIFICATE block", file.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("{} holds an unusable certificate: {e}", file.display()))?;
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::tests::parse;
+    use super::*;
+
+    #[test]
+    fn token_file_relative_to_config_and_systemd_credentials() {
+        let c = parse("[upstream]\ntoken_file = \"secrets/t\"").unwrap();
+        assert_eq!(c.upstream.token_file, Path::new("/etc/jg/secrets/t"));
+        let c = validate(
+            RawUpstream::default(),
+            Path::new("t"),
+            Path::new("."),
+            Some(Path::new("/run/cred")),
+        )
+        .unwrap();
+        assert_eq!(c.token_file, Path::new("/run/cred/joulo_token"));
+    }
+}

@@ -77,45 +77,144 @@ pub fn read_private(
     platform_protected: bool,
 ) -> Result<(Zeroizing<Vec<u8>>, Option<Exposure>), FileError> {
     let (file, size_hint) = open_regular(path)?;
-    let exposure = exposure(&file)?;
-    if let Some(exposure) = &exposure
+    // Someone who can replace the file, or a link on the way to it, can make
+    // the gateway read their choice: the folders count as much as the file.
+    if let Some(problem) = writable_folder(path) {
+        return Err(FileError::Exposed { problem });
+    }
+    let (owner, mode) = exposure(&file)?;
+    // A foreign owner is refused even in a platform mount; a loose mode there
+    // is the platform's own choice (Swarm mounts secrets 0444) and only warned.
+    if let Some(problem) = owner {
+        return Err(FileError::Exposed { problem });
+    }
+    if let Some(problem) = &mode
         && !platform_protected
     {
         return Err(FileError::Exposed {
-            problem: exposure.problem.clone(),
+            problem: problem.clone(),
         });
     }
+    let exposure = mode.map(|problem| Exposure { problem });
     Ok((read_bounded(file, size_hint, limit)?, exposure))
 }
 
-/// The opened file's exposure, if any.
+/// Whether `path` leads to a file in a secrets mount the platform itself
+/// guards: the systemd credentials directory (`$CREDENTIALS_DIRECTORY`, which
+/// must be absolute) or Docker's `/run/secrets`. Decided on where the path
+/// really leads (links and `..` resolved), never on how it is spelt.
+pub fn platform_protected(path: &Path) -> bool {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.is_absolute() && dir != Path::new("/"));
+    under_platform_mount(path, credentials.as_deref())
+}
+
+/// [`platform_protected`] with the credentials directory given.
+pub fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let under = |dir: &Path| {
+        std::fs::canonicalize(dir).is_ok_and(|dir| dir != Path::new("/") && real.starts_with(dir))
+    };
+    credentials.is_some_and(under) || under(Path::new("/run/secrets"))
+}
+
+/// Refuses a file others could change: `path` must not be writable by group or
+/// others (the config, a CA file: not secret, but whoever can edit them can
+/// send the token elsewhere), nor lie in a folder they can write to.
+pub fn check_not_writable_by_others(path: &Path) -> Result<(), FileError> {
+    if let Some(problem) = writable_folder(path) {
+        return Err(FileError::Exposed { problem });
+    }
+    #[cfg(unix)]
+    {
+        let stat = rustix::fs::stat(path).map_err(io::Error::from)?;
+        let mode = stat.st_mode & 0o7777;
+        let me = rustix::process::geteuid().as_raw();
+        if mode & 0o022 != 0 {
+            return Err(FileError::Exposed {
+                problem: format!(
+                    "it is writable by group or others (mode {mode:04o}), who could point the \
+                     gateway and its token elsewhere; run `chmod go-w` on it"
+                ),
+            });
+        }
+        if stat.st_uid != me && stat.st_uid != 0 {
+            return Err(FileError::Exposed {
+                problem: format!(
+                    "it belongs to uid {}, neither the gateway's user (uid {me}) nor root, who \
+                     could point the gateway and its token elsewhere",
+                    stat.st_uid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first folder on the way to `path` (its own folders, and those of the
+/// file a link leads to) that group or others may write to without the sticky
+/// bit, as ssh checks a key's folders: there anyone could swap the file or a
+/// link for their own. `None` when there is none.
 #[cfg(unix)]
-fn exposure(file: &std::fs::File) -> Result<Option<Exposure>, FileError> {
+fn writable_folder(path: &Path) -> Option<String> {
+    let absolute = std::path::absolute(path).ok()?;
+    let resolved = std::fs::canonicalize(path).ok();
+    let folders = absolute
+        .ancestors()
+        .skip(1)
+        .chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
+    for folder in folders {
+        let Ok(stat) = rustix::fs::stat(folder) else {
+            continue;
+        };
+        let mode = stat.st_mode & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Some(format!(
+                "the folder {} is writable by group or others (mode {mode:04o}), who could \
+                 replace the file; run `chmod go-w {}`",
+                folder.display(),
+                folder.display()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn writable_folder(_path: &Path) -> Option<String> {
+    None
+}
+
+/// The opened file's problems: a foreign owner, and a mode open to group or
+/// others, each with the command that fixes it.
+#[cfg(unix)]
+fn exposure(file: &std::fs::File) -> Result<(Option<String>, Option<String>), FileError> {
     let stat = rustix::fs::fstat(file).map_err(io::Error::from)?;
     let mode = stat.st_mode & 0o7777;
     let owner = stat.st_uid;
     let me = rustix::process::geteuid().as_raw();
-    let problem = if mode & 0o077 != 0 {
+    let owner = (owner != me && owner != 0).then(|| {
         format!(
-            "it is readable or writable by group or others (mode {:04o}); \
-             run `chmod 600` on it, as ssh requires of a private key",
-            mode
+            "it belongs to uid {owner}, neither the user running this (uid {me}) nor root; \
+             run `chown` on it to the user that runs the gateway"
         )
-    } else if owner != me && owner != 0 {
+    });
+    let mode = (mode & 0o077 != 0).then(|| {
         format!(
-            "it belongs to uid {owner}, not to the gateway's user (uid {me}) or root; \
-             run `chown {me}` on it"
+            "it is readable or writable by group or others (mode {mode:04o}); \
+             run `chmod 600` on it, as ssh requires of a private key"
         )
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(Exposure { problem }))
+    });
+    Ok((owner, mode))
 }
 
 /// Without Unix permissions there is nothing to check.
 #[cfg(not(unix))]
-fn exposure(_file: &std::fs::File) -> Result<Option<Exposure>, FileError> {
-    Ok(None)
+fn exposure(_file: &std::fs::File) -> Result<(Option<String>, Option<String>), FileError> {
+    Ok((None, None))
 }
 
 /// Opens `path` for reading once it is known to be a regular file; returns it
@@ -355,10 +454,45 @@ mod tests {
                 panic!("a file of uid 12345 must be refused");
             };
             assert!(
-                problem.contains("uid 12345") && problem.contains("chown 0"),
+                problem.contains("uid 12345") && problem.contains("chown"),
                 "{problem}"
             );
+            // Not even in a platform mount.
+            assert!(read_private(&path, 64, true).is_err());
         }
+    }
+
+    #[test]
+    fn a_private_file_in_a_folder_others_can_write_is_refused_unless_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let path = shared.join("secret");
+        write_private(&path, "s3cret").unwrap();
+        assert!(read_private(&path, 64, false).is_ok());
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(FileError::Exposed { problem }) = read_private(&path, 64, false) else {
+            panic!("anyone could swap the file in a 0777 folder");
+        };
+        assert!(
+            problem.contains("chmod go-w") && problem.contains("0777"),
+            "{problem}"
+        );
+        // A link from a safe folder into it is judged by where it leads.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_private(&link, 64, false).is_err());
+        // Sticky, like /tmp: others cannot replace what is not theirs.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(read_private(&path, 64, false).is_ok());
+        // The config and CA files: writable by others is refused.
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, "").unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_not_writable_by_others(&config).is_ok());
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_not_writable_by_others(&config).is_err());
     }
 
     #[test]

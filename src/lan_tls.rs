@@ -108,8 +108,18 @@ fn build(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, LanTlsError> {
             "holds no CERTIFICATE block".to_owned(),
         ));
     }
-    // Zeroized on drop, as `read` returns everything.
-    let key_pem = read(&files.key)?;
+    // A private key: held to the token's standard (ssh's), and zeroized on
+    // drop, as `read` returns everything.
+    let key_pem = files::read_private(
+        &files.key,
+        PEM_FILE_LIMIT,
+        files::platform_protected(&files.key),
+    )
+    .map(|(pem, _)| pem)
+    .map_err(|source| LanTlsError::Read {
+        path: files.key.display().to_string(),
+        source,
+    })?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| invalid(&files.key, "holds no usable PRIVATE KEY block".to_owned()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -134,7 +134,13 @@ fn quiet_hyper(level: &str) -> std::borrow::Cow<'_, str> {
         return directives;
     }
     for library in CLIENT_TRIGGERED {
-        if !level.contains(library) {
+        // Named as a target itself (or a module of it), not as part of
+        // another crate's name: `rustls_native_certs=info` is not rustls.
+        let named = level.split(',').any(|directive| {
+            let target = directive.trim().split(['=', '[']).next().unwrap_or("");
+            target == library || target.starts_with(&format!("{library}::"))
+        });
+        if !named {
             directives = format!("{directives},{library}=error").into();
         }
     }
@@ -267,7 +273,7 @@ fn redact_query_credentials(text: &str) -> Option<String> {
         for (at, _) in lower.match_indices(name) {
             let before = at.checked_sub(1).map(|i| lower.as_bytes()[i]);
             let is_access = name == "token=" && lower[..at].ends_with("access_");
-            if matches!(before, Some(b'?' | b'&')) && !is_access {
+            if matches!(before, Some(b'?' | b'&' | b'#' | b';')) && !is_access {
                 starts.push(at + name.len());
             }
         }
@@ -280,7 +286,9 @@ fn redact_query_credentials(text: &str) -> Option<String> {
     let mut copied = 0;
     for start in starts {
         let end = text[start..]
-            .find(|c: char| matches!(c, '&' | '#' | '"' | '\'' | '`') || c.is_whitespace())
+            // A backslash ends it too: in a JSON line it starts the escape of
+            // the quote that closes the string, which must stay whole.
+            .find(|c: char| matches!(c, '&' | '#' | '"' | '\'' | '`' | '\\') || c.is_whitespace())
             .map_or(text.len(), |n| start + n);
         out.push_str(&text[copied..start]);
         if text[start..end] != *REDACTED {
@@ -299,7 +307,10 @@ fn redact_query_credentials(text: &str) -> Option<String> {
 /// differently from what it holds (U+202E and friends), or a line or paragraph
 /// separator.
 fn must_escape(c: char) -> bool {
-    c.is_control()
+    // Other spaces than ' ' (U+00A0, U+3000, ...) would let text in a path
+    // pass for the next field of a text line.
+    (c.is_whitespace() && c != ' ')
+        || c.is_control()
         || matches!(
             c,
             '\u{061C}'
@@ -382,6 +393,15 @@ mod tests {
             "info,rustls=debug,hyper=error,h2=error"
         );
         assert_eq!(quiet_hyper("trace"), "trace", "debugging: everything");
+        assert_eq!(
+            quiet_hyper("info,rustls_native_certs=info"),
+            "info,rustls_native_certs=info,hyper=error,h2=error,rustls=error",
+            "another crate's name containing rustls does not count"
+        );
+        assert_eq!(
+            quiet_hyper("info,hyper::proto=debug"),
+            "info,hyper::proto=debug,h2=error,rustls=error"
+        );
         assert_eq!(
             quiet_hyper("warn,joulo_gateway=debug"),
             "warn,joulo_gateway=debug,hyper=error,h2=error,rustls=error"

@@ -201,13 +201,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokens.reload()?;
             // Builds what a run would: upstream TLS settings, the LAN certificate.
             AppState::new(&config, tokens)?;
-            println!(
+            // Through the redactor like any error: a token pasted into a path
+            // or URL that happens to work is still not echoed.
+            let line = format!(
                 "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token",
                 cli.config.display(),
                 config.server.listen,
                 config.upstream.base_url,
                 config.upstream.token_file.display()
             );
+            println!("{}", logging::redact(&line, None));
             Ok(())
         }
         Command::GenKey { name, scopes } => {

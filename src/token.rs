@@ -336,7 +336,8 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
         source,
     };
     let (bytes, exposure) =
-        files::read_private(path, TOKEN_FILE_LIMIT, platform_protected(path)).map_err(read_err)?;
+        files::read_private(path, TOKEN_FILE_LIMIT, files::platform_protected(path))
+            .map_err(read_err)?;
     if let Some(exposure) = exposure {
         // Swarm mounts secrets 0444 root-owned by default; the platform keeps
         // them from other containers, so this is a warning, not a refusal.
@@ -354,25 +355,6 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
         path: path.to_owned(),
         problem,
     })
-}
-
-/// Whether `path` lies in a secrets mount the platform itself guards: the
-/// systemd credentials directory (`$CREDENTIALS_DIRECTORY`, private to the
-/// service) or Docker's `/run/secrets` (private to the container).
-fn platform_protected(path: &Path) -> bool {
-    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    under_platform_mount(path, credentials.as_deref())
-}
-
-/// [`platform_protected`] with the credentials directory given.
-fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
-    let under = |dir: &Path| {
-        path.starts_with(dir)
-            || std::fs::canonicalize(path).is_ok_and(|real| {
-                real.starts_with(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()))
-            })
-    };
-    credentials.is_some_and(under) || under(Path::new("/run/secrets"))
 }
 
 #[cfg(test)]
@@ -418,35 +400,36 @@ mod tests {
     }
 
     #[test]
-    fn only_platform_secrets_mounts_may_be_loose() {
+    fn only_platform_secrets_mounts_may_be_loose_judged_by_where_a_path_leads() {
+        use crate::files::under_platform_mount;
         let dir = tempfile::tempdir().unwrap();
         let credentials = dir.path().join("credentials");
         std::fs::create_dir(&credentials).unwrap();
+        crate::files::write_private(&credentials.join("joulo_token"), "joulo_a").unwrap();
+        crate::files::write_private(&dir.path().join("elsewhere"), "joulo_b").unwrap();
         assert!(under_platform_mount(
             &credentials.join("joulo_token"),
             Some(&credentials)
         ));
-        assert!(under_platform_mount(
-            Path::new("/run/secrets/joulo_token"),
-            None
-        ));
         assert!(!under_platform_mount(
-            &dir.path().join("joulo_token"),
+            &dir.path().join("elsewhere"),
             Some(&credentials)
         ));
+        // A link into the mount counts as in it; a link in the mount that
+        // leads out of it does not; neither does `..` spelling.
+        let into = dir.path().join("into");
+        std::os::unix::fs::symlink(credentials.join("joulo_token"), &into).unwrap();
+        assert!(under_platform_mount(&into, Some(&credentials)));
+        let out = credentials.join("out");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &out).unwrap();
+        assert!(!under_platform_mount(&out, Some(&credentials)));
+        let dotted = credentials.join("..").join("elsewhere");
+        assert!(!under_platform_mount(&dotted, Some(&credentials)));
+        // `/` is no mount.
         assert!(!under_platform_mount(
-            Path::new("/etc/joulo-gateway/joulo_token"),
-            None
+            &dir.path().join("elsewhere"),
+            Some(Path::new("/"))
         ));
-        // A link resolving into a guarded mount counts as in it: the file
-        // read is the mount's.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(credentials.join("joulo_token"), &link).unwrap();
-        std::fs::write(credentials.join("joulo_token"), "joulo_a").unwrap();
-        assert!(
-            under_platform_mount(&link, Some(&credentials)),
-            "resolved to its target"
-        );
     }
 
     #[test]

@@ -140,6 +140,14 @@ pub(super) fn validate(
                     format!("`{scope}` is not a scope; known: {}", scope_list()),
                 )
             })?;
+            // An account-changing route is chargers:write, always: a lower
+            // scope here would let a read-only key reboot the charger.
+            if id.changes_account() && scope != Scope::ChargersWrite {
+                return Err(parse_err(
+                    format!("routes.{name}.scope"),
+                    "routes that change the account always need \"chargers:write\"".to_owned(),
+                ));
+            }
             route_scopes.insert(id, scope);
         }
     }

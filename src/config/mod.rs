@@ -159,6 +159,9 @@ impl Config {
             source,
         };
         let bytes = files::read_regular(path, FILE_LIMIT).map_err(read_err)?;
+        // Whoever can edit it can send the token elsewhere (base_url and
+        // ca_file): not writable by others, nor in a folder they can write.
+        files::check_not_writable_by_others(path).map_err(read_err)?;
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             read_err(FileError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -172,7 +175,11 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, text, path))?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        let env_credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        // Only an absolute directory counts: an empty or relative value would
+        // make `./joulo_token` (or anything) a "credential".
+        let env_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute() && dir != Path::new("/"));
         validate(raw, path, base_dir, env_credentials.as_deref())
     }
 }
@@ -275,8 +282,27 @@ fn parse_error(e: toml::de::Error, text: &str, path: &Path) -> ConfigError {
         path: path.to_owned(),
         key,
         line,
-        message: e.message().to_owned(),
+        message: without_quoted_values(e.message()),
     }
+}
+
+/// A parser message with the values it quotes (`invalid type: string
+/// "..."`) left out: a value may be a secret pasted in the wrong place.
+/// Key names, which it quotes with backticks, stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"...\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The 1-based line of `offset` and the dotted key defined on it (or the table

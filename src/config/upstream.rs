@@ -157,6 +157,9 @@ fn parse_base_url(text: &str) -> Result<Uri, String> {
 fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = files::read_regular(file, FILE_LIMIT)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    // A CA others could edit could vouch for any server: they would get the token.
+    files::check_not_writable_by_others(file)
+        .map_err(|e| format!("cannot use {}: {e}", file.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;

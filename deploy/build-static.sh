@@ -68,7 +68,7 @@ trap cleanup EXIT
 
 "${run[@]}" "$bin" --version
 
-printf 'joulo_%s\n' "$(head -c 64 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 32)" > "$work/joulo_token"
+printf 'joulo_%s\n' "$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 32)" > "$work/joulo_token"
 chmod 600 "$work/joulo_token"
 printf '[server]\nlisten = "127.0.0.1:0"\n[upstream]\ntoken_file = "joulo_token"\n' > "$work/gateway.toml"
 "${run[@]}" "$bin" check --config "$work/gateway.toml"

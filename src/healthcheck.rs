@@ -65,6 +65,9 @@ pub enum HealthError {
     /// A certificate file holds no usable certificate.
     #[error("{path} holds no PEM CERTIFICATE block")]
     NoCertificate { path: PathBuf },
+    /// The URL carries a user name or password.
+    #[error("--url must not carry user information (user:password@)")]
+    UserInfo,
     /// The URL is not http or https.
     #[error("{0}: only http:// and https:// URLs can be checked")]
     Scheme(Uri),
@@ -119,6 +122,11 @@ impl Target {
     /// `url`, its certificate checked against the CA in `ca` (or Mozilla's
     /// roots when none is given).
     pub fn from_url(url: Uri, ca: Option<&Path>) -> Result<Target, HealthError> {
+        // A password in the URL would be printed with every error: refused
+        // without repeating the URL.
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(HealthError::UserInfo);
+        }
         let trust = match (url.scheme_str(), ca) {
             (Some("http"), _) => Trust::None,
             (Some("https"), Some(ca)) => Trust::Roots(read_certificates(ca)?),

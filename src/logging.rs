@@ -461,6 +461,19 @@ mod tests {
             "my_token=1 tokens=2 ?token=[REDACTED]"
         );
         assert_eq!(redact("?token=[REDACTED]", None), "?token=[REDACTED]");
+        // In a JSON line the value ends before the backslash of an escaped
+        // quote, so the line stays valid JSON.
+        let line = r#"{"path":"/x&token=a\"b","status":400}"#;
+        let redacted = redact(line, None);
+        assert_eq!(
+            redacted,
+            r#"{"path":"/x&token=[REDACTED]\"b","status":400}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&redacted).is_ok());
+        assert_eq!(
+            redact("u#token=abc;x ;access_token=q", None),
+            "u#token=[REDACTED] ;access_token=[REDACTED]"
+        );
         assert!(matches!(redact("no credentials", None), Cow::Borrowed(_)));
     }
 

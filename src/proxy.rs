@@ -95,6 +95,9 @@ impl Handled {
     ) -> Handled {
         let state = state.clone();
         Handled::Later(Box::pin(async move {
+            // A device that hangs up while this waits drops the future: the
+            // guard still leaves its access line.
+            let closed_early = ClosedEarly::new(&state, client, &parts, started.is_some());
             let result = async {
                 let call = match waiting {
                     Waiting::Upstream(call) => call,
@@ -117,8 +120,67 @@ impl Handled {
                 }
             }
             .await;
-            finish(&state, &policy, client, &parts, &trace, started, result)
+            let response = finish(&state, &policy, client, &parts, &trace, started, result);
+            closed_early.defuse();
+            response
         }))
+    }
+}
+
+/// Writes the access line (status 499, nginx's "client closed request") of a
+/// request whose device went away before its answer was ready, when the
+/// waiting future is dropped unfinished.
+struct ClosedEarly {
+    /// What the line says; `None` when the access log is off.
+    line: Option<(SocketAddr, Method, String)>,
+    /// Counted as an answer too.
+    state: Arc<AppState>,
+    /// Set once the request was answered: nothing to do on drop.
+    answered: bool,
+}
+
+impl ClosedEarly {
+    fn new(state: &Arc<AppState>, client: SocketAddr, parts: &Parts, logging: bool) -> ClosedEarly {
+        let line = logging.then(|| {
+            let target = LoggedTarget {
+                path: parts.uri.path(),
+                // No route's parameters are shown: every value is redacted.
+                query: LoggedQuery {
+                    raw: parts.uri.query().unwrap_or(""),
+                    shown: &[],
+                },
+            };
+            (client, parts.method.clone(), target.to_string())
+        });
+        ClosedEarly {
+            line,
+            state: state.clone(),
+            answered: false,
+        }
+    }
+
+    /// The request was answered (and counted, and logged, by `finish`).
+    fn defuse(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ClosedEarly {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.state.requests.count(None, "none", 499);
+        if let Some((client, method, path)) = self.line.take() {
+            tracing::info!(
+                target: "joulo_gateway::access",
+                client = %client,
+                method = %method,
+                path = %path,
+                status = 499,
+                "the device closed the connection before its answer"
+            );
+        }
     }
 }
 
@@ -705,8 +767,8 @@ impl std::fmt::Display for LoggedTarget<'_> {
         if full.len() <= LOGGED_TARGET_MAX {
             return f.write_str(&full);
         }
-        // The target is ASCII (hyper refuses anything else), so any cut is a
-        // character boundary; `floor_char_boundary` keeps it safe regardless.
+        // A path may hold non-ASCII bytes hyper let through: cut on a
+        // character boundary.
         let mut cut = LOGGED_TARGET_MAX;
         while !full.is_char_boundary(cut) {
             cut -= 1;

@@ -131,13 +131,21 @@ impl FolderEvents {
         use inotify::{Inotify, WatchMask};
         let set_up = || -> std::io::Result<FolderEvents> {
             let inotify = Inotify::init()?;
-            for path in paths {
-                let folder = match path.parent() {
-                    Some(folder) if !folder.as_os_str().is_empty() => folder,
-                    _ => Path::new("."),
+            // The folder of the path, and of the file a link leads to: a token
+            // kept elsewhere and linked in changes where it really lies.
+            let folders = paths.iter().flat_map(|path| {
+                let own = match path.parent() {
+                    Some(folder) if !folder.as_os_str().is_empty() => folder.to_owned(),
+                    _ => PathBuf::from("."),
                 };
+                let target = std::fs::canonicalize(path)
+                    .ok()
+                    .and_then(|real| real.parent().map(Path::to_owned));
+                std::iter::once(own).chain(target)
+            });
+            for folder in folders {
                 inotify.watches().add(
-                    folder,
+                    &folder,
                     WatchMask::CREATE
                         | WatchMask::DELETE
                         | WatchMask::MOVED_FROM

@@ -513,3 +513,43 @@ async fn a_device_flooding_past_its_allowance_does_not_flood_the_log() {
             .all(|l| l.contains("status=429"))
     );
 }
+
+#[tokio::test]
+async fn a_device_that_hangs_up_before_its_answer_still_leaves_an_access_line() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[cache]\nttl = \"0s\"\n[routes.energy]\nextra_params = [\"from\"]\n",
+    )
+    .await;
+    let gate = Arc::new(Notify::new());
+    upstream.set_reply(Reply::Gate(gate.clone()));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.8:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(gateway.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(b"GET /energy?from=2026-01-01 HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let sent = support::eventually(Duration::from_secs(5), || async {
+        !upstream.received().is_empty()
+    })
+    .await;
+    assert!(sent, "the request reached the upstream");
+    drop(stream);
+    let logged = support::eventually(Duration::from_secs(5), || async {
+        support::logs().lines().any(|l| {
+            l.contains("joulo_gateway::access")
+                && l.contains("client=127.0.0.8:")
+                && l.contains("status=499")
+                && l.contains("path=/energy?from=[REDACTED]")
+        })
+    })
+    .await;
+    gate.notify_one();
+    assert!(
+        logged,
+        "a 499 access line for the request whose device went away"
+    );
+}

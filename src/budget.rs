@@ -136,7 +136,16 @@ impl UpstreamBudget {
     /// Upstream calls in the last 60 s, and how many of the per-minute budget
     /// are left (none below zero: a burst may go past the rate for a while).
     pub fn this_minute(&self) -> (u32, u32) {
-        let now = Instant::now();
+        let used = self.last_minute(Instant::now()).len();
+        let used = u32::try_from(used).unwrap_or(u32::MAX);
+        (used, self.per_minute.saturating_sub(used))
+    }
+
+    /// The calls of the last 60 s before `now`, older ones forgotten.
+    fn last_minute(
+        &self,
+        now: Instant,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Instant>> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         while recent
             .front()
@@ -144,8 +153,7 @@ impl UpstreamBudget {
         {
             recent.pop_front();
         }
-        let used = u32::try_from(recent.len()).unwrap_or(u32::MAX);
-        (used, self.per_minute.saturating_sub(used))
+        recent
     }
 
     /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
@@ -154,15 +162,8 @@ impl UpstreamBudget {
         self.check_backoff()?;
         let result = wait_for_slot(|| self.limiter.check(), self.queue_timeout).await;
         if result.is_ok() {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            while recent
-                .front()
-                .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(60))
-            {
-                recent.pop_front();
-            }
-            recent.push_back(now);
+            self.last_minute(now).push_back(now);
         }
         result.map_err(|wait| {
             self.refused
@@ -265,10 +266,7 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
 
     /// Takes a slot for `client` if one is free now.
     pub fn try_acquire(&self, client: &K) -> bool {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
-            // Forget devices whose allowance is full again, so the map stays small.
-            self.limiter.retain_recent();
-        }
+        sweep_now_and_then(&self.checks, &self.limiter);
         self.limiter.check_key(client).is_ok()
     }
 
@@ -326,9 +324,7 @@ impl<K: Hash + Eq + Clone> DeviceShare<K> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
-            limiter.retain_recent();
-        }
+        sweep_now_and_then(&self.checks, limiter);
         limiter.check_key(device).map_err(|refusal| {
             self.refused
                 .get_or_create(&LimitLabels {
@@ -339,6 +335,14 @@ impl<K: Hash + Eq + Clone> DeviceShare<K> {
                 retry_after: refusal.wait_time_from(TokioClock.now()),
             }
         })
+    }
+}
+
+/// Every [`CLIENT_SWEEP_EVERY`] checks (counted in `checks`), forgets the
+/// devices whose allowance is full again, so a keyed limiter's map stays small.
+fn sweep_now_and_then<K: Hash + Eq + Clone>(checks: &AtomicU64, limiter: &Keyed<K>) {
+    if checks.fetch_add(1, Ordering::Relaxed) % CLIENT_SWEEP_EVERY == 0 {
+        limiter.retain_recent();
     }
 }
 

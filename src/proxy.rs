@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::access::Caller;
 use crate::budget::UpstreamBudget;
 use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, Stored, X_CACHE};
+use crate::metrics::RequestCounters;
 use crate::ops::OpsEndpoint;
 use crate::outbound::UpstreamRequest;
 use crate::params::{self, CanonicalQuery, LoggedQuery};
@@ -97,7 +98,7 @@ impl Handled {
         Handled::Later(Box::pin(async move {
             // A device that hangs up while this waits drops the future: the
             // guard still leaves its access line.
-            let closed_early = ClosedEarly::new(&state, client, &parts, started.is_some());
+            let closed_early = ClosedEarly::new(&state.requests, client, &parts, started.is_some());
             let result = async {
                 let call = match waiting {
                     Waiting::Upstream(call) => call,
@@ -130,17 +131,22 @@ impl Handled {
 /// Writes the access line (status 499, nginx's "client closed request") of a
 /// request whose device went away before its answer was ready, when the
 /// waiting future is dropped unfinished.
-struct ClosedEarly {
+struct ClosedEarly<'a> {
     /// What the line says; `None` when the access log is off.
     line: Option<(SocketAddr, Method, String)>,
-    /// Counted as an answer too.
-    state: Arc<AppState>,
+    /// Where the 499 is counted too.
+    requests: &'a RequestCounters,
     /// Set once the request was answered: nothing to do on drop.
     answered: bool,
 }
 
-impl ClosedEarly {
-    fn new(state: &Arc<AppState>, client: SocketAddr, parts: &Parts, logging: bool) -> ClosedEarly {
+impl<'a> ClosedEarly<'a> {
+    fn new(
+        requests: &'a RequestCounters,
+        client: SocketAddr,
+        parts: &Parts,
+        logging: bool,
+    ) -> ClosedEarly<'a> {
         let line = logging.then(|| {
             let target = LoggedTarget {
                 path: parts.uri.path(),
@@ -154,7 +160,7 @@ impl ClosedEarly {
         });
         ClosedEarly {
             line,
-            state: state.clone(),
+            requests,
             answered: false,
         }
     }
@@ -165,12 +171,12 @@ impl ClosedEarly {
     }
 }
 
-impl Drop for ClosedEarly {
+impl Drop for ClosedEarly<'_> {
     fn drop(&mut self) {
         if self.answered {
             return;
         }
-        self.state.requests.count(None, "none", 499);
+        self.requests.count(None, "none", 499);
         if let Some((client, method, path)) = self.line.take() {
             tracing::info!(
                 target: "joulo_gateway::access",

@@ -9,20 +9,27 @@ use std::time::Duration;
 
 use household::{Household, simulate};
 
-#[tokio::test(start_paused = true)]
-async fn many_devices_cost_one_upstream_call_per_route_per_ttl_window() {
-    let duration = Duration::from_secs(180);
+/// Eight devices polling the four GET routes every 10-30 s through the shipped
+/// config for `duration` of simulated time; with `greedy`, the eighth pages
+/// through distinct `/sessions` instead.
+async fn eight_devices(duration: Duration, greedy: bool) -> household::Report {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
-    let report = simulate(
+    simulate(
         &config,
         &Household {
             devices: 8,
             duration,
             interval: (Duration::from_secs(10), Duration::from_secs(30)),
-            greedy: false,
+            greedy,
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_devices_cost_one_upstream_call_per_route_per_ttl_window() {
+    let duration = Duration::from_secs(180);
+    let report = eight_devices(duration, false).await;
     assert_eq!(
         report.statuses.keys().copied().collect::<Vec<_>>(),
         [200],
@@ -44,17 +51,7 @@ async fn many_devices_cost_one_upstream_call_per_route_per_ttl_window() {
 #[tokio::test(start_paused = true)]
 async fn one_device_paging_through_history_leaves_the_others_all_their_answers() {
     let duration = Duration::from_secs(180);
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
-    let report = simulate(
-        &config,
-        &Household {
-            devices: 8,
-            duration,
-            interval: (Duration::from_secs(10), Duration::from_secs(30)),
-            greedy: true,
-        },
-    )
-    .await;
+    let report = eight_devices(duration, true).await;
     // The seven well-behaved devices: every answer a 200.
     assert_eq!(
         report.statuses.keys().copied().collect::<Vec<_>>(),

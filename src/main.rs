@@ -193,7 +193,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             let config = Config::load(&cli.config)?;
-            let tokens = TokenSource::new(config.upstream.token_file.clone());
+            let tokens = TokenSource::with_origin(
+                config.upstream.token_file.clone(),
+                config.upstream.token_origin.clone(),
+            );
             // So a too-open token file's warning is shown.
             logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
@@ -244,7 +247,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            let tokens = TokenSource::new(config.upstream.token_file.clone());
+            let tokens = TokenSource::with_origin(
+                config.upstream.token_file.clone(),
+                config.upstream.token_origin.clone(),
+            );
             let log_level = logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);

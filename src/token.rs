@@ -24,7 +24,15 @@ const TOKEN_FILE_LIMIT: u64 = 64 * 1024;
 /// Why a token file was not accepted. Never carries the file's contents.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// The file is missing, unreadable, not a regular file or far too long.
+    /// The file does not exist: the usual first start, so the message says
+    /// what to do.
+    #[error(
+        "token file {path} does not exist: create it readable by its owner only \
+         (install -m 600 /dev/null {path}), write your Joulo API token into it, \
+         then start the gateway again"
+    )]
+    Missing { path: PathBuf },
+    /// The file is unreadable, not a regular file or far too long.
     #[error("cannot read token file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -62,7 +70,8 @@ impl UpstreamToken {
     pub fn parse(raw: &str) -> Result<UpstreamToken, &'static str> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err("is empty");
+            return Err("is empty: write your Joulo API token into it (one line), \
+                        then start the gateway again");
         }
         if trimmed.chars().any(|c| c.is_whitespace()) {
             return Err("holds whitespace inside the token (one token, on one line, expected)");
@@ -125,6 +134,9 @@ pub struct TokenSource {
 struct TokenSourceInner {
     /// The file the token is read from.
     path: PathBuf,
+    /// The file `path` is a copy of (systemd's credential), named in messages
+    /// about its content since that is the one to edit.
+    origin: Option<PathBuf>,
     /// The loaded token; `None` while the file is missing or invalid (fail closed).
     current: RwLock<Option<Arc<UpstreamToken>>>,
     /// Whether `current` holds a token, set with it under its write lock: a cache
@@ -150,9 +162,16 @@ struct TokenSourceInner {
 impl TokenSource {
     /// A source for `path` holding no token yet; call [`TokenSource::reload`].
     pub fn new(path: PathBuf) -> TokenSource {
+        TokenSource::with_origin(path, None)
+    }
+
+    /// A source for `path`, a copy of `origin` made by the platform (systemd's
+    /// credential): messages about the token name `origin`.
+    pub fn with_origin(path: PathBuf, origin: Option<PathBuf>) -> TokenSource {
         TokenSource {
             inner: Arc::new(TokenSourceInner {
                 path,
+                origin,
                 current: RwLock::new(None),
                 loaded_flag: false.into(),
                 rejected: false.into(),
@@ -191,7 +210,7 @@ impl TokenSource {
     /// a deleted or corrupted secret stops all upstream calls.
     pub fn reload(&self) -> Result<(), TokenError> {
         self.inner.loaded.record(&[&self.inner.path]);
-        let result = read_token_file(&self.inner.path);
+        let result = read_token_file(&self.inner.path, self.inner.origin.as_deref());
         let mut current = self
             .inner
             .current
@@ -330,11 +349,19 @@ pub enum Rejection {
     Outdated,
 }
 
-fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
-    let read_err = |source| TokenError::Read {
-        path: path.to_owned(),
-        source,
+/// Reads and checks the token at `path`; `origin`, when `path` is a copy of
+/// it, is the file named in messages about the content.
+fn read_token_file(path: &Path, origin: Option<&Path>) -> Result<UpstreamToken, TokenError> {
+    let read_err = |source| match source {
+        FileError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => TokenError::Missing {
+            path: path.to_owned(),
+        },
+        source => TokenError::Read {
+            path: path.to_owned(),
+            source,
+        },
     };
+    let shown = origin.unwrap_or(path);
     let (bytes, exposure) =
         files::read_private(path, TOKEN_FILE_LIMIT, files::platform_protected(path))
             .map_err(read_err)?;
@@ -348,11 +375,11 @@ fn read_token_file(path: &Path) -> Result<UpstreamToken, TokenError> {
         );
     }
     let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
-        path: path.to_owned(),
+        path: shown.to_owned(),
         problem: "is not UTF-8 text",
     })?;
     UpstreamToken::parse(text).map_err(|problem| TokenError::Invalid {
-        path: path.to_owned(),
+        path: shown.to_owned(),
         problem,
     })
 }
@@ -394,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         crate::files::write_private(&path, "joulo_half one\n").unwrap();
-        let err = read_token_file(&path).unwrap_err().to_string();
+        let err = read_token_file(&path, None).unwrap_err().to_string();
         assert!(!err.contains("joulo_half"), "{err}");
         assert!(err.contains("whitespace"), "{err}");
     }

@@ -483,6 +483,79 @@ fn check_refuses_a_token_file_others_can_read_and_says_how_to_fix_it() {
     );
 }
 
+/// The packaged layout: the unit copies /etc/joulo-gateway/joulo_token into a
+/// credential, and `check` from a shell reads the file itself. Before a token
+/// exists, both say which file to write, and how, on one line, and exit 64.
+#[test]
+fn a_first_start_without_a_token_says_which_file_to_write() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[upstream]\n", "[upstream]\ntoken_credential = \"joulo_token\"\n");
+    std::fs::write(&config, text).unwrap();
+    let token_file = dir.path().join("joulo_token");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let run = |command: &str, credentials_dir: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config);
+        if !command.is_empty() {
+            cmd.arg(command);
+        }
+        cmd.env_remove("CREDENTIALS_DIRECTORY").env("RUST_LOG", "trace");
+        if let Some(dir) = credentials_dir {
+            cmd.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let shown = token_file.display().to_string();
+
+    // No file at all: `check` from a shell names it and the command that makes it.
+    let (code, err) = run("check", None);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(&format!("token file {shown} does not exist"))
+            && err.contains(&format!("install -m 600 /dev/null {shown}")),
+        "{err}"
+    );
+    // One line for it (the other is the mock's foreign-host warning).
+    assert_eq!(err.lines().filter(|l| l.contains("token")).count(), 2, "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("token file")).count(), 1, "{err}");
+
+    // The package's empty placeholder, from a shell and under the unit (the
+    // credential is a copy): both name the file to edit, not the copy.
+    write_private(&token_file, "").unwrap();
+    write_private(&credentials.join("joulo_token"), "").unwrap();
+    for (command, creds) in [("check", None), ("", Some(credentials.as_path()))] {
+        let (code, err) = run(command, creds);
+        assert_eq!(code, Some(64), "{command}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("token file"))
+            .unwrap_or_else(|| panic!("{command}: {err}"));
+        assert!(
+            line.contains(&format!("token file {shown} is empty: write your Joulo API token")),
+            "{command}: {err}"
+        );
+    }
+
+    // Written: the shell reads the file, the unit its credential.
+    let token = canary();
+    write_private(&token_file, &token).unwrap();
+    let (code, err) = run("check", None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run("check", Some(&credentials));
+    assert_eq!(code, Some(64), "the credential is still the empty copy: {err}");
+    write_private(&credentials.join("joulo_token"), &token).unwrap();
+    let (code, err) = run("check", Some(&credentials));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains(&token));
+}
+
 /// Starts the binary with `config` and `env`, and returns it with the address
 /// it listens on and its stderr so far, once it says it is listening.
 fn start_binary(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, SocketAddr, String) {

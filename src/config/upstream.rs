@@ -21,6 +21,9 @@ pub(super) struct RawUpstream {
     /// The token file, relative to the config file's folder; unset means the
     /// platform's secret location.
     pub(super) token_file: Option<PathBuf>,
+    /// The name of the systemd credential that carries `token_file`'s content
+    /// when the gateway runs under the unit (`LoadCredential=`).
+    pub(super) token_credential: Option<String>,
     /// Extra trust anchors (PEM), relative to the config file's folder.
     pub(super) ca_file: Option<PathBuf>,
     /// Which store of trust anchors verifies Joulo.
@@ -43,6 +46,9 @@ pub struct UpstreamConfig {
     pub base_url: Uri,
     /// The file holding the Joulo token, re-read when it changes.
     pub token_file: PathBuf,
+    /// The file an admin writes the token into, when `token_file` is a copy
+    /// of it (systemd's credential): what messages name.
+    pub token_origin: Option<PathBuf>,
     /// Which store of trust anchors verifies Joulo's certificate.
     pub roots: TrustRoots,
     /// Trust anchors added to `roots` (a private CA, a test CA).
@@ -86,12 +92,38 @@ pub(super) fn validate(
     let base_url = parse_base_url(base_text)
         .map_err(|m| ConfigError::invalid(path, "upstream.base_url", m))?;
 
-    let token_file = match raw.token_file {
-        Some(p) => base_dir.join(p),
-        None => match credentials_dir {
-            Some(dir) => dir.join(CREDENTIAL_NAME),
-            None => PathBuf::from(DOCKER_SECRET_PATH),
-        },
+    if let Some(name) = &raw.token_credential {
+        // The name becomes a file name in the credentials directory.
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !name.starts_with('.');
+        if !plain {
+            return Err(ConfigError::invalid(
+                path,
+                "upstream.token_credential",
+                "must be a credential name: up to 64 of A-Z a-z 0-9 _ - . (not starting with .)"
+                    .into(),
+            ));
+        }
+        if raw.token_file.is_none() {
+            return Err(ConfigError::invalid(
+                path,
+                "upstream.token_credential",
+                "needs upstream.token_file, the file the unit loads the credential from".into(),
+            ));
+        }
+    }
+    // Under systemd the credential is a private copy of token_file taken at
+    // start; from a shell (`check`), token_file itself is read.
+    let (token_file, token_origin) = match (raw.token_file, &raw.token_credential, credentials_dir)
+    {
+        (Some(p), Some(name), Some(dir)) => (dir.join(name), Some(base_dir.join(p))),
+        (Some(p), _, _) => (base_dir.join(p), None),
+        (None, _, Some(dir)) => (dir.join(CREDENTIAL_NAME), None),
+        (None, _, None) => (PathBuf::from(DOCKER_SECRET_PATH), None),
     };
 
     let extra_roots = match raw.ca_file {
@@ -119,6 +151,7 @@ pub(super) fn validate(
     Ok(UpstreamConfig {
         base_url,
         token_file,
+        token_origin,
         roots,
         extra_roots,
         connect_timeout,
@@ -194,5 +227,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.token_file, Path::new("/run/cred/joulo_token"));
+        assert_eq!(c.token_origin, None);
+    }
+
+    #[test]
+    fn a_named_credential_stands_in_for_the_token_file_under_systemd() {
+        let raw = || RawUpstream {
+            token_file: Some("/etc/jg/joulo_token".into()),
+            token_credential: Some("joulo_token".into()),
+            ..RawUpstream::default()
+        };
+        let under_systemd = validate(
+            raw(),
+            Path::new("t"),
+            Path::new("."),
+            Some(Path::new("/run/credentials/jg.service")),
+        )
+        .unwrap();
+        assert_eq!(
+            under_systemd.token_file,
+            Path::new("/run/credentials/jg.service/joulo_token")
+        );
+        assert_eq!(
+            under_systemd.token_origin.as_deref(),
+            Some(Path::new("/etc/jg/joulo_token"))
+        );
+        let from_a_shell = validate(raw(), Path::new("t"), Path::new("."), None).unwrap();
+        assert_eq!(from_a_shell.token_file, Path::new("/etc/jg/joulo_token"));
+        assert_eq!(from_a_shell.token_origin, None);
+
+        for bad in ["", "../x", ".hidden", "a/b", "a b"] {
+            let raw = RawUpstream {
+                token_credential: Some(bad.into()),
+                ..raw()
+            };
+            let err = validate(raw, Path::new("t"), Path::new("."), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upstream.token_credential"), "{bad:?}: {err}");
+        }
+        let alone = RawUpstream {
+            token_file: None,
+            ..raw()
+        };
+        let err = validate(alone, Path::new("t"), Path::new("."), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs upstream.token_file"), "{err}");
     }
 }

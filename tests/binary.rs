@@ -491,9 +491,10 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
     let upstream = MockUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &upstream, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[upstream]\n", "[upstream]\ntoken_credential = \"joulo_token\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[upstream]\n",
+        "[upstream]\ntoken_credential = \"joulo_token\"\n",
+    );
     std::fs::write(&config, text).unwrap();
     let token_file = dir.path().join("joulo_token");
     let credentials = dir.path().join("credentials");
@@ -504,7 +505,8 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
         if !command.is_empty() {
             cmd.arg(command);
         }
-        cmd.env_remove("CREDENTIALS_DIRECTORY").env("RUST_LOG", "trace");
+        cmd.env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "trace");
         if let Some(dir) = credentials_dir {
             cmd.env("CREDENTIALS_DIRECTORY", dir);
         }
@@ -523,8 +525,16 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
         "{err}"
     );
     // One line for it (the other is the mock's foreign-host warning).
-    assert_eq!(err.lines().filter(|l| l.contains("token")).count(), 2, "{err}");
-    assert_eq!(err.lines().filter(|l| l.contains("token file")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("token")).count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("token file")).count(),
+        1,
+        "{err}"
+    );
 
     // The package's empty placeholder, from a shell and under the unit (the
     // credential is a copy): both name the file to edit, not the copy.
@@ -538,7 +548,9 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
             .find(|l| l.contains("token file"))
             .unwrap_or_else(|| panic!("{command}: {err}"));
         assert!(
-            line.contains(&format!("token file {shown} is empty: write your Joulo API token")),
+            line.contains(&format!(
+                "token file {shown} is empty: write your Joulo API token"
+            )),
             "{command}: {err}"
         );
     }
@@ -549,7 +561,11 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
     let (code, err) = run("check", None);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = run("check", Some(&credentials));
-    assert_eq!(code, Some(64), "the credential is still the empty copy: {err}");
+    assert_eq!(
+        code,
+        Some(64),
+        "the credential is still the empty copy: {err}"
+    );
     write_private(&credentials.join("joulo_token"), &token).unwrap();
     let (code, err) = run("check", Some(&credentials));
     assert_eq!(code, Some(0), "{err}");

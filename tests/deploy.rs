@@ -20,9 +20,24 @@ fn read(path: &str) -> String {
 #[test]
 fn deploy_configs_validate_and_take_the_token_from_the_platform() {
     let systemd = Config::load(&repo("deploy/systemd/gateway.toml")).unwrap();
-    // Without $CREDENTIALS_DIRECTORY (as here) the Docker path is the fallback;
-    // under systemd the credential directory wins (unit-tested in src/config/upstream.rs).
-    assert!(systemd.upstream.token_file.ends_with("joulo_token"));
+    // From a shell (as here) the file an admin writes; under the unit the
+    // credential the unit copies it into (unit-tested in src/config/upstream.rs).
+    assert_eq!(
+        systemd.upstream.token_file,
+        Path::new("/etc/joulo-gateway/joulo_token")
+    );
+    let unit = read("deploy/systemd/joulo-gateway.service");
+    let load = format!(
+        "LoadCredential=joulo_token:{}",
+        systemd.upstream.token_file.display()
+    );
+    assert!(unit.lines().any(|l| l == load), "missing {load}");
+    assert!(
+        read("deploy/systemd/gateway.toml")
+            .lines()
+            .any(|l| l == "token_credential = \"joulo_token\""),
+        "the config must name the unit's credential"
+    );
     let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
     assert_eq!(
         docker.upstream.token_file,
@@ -242,4 +257,55 @@ fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
     assert!(dockerfile.contains("adduser -S -D -H -u 65532"));
     let build = read("deploy/homeassistant/addon/joulo_gateway/build.yaml");
     assert!(!build.contains(":latest"), "base image pinned to a release");
+}
+
+/// The Debian package's metadata points at files that exist, its maintainer
+/// scripts leave room for the unit's generated snippets, create no user and
+/// keep the token private; the unit is enabled but not started on install.
+#[test]
+fn the_debian_package_is_complete() {
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let assets = deb["assets"].as_array().unwrap();
+    let destinations: Vec<&str> = assets
+        .iter()
+        .map(|a| a.as_array().unwrap()[1].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "usr/bin/",
+        "etc/joulo-gateway/gateway.toml",
+        "usr/share/man/man1/",
+        "usr/share/bash-completion/completions/joulo-gateway",
+        "usr/share/zsh/vendor-completions/",
+        "usr/share/fish/vendor_completions.d/",
+        "usr/share/doc/joulo-gateway/copyright",
+    ] {
+        assert!(destinations.contains(&wanted), "no asset for {wanted}");
+    }
+    for asset in assets {
+        let source = asset.as_array().unwrap()[0].as_str().unwrap();
+        // target/ is built by deploy/build-deb.sh; the rest is committed.
+        if !source.starts_with("target/") {
+            assert!(repo(source).is_file(), "{source} is missing");
+        }
+    }
+    let units = &deb["systemd-units"];
+    assert_eq!(units["enable"].as_bool(), Some(true));
+    assert_eq!(units["start"].as_bool(), Some(false));
+    for script in ["deploy/debian/postinst", "deploy/debian/postrm"] {
+        let text = read(script);
+        assert!(text.contains("#DEBHELPER#"), "{script}");
+        assert!(
+            !text.contains("adduser") && !text.contains("useradd"),
+            "{script}"
+        );
+    }
+    assert!(
+        read("deploy/debian/postinst")
+            .contains("install -m 600 -o root -g root /dev/null /etc/joulo-gateway/joulo_token")
+    );
+    assert!(
+        read("deploy/debian/changelog")
+            .starts_with(&format!("joulo-gateway ({}-1) ", env!("CARGO_PKG_VERSION")))
+    );
 }

@@ -69,7 +69,7 @@ fn check_validates_config_and_token_with_exit_64() {
     assert_eq!(out.status.code(), Some(64), "no token file yet");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("joulo_token") && err.contains("cannot read token file"),
+        err.contains("joulo_token") && err.contains("does not exist: create it"),
         "{err}"
     );
 

@@ -73,6 +73,7 @@ http {
 EOF
 
 # --- the gateway in front of it, its cache TTL given (0s: off) --------------
+# UPSTREAM_HTTP2=auto|always|never sets [upstream] http2 (default: the gateway's).
 gateway_conf() { # name port ttl [event loops, default 1]
   cat > "$work/$1.toml" <<EOF
 [server]
@@ -85,6 +86,7 @@ worker_threads = ${4:-1}
 base_url = "https://localhost:$UP/functions/v1/api"
 token_file = "joulo_token"
 ca_file = "ca.pem"
+${UPSTREAM_HTTP2:+http2 = \"$UPSTREAM_HTTP2\"}
 [log]
 level = "warn"
 [limits]

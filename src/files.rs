@@ -121,6 +121,36 @@ pub fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
     credentials.is_some_and(under) || under(Path::new("/run/secrets"))
 }
 
+/// Holds the file a platform copied a secret from (systemd's
+/// `LoadCredential=` source) to the same standard as the secret itself, as far
+/// as it can be seen from inside the service: no group or other permission
+/// bits, and no folder on the way others may write. Its owner is not judged (a
+/// user namespace shows root as nobody), nor is a source that cannot be seen
+/// (gone since the copy, or in a folder closed to the service).
+pub fn check_source_private(path: &Path) -> Result<(), FileError> {
+    #[cfg(unix)]
+    {
+        let Ok(stat) = rustix::fs::stat(path) else {
+            return Ok(());
+        };
+        let mode = stat.st_mode & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(FileError::Exposed {
+                problem: format!(
+                    "it is readable or writable by group or others (mode {mode:04o}); \
+                     run `chmod 600` on it, as ssh requires of a private key"
+                ),
+            });
+        }
+        if let Some(problem) = writable_folder(path) {
+            return Err(FileError::Exposed { problem });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Refuses a file others could change: `path` must not be writable by group or
 /// others (the config, a CA file: not secret, but whoever can edit them can
 /// send the token elsewhere), nor lie in a folder they can write to.

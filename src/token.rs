@@ -362,6 +362,14 @@ fn read_token_file(path: &Path, origin: Option<&Path>) -> Result<UpstreamToken, 
         },
     };
     let shown = origin.unwrap_or(path);
+    // Under systemd the credential is a private copy; the file it was copied
+    // from must be as private, or the token is open to others all along.
+    if let Some(origin) = origin {
+        files::check_source_private(origin).map_err(|source| TokenError::Read {
+            path: origin.to_owned(),
+            source,
+        })?;
+    }
     let (bytes, exposure) =
         files::read_private(path, TOKEN_FILE_LIMIT, files::platform_protected(path))
             .map_err(read_err)?;

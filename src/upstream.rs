@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::config::{TrustRoots, UpstreamConfig};
+use crate::config::{Http2, TrustRoots, UpstreamConfig};
 use crate::metrics::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
@@ -124,11 +124,14 @@ impl Upstream {
         tcp.set_connect_timeout(Some(cfg.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+            .https_only();
+        let https = match cfg.http2 {
+            Http2::Auto => https.enable_http1().enable_http2().wrap_connector(tcp),
+            Http2::Always => https.enable_http2().wrap_connector(tcp),
+            Http2::Never => https.enable_http1().wrap_connector(tcp),
+        };
         let mut builder = Client::builder(TokioExecutor::new());
+        builder.http2_only(cfg.http2 == Http2::Always);
         builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)

@@ -570,6 +570,20 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
     let (code, err) = run("check", Some(&credentials));
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains(&token));
+
+    // The copy is private, but the file it came from is open to others: the
+    // service refuses it too, naming that file and the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for command in ["check", ""] {
+        let (code, err) = run(command, Some(&credentials));
+        assert_eq!(code, Some(64), "{command}: {err}");
+        assert!(
+            err.contains(&shown) && err.contains("mode 0644") && err.contains("chmod 600"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains(&token));
+    }
 }
 
 /// Starts the binary with `config` and `env`, and returns it with the address
@@ -895,6 +909,14 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
         );
         assert!(main.contains(&format!("joulo\\-gateway\\-{}(1)", sub.replace('-', "\\-"))));
     }
+    assert!(
+        main.contains(".SH FILES")
+            && main.contains("joulo_token")
+            && main.contains(".SH \"SEE ALSO\""),
+        "{main}"
+    );
+    // Every page joulo-gateway(1) names exists, `help` included.
+    assert!(dir.path().join("joulo-gateway-help.1").exists());
     let gen_key = std::fs::read_to_string(dir.path().join("joulo-gateway-gen-key.1")).unwrap();
     assert!(gen_key.contains("\\-\\-scopes") && gen_key.contains("\\-\\-name"));
     // Hidden: not a page of its own, not in --help.
@@ -916,5 +938,29 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
             script.contains("healthcheck") && script.contains("gen-key"),
             "{shell}"
         );
+        // bash, where installed: a subcommand's options complete too.
+        if shell == "bash" && Command::new("bash").arg("--version").output().is_ok() {
+            let file = dir.path().join("completion.bash");
+            std::fs::write(&file, &*script).unwrap();
+            let complete = |words: &str| {
+                let out = Command::new("bash")
+                    .arg("-c")
+                    .arg(format!(
+                        "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+                         _joulo__gateway joulo-gateway \"${{COMP_WORDS[COMP_CWORD]}}\" \
+                         \"${{COMP_WORDS[COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[@]}}\"",
+                        file.display()
+                    ))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            assert!(complete("joulo-gateway gen").contains("gen-key"));
+            let options = complete("joulo-gateway gen-key --");
+            assert!(
+                options.contains("--scopes") && options.contains("--name"),
+                "{options}"
+            );
+        }
     }
 }

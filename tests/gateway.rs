@@ -113,6 +113,24 @@ async fn the_upstream_is_reached_over_http2_by_alpn() {
 }
 
 #[tokio::test]
+async fn upstream_http2_chooses_the_version_spoken_to_joulo() {
+    for (setting, version) in [
+        ("auto", Version::HTTP_2),
+        ("always", Version::HTTP_2),
+        ("never", Version::HTTP_11),
+    ] {
+        let upstream = MockUpstream::start();
+        let gateway =
+            TestGateway::start_on(&upstream, &format!("[upstream]\nhttp2 = \"{setting}\"")).await;
+        for path in ["/chargers", "/energy", "/chargers"] {
+            let (status, _, _) = gateway.get(path).await;
+            assert_eq!(status, StatusCode::OK, "{setting} {path}");
+            assert_eq!(upstream.last().version, version, "{setting} {path}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn refused_requests_never_reach_the_upstream() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start(&upstream).await;

@@ -32,7 +32,7 @@ pub use cache::CacheConfig;
 pub use limits::LimitsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use server::{ServerConfig, TlsFiles};
-pub use upstream::{TrustRoots, UpstreamConfig};
+pub use upstream::{Http2, TrustRoots, UpstreamConfig};
 
 /// The file name `joulo-gateway` reads when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "gateway.toml";

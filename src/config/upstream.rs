@@ -28,6 +28,8 @@ pub(super) struct RawUpstream {
     pub(super) ca_file: Option<PathBuf>,
     /// Which store of trust anchors verifies Joulo.
     pub(super) roots: Option<TrustRoots>,
+    /// Which HTTP version the gateway speaks to Joulo.
+    pub(super) http2: Option<Http2>,
     /// Bound on TCP connect to Joulo.
     #[serde(default, with = "humantime_serde")]
     pub(super) connect_timeout: Option<Duration>,
@@ -51,6 +53,8 @@ pub struct UpstreamConfig {
     pub token_origin: Option<PathBuf>,
     /// Which store of trust anchors verifies Joulo's certificate.
     pub roots: TrustRoots,
+    /// Whether calls to Joulo use HTTP/2, HTTP/1.1 or what TLS negotiates.
+    pub http2: Http2,
     /// Trust anchors added to `roots` (a private CA, a test CA).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Bound on TCP connect to the upstream.
@@ -59,6 +63,19 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// How often the token file's metadata is checked for a rotation.
     pub token_poll_interval: Duration,
+}
+
+/// Which HTTP version the gateway speaks to Joulo, offered in TLS (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http2 {
+    /// Offer both; the upstream picks (Joulo's servers pick HTTP/2).
+    Auto,
+    /// HTTP/2 only: the calls share a few connections as streams.
+    Always,
+    /// HTTP/1.1 only: a pool of keep-alive connections, one call on each at
+    /// a time. Cheaper per call than HTTP/2 (no HPACK, no stream machinery).
+    Never,
 }
 
 /// Where the trust anchors for Joulo's certificate come from.
@@ -133,6 +150,7 @@ pub(super) fn validate(
     };
 
     let roots = raw.roots.unwrap_or(defaults::ROOTS);
+    let http2 = raw.http2.unwrap_or(defaults::HTTP2);
 
     let connect_timeout = positive(
         raw.connect_timeout,
@@ -153,6 +171,7 @@ pub(super) fn validate(
         token_file,
         token_origin,
         roots,
+        http2,
         extra_roots,
         connect_timeout,
         timeout,
@@ -228,6 +247,23 @@ mod tests {
         .unwrap();
         assert_eq!(c.token_file, Path::new("/run/cred/joulo_token"));
         assert_eq!(c.token_origin, None);
+    }
+
+    #[test]
+    fn the_http_version_to_joulo_is_chosen_by_name() {
+        assert_eq!(parse("").unwrap().upstream.http2, Http2::Auto);
+        for (text, want) in [
+            ("auto", Http2::Auto),
+            ("always", Http2::Always),
+            ("never", Http2::Never),
+        ] {
+            let c = parse(&format!("[upstream]\nhttp2 = \"{text}\"")).unwrap();
+            assert_eq!(c.upstream.http2, want);
+        }
+        let err = parse("[upstream]\nhttp2 = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http2"), "{err}");
     }
 
     #[test]

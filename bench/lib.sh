@@ -44,7 +44,7 @@ chmod 600 "$work/joulo_token" "$work"/*.key
 
 body='{"chargers":[{"id":"6f1c0d3e-8f43-4d8e-9f7b-2a1b3c4d5e6f","nickname":"Oprit","connection_type":"ocpp","status":"charging","mid_certified":true,"is_charging":true,"current_session":{"id":"0b9a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d","started_at":"2026-11-28T17:04:00Z","kwh_so_far":8.62},"latest_meter_wh":4190733,"meter_updated_at":"2026-11-28T17:51:40Z"}]}'
 
-UP=19443; NGX=19081; NGXC=19082; GW=19091; GWC=19092
+UP=19443; NGX=19081; NGXC=19082; NGXS=19083; GW=19091; GWC=19092
 
 common="pid PIDFILE; error_log $work/nginx-error.log warn; daemon on;
 events { worker_connections 4096; }"

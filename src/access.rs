@@ -309,6 +309,32 @@ impl AccessPolicy {
     }
 }
 
+thread_local! {
+    /// The last `Host` value this event loop found valid. Devices send the
+    /// same one on every request, and parsing it as an authority allocates;
+    /// a copy is kept, not the value, which shares hyper's read buffer.
+    static LAST_VALID_HOST: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `host` is a valid authority for a `Host` header: no user
+/// information, a port that fits in 16 bits.
+fn valid_host(host: &str) -> bool {
+    if LAST_VALID_HOST.with_borrow(|last| !last.is_empty() && last == host.as_bytes()) {
+        return true;
+    }
+    let valid = !host.is_empty()
+        && !host.contains('@')
+        && host.parse::<http::uri::Authority>().is_ok()
+        && port_fits(host);
+    if valid && host.len() <= 255 {
+        LAST_VALID_HOST.with_borrow_mut(|last| {
+            last.clear();
+            last.extend_from_slice(host.as_bytes());
+        });
+    }
+    valid
+}
+
 /// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`, and
 /// it is a valid authority; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
 /// a `Host` sent beside it agree. A request that names its target two ways
@@ -325,8 +351,7 @@ pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
             value
                 .to_str()
                 .ok()
-                .filter(|h| !h.is_empty() && !h.contains('@'))
-                .filter(|h| h.parse::<http::uri::Authority>().is_ok() && port_fits(h))
+                .filter(|h| valid_host(h))
                 .ok_or(AccessError::BadHost("invalid Host header"))?,
         ),
     };
@@ -513,6 +538,23 @@ mod tests {
             name: name.into(),
             key_sha256: Sha256::digest(key.as_bytes()).into(),
             scopes: scopes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_remembered_host_never_lets_an_invalid_one_through() {
+        for (host, valid) in [
+            ("gateway.lan:8080", true),
+            ("gateway.lan:8080", true),
+            ("gateway.lan:99999", false),
+            ("user@gateway.lan", false),
+            ("gateway.lan:8080", true),
+            ("[::1]:8080", true),
+            ("gateway.lan:8080 ", false),
+            ("", false),
+            ("gateway.lan:8080", true),
+        ] {
+            assert_eq!(valid_host(host), valid, "{host:?}");
         }
     }
 

@@ -54,6 +54,7 @@ pub mod access;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod event_loop;
 pub mod files;

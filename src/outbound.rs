@@ -27,8 +27,8 @@ pub struct UpstreamRequest {
     pub route: RouteId,
     /// `base_url`, the route's path and the canonical query.
     pub uri: Uri,
-    /// The gateway's own header set for the route's method.
-    pub headers: HeaderMap,
+    /// The gateway's own header set for the route's method, made once.
+    pub headers: Arc<HeaderMap>,
     /// The re-serialised JSON body of a POST route; `None` for a GET.
     pub body: Option<Bytes>,
 }
@@ -46,9 +46,12 @@ pub struct Outbound {
     /// `base_url` without a trailing slash; a route's path is appended to it.
     base: Arc<str>,
     /// Every GET's headers.
-    get_headers: HeaderMap,
+    get_headers: Arc<HeaderMap>,
     /// Every POST's headers: the GET set and the body's type.
-    post_headers: HeaderMap,
+    post_headers: Arc<HeaderMap>,
+    /// Each route's URI without a query (by `route as usize`): most calls
+    /// carry none, and then no URI is written and parsed per call.
+    bare: Arc<[Uri]>,
 }
 
 impl Outbound {
@@ -68,10 +71,20 @@ impl Outbound {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        let base: Arc<str> = Arc::from(base_url.to_string().trim_end_matches('/'));
+        let bare = RouteId::ALL
+            .iter()
+            .map(|route| {
+                format!("{base}{}", route.path())
+                    .parse()
+                    .expect("a validated base_url and a route's path form a URI")
+            })
+            .collect();
         Outbound {
-            base: Arc::from(base_url.to_string().trim_end_matches('/')),
-            get_headers,
-            post_headers,
+            base,
+            get_headers: Arc::new(get_headers),
+            post_headers: Arc::new(post_headers),
+            bare,
         }
     }
 
@@ -80,22 +93,25 @@ impl Outbound {
     /// (see [`params::canonical_body`]). `Host` (or `:authority`) comes from
     /// the URI, so from `base_url`.
     pub fn request(&self, route: RouteId, query: &str, body: Option<Bytes>) -> UpstreamRequest {
-        let mut uri = String::with_capacity(self.base.len() + 32 + query.len());
-        uri.push_str(&self.base);
-        uri.push_str(route.path());
-        if !query.is_empty() {
+        let uri = if query.is_empty() {
+            self.bare[route as usize].clone()
+        } else {
+            let mut uri = String::with_capacity(self.base.len() + 32 + query.len());
+            uri.push_str(&self.base);
+            uri.push_str(route.path());
             uri.push('?');
             uri.push_str(query);
-        }
+            // The base is validated, the path constant and the query written
+            // by the gateway from unreserved characters and `%XX`.
+            uri.parse().expect("a built URI always parses")
+        };
         let (headers, body) = match route.method() {
             Method::POST => (self.post_headers.clone(), Some(body.unwrap_or_default())),
             _ => (self.get_headers.clone(), None),
         };
         UpstreamRequest {
             route,
-            // The base is validated, the path constant and the query written
-            // by the gateway from unreserved characters and `%XX`.
-            uri: uri.parse().expect("a built URI always parses"),
+            uri,
             headers,
             body,
         }

@@ -63,7 +63,7 @@ pub enum GatewayError {
     TokenUnavailable,
     /// TCP or TLS to the upstream failed, or it broke off before answering.
     #[error("Upstream unreachable")]
-    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    UpstreamUnreachable(#[source] BoxError),
     /// The upstream did not send a response head within `upstream.timeout`.
     #[error("Upstream timed out")]
     UpstreamTimeout,

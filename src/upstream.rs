@@ -8,12 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -24,12 +21,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Http2, TrustRoots, UpstreamConfig};
+use crate::connections::{Connections, RequestBody};
 use crate::metrics::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
-
-/// How long an idle pooled connection to Joulo is kept for the next request.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +43,10 @@ pub enum UpstreamError {
 /// The Joulo API as the gateway reaches it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// One pooled keep-alive client per event loop (see [`crate::server`]), so
-    /// an upstream connection is driven on the loop whose requests use it and a
+    /// Keep-alive connections per event loop (see [`crate::server`]), so an
+    /// upstream connection is driven on the loop whose requests use it and a
     /// call never waits for another thread to be woken.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
+    connections: Arc<[Connections]>,
     /// The last time Joulo could not be reached or answered with an error,
     /// and what happened, for `/status`.
     last_error: Arc<std::sync::Mutex<Option<UpstreamFailure>>>,
@@ -130,15 +125,9 @@ impl Upstream {
             Http2::Always => https.enable_http2().wrap_connector(tcp),
             Http2::Never => https.enable_http1().wrap_connector(tcp),
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.http2_only(cfg.http2 == Http2::Always);
-        builder
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .timer(TokioTimer::new());
         Ok(Upstream {
-            clients: (0..event_loops.max(1))
-                .map(|_| builder.build(https.clone()))
+            connections: (0..event_loops.max(1))
+                .map(|_| Connections::new(https.clone(), &cfg.base_url, cfg.http2))
                 .collect(),
             timeout: cfg.timeout,
             calls: Family::default(),
@@ -172,16 +161,18 @@ impl Upstream {
     ) -> Result<Response<Incoming>, GatewayError> {
         let started = Instant::now();
         let route = request.route;
-        let client = &self.clients[crate::event_loop::current() % self.clients.len()];
+        let connections = &self.connections[crate::event_loop::current() % self.connections.len()];
         let exchange = async {
-            let first = client.request(hyper_request(request, authorization.clone()));
+            let first = connections.send(hyper_request(request, authorization.clone()));
             if request.body.is_some() {
                 return first.await;
             }
             match first.await {
                 Err(e) => {
                     debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
-                    client.request(hyper_request(request, authorization)).await
+                    connections
+                        .send(hyper_request(request, authorization))
+                        .await
                 }
                 answered => answered,
             }
@@ -258,10 +249,10 @@ impl Upstream {
 
 /// The hyper request for a built one: its method, URI and headers, the token,
 /// and any body framed by its own length.
-fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Request<Body> {
+fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Request<RequestBody> {
     let body = match &request.body {
-        Some(body) => crate::respond::full(body.clone()),
-        None => Empty::new().map_err(|never| match never {}).boxed(),
+        Some(body) => Full::new(body.clone()),
+        None => Full::default(),
     };
     let mut built = Request::new(body);
     *built.method_mut() = request.method();

@@ -1,0 +1,250 @@
+//! Keep-alive connections to Joulo, one set per event loop: HTTP/1.1
+//! connections handed out one call at a time, or one HTTP/2 connection shared
+//! by every call, as TLS (ALPN) and `[upstream] http2` decide. The gateway has
+//! one upstream, so this is a list, not the generic client's pool keyed by
+//! scheme and host (whose hashing, locking and boxing cost about a fifth of a
+//! pass-through request; bench/RESULTS.md).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tower_service::Service;
+use tracing::debug;
+
+use crate::config::Http2;
+use crate::respond::BoxError;
+
+/// An upstream request's body: empty for a GET, the checked JSON for a POST.
+pub type RequestBody = Full<Bytes>;
+
+/// How long an idle connection is kept for the next call; an older one is
+/// closed when next looked at rather than by a timer, so an idle gateway has
+/// nothing to wake up for.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One event loop's connections to the upstream.
+pub struct Connections {
+    /// DNS, TCP (connect timeout, no Nagle) and verified TLS with ALPN.
+    connector: HttpsConnector<HttpConnector>,
+    /// The upstream's scheme and authority, what the connector dials.
+    origin: Uri,
+    /// Its authority as an HTTP/1.1 `Host` header (HTTP/2 sends `:authority`
+    /// from the request's URI).
+    host: HeaderValue,
+    /// Which HTTP version to speak.
+    mode: Http2,
+    /// HTTP/1.1 connections, oldest first; one may still be busy with the
+    /// answer it was last given (it is skipped until it is ready again).
+    idle: Mutex<VecDeque<Idle>>,
+    /// The HTTP/2 connection every call shares, once one is open.
+    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("origin", &self.origin)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP/1.1 connection and when it was last handed out.
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl Connections {
+    /// Connections to `base_url`'s scheme and authority through `connector`.
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        base_url: &Uri,
+        mode: Http2,
+    ) -> Connections {
+        let authority = base_url
+            .authority()
+            .expect("base_url is validated to have a host");
+        let origin = Uri::builder()
+            .scheme(
+                base_url
+                    .scheme()
+                    .expect("base_url is validated https")
+                    .clone(),
+            )
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a validated base_url's origin is a URI");
+        Connections {
+            connector,
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
+            origin,
+            mode,
+            idle: Mutex::new(VecDeque::new()),
+            shared: Mutex::new(None),
+        }
+    }
+
+    /// Sends `request` (its URI absolute, as HTTP/2 wants it) on a ready
+    /// connection, opening one if none is, and returns the answer's head. The
+    /// body streams on that connection, which takes another call only once the
+    /// body has been read.
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        if let Some(mut sender) = self.shared_h2() {
+            return Ok(sender.send_request(request).await?);
+        }
+        if let Some(mut sender) = self.ready_h1() {
+            let answer = sender.send_request(self.origin_form(request));
+            // Back at once: it is skipped until its answer has been read.
+            self.put_back(sender);
+            return Ok(answer.await?);
+        }
+        // Boxed: connecting (DNS, TCP, TLS, handshake) is a large future, and
+        // inline it would make every call's future as large, copied whenever
+        // a call's future moves.
+        match Box::pin(self.connect()).await? {
+            Sender::H2(mut sender) => Ok(sender.send_request(request).await?),
+            Sender::H1(mut sender) => {
+                let answer = sender.send_request(self.origin_form(request));
+                self.put_back(sender);
+                Ok(answer.await?)
+            }
+        }
+    }
+
+    /// `request` as HTTP/1.1 sends it: the path and query as its target, the
+    /// authority as `Host`.
+    fn origin_form(&self, mut request: Request<RequestBody>) -> Request<RequestBody> {
+        if let Some(target) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = Uri::from(target);
+        }
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host.clone());
+        request
+    }
+
+    /// The shared HTTP/2 connection, while it is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match &*shared {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                *shared = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The oldest HTTP/1.1 connection ready for a call. Closed and expired
+    /// ones are dropped on the way; busy ones keep their place.
+    fn ready_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for _ in 0..idle.len() {
+            let entry = idle.pop_front()?;
+            if entry.sender.is_closed() || now.duration_since(entry.since) > IDLE_TIMEOUT {
+                continue;
+            }
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+            idle.push_back(entry);
+        }
+        None
+    }
+
+    fn put_back(&self, sender: http1::SendRequest<RequestBody>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+    }
+
+    /// Opens a connection: TCP, TLS with the upstream's name verified, then
+    /// HTTP/2 or HTTP/1.1. Its task runs on this event loop.
+    async fn connect(&self) -> Result<Sender, BoxError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.origin.clone()).await?;
+        let h2 = match self.mode {
+            Http2::Always => true,
+            Http2::Never => false,
+            Http2::Auto => io.connected().is_negotiated_h2(),
+        };
+        if h2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+/// A newly opened connection.
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call's future stays small: the rare connect is boxed out of it.
+    #[test]
+    fn a_call_does_not_carry_the_connect_future() {
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(HttpConnector::new());
+        let connections = Connections::new(
+            https,
+            &"https://api.joulo.nl/functions/v1/api".parse().unwrap(),
+            Http2::Auto,
+        );
+        let call = connections.send(Request::new(RequestBody::default()));
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 1024, "a call's future is {size} bytes");
+    }
+}

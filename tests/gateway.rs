@@ -70,13 +70,21 @@ async fn the_upstream_request_is_built_not_copied() {
         format!("Bearer {}", gateway.token).as_str()
     );
     assert_eq!(got.headers.get_all("authorization").iter().count(), 1);
-    // Exactly the gateway's own set: nothing of the client's request.
+    // Exactly the gateway's own set: nothing of the client's request. Over
+    // HTTP/1.1 (the default) the upstream's authority travels as `Host`.
     let mut names: Vec<&str> = got.headers.keys().map(|k| k.as_str()).collect();
     names.sort();
     assert_eq!(
         names,
-        ["accept", "accept-encoding", "authorization", "user-agent"]
+        [
+            "accept",
+            "accept-encoding",
+            "authorization",
+            "host",
+            "user-agent"
+        ]
     );
+    assert_eq!(got.headers.get_all("host").iter().count(), 1);
     assert_eq!(got.headers["accept"], "application/json");
     assert_eq!(got.headers["accept-encoding"], "identity");
     assert_eq!(
@@ -100,13 +108,14 @@ async fn the_upstream_request_is_built_not_copied() {
 }
 
 #[tokio::test]
-async fn the_upstream_is_reached_over_http2_by_alpn() {
+async fn the_upstream_is_reached_over_http11_by_default() {
     let upstream = MockUpstream::start();
     let gateway = TestGateway::start(&upstream).await;
     let (status, _, body) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["target"], format!("{PREFIX}/chargers"));
-    assert_eq!(upstream.last().version, Version::HTTP_2);
+    // The mock offers HTTP/2 too; the gateway asks for HTTP/1.1 only.
+    assert_eq!(upstream.last().version, Version::HTTP_11);
     // A second request reuses the pooled connection and still works.
     assert_eq!(gateway.get("/energy").await.0, StatusCode::OK);
     assert_eq!(upstream.received().len(), 2);

@@ -116,6 +116,11 @@ pub async fn simulate(shipped_config: &Path, household: &Household) -> Report {
     config.upstream.extra_roots = vec![ca.ca_der.clone()];
     config.upstream.token_file = dir.path().join("joulo_token");
     config.upstream.token_poll_interval = Duration::from_secs(3600);
+    // HTTP/2 to the simulated API: over HTTP/1.1 every call to the in-process
+    // simulation stalls under tokio's paused clock until its deadline (so too
+    // with hyper-util's generic client, so not the gateway's connections);
+    // HTTP/1.1 is covered in real time by tests/gateway.rs and tests/faults.rs.
+    config.upstream.http2 = joulo_gateway::config::Http2::Auto;
     {
         use secrecy::ExposeSecret;
         demo::write_private(&config.upstream.token_file, token.expose_secret()).unwrap();

@@ -5,20 +5,18 @@
 #   deploy/build-deb.sh aarch64-unknown-linux-musl   # arm64: Raspberry Pi OS 64-bit, ARM NAS
 #
 # The binary is built and smoke-tested by deploy/build-static.sh. The man pages
-# and completions come from the binary itself (`generate`), so they match its
-# --help; the unit is deploy/systemd's with the packaged binary's path. The
+# and completions come from the command line's definition (examples/generate.rs),
+# so they match its --help; the unit is deploy/systemd's with the packaged binary's path. The
 # package lands in target/debian/. Installs cargo-deb (pinned) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=${1:-x86_64-unknown-linux-musl}
-run=()
 deb_env=()
 case "$target" in
   x86_64-unknown-linux-musl) arch=amd64 ;;
   aarch64-unknown-linux-musl)
     arch=arm64
-    run=(qemu-aarch64)
     # cargo-deb strips with these (it looks for STRIP_<target>/OBJCOPY_<target>,
     # names with dashes, so set by env rather than export).
     deb_env=("STRIP_${target}=aarch64-linux-gnu-strip" "OBJCOPY_${target}=aarch64-linux-gnu-objcopy")
@@ -40,10 +38,13 @@ bin="target/$target/release/joulo-gateway"
 assets=target/deb-assets
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions" "$assets/systemd"
-"${run[@]}" "$bin" generate man --out "$assets/man"
-"${run[@]}" "$bin" generate bash --out "$assets/completions/joulo-gateway.bash"
-"${run[@]}" "$bin" generate zsh --out "$assets/completions/_joulo-gateway"
-"${run[@]}" "$bin" generate fish --out "$assets/completions/joulo-gateway.fish"
+# On the build machine: the pages and scripts do not depend on the target.
+cargo build --locked --example generate
+generate=target/debug/examples/generate
+"$generate" man --out "$assets/man"
+"$generate" bash --out "$assets/completions/joulo-gateway.bash"
+"$generate" zsh --out "$assets/completions/_joulo-gateway"
+"$generate" fish --out "$assets/completions/joulo-gateway.fish"
 
 # The unit: deploy/systemd's, with the package's binary path, and its
 # hand-install header replaced by what applies to the package.

@@ -49,6 +49,12 @@ pub struct Connections {
     idle: Mutex<VecDeque<Idle>>,
     /// The HTTP/2 connection every call shares, once one is open.
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while a connection that may turn out HTTP/2 is opened, so calls
+    /// arriving meanwhile wait for it instead of each opening their own.
+    opening: tokio::sync::Mutex<()>,
+    /// Set once the upstream chose HTTP/1.1 (`auto`): calls then open
+    /// connections side by side, one each.
+    spoke_h1: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Connections {
@@ -95,6 +101,8 @@ impl Connections {
             mode,
             idle: Mutex::new(VecDeque::new()),
             shared: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            spoke_h1: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -118,7 +126,7 @@ impl Connections {
         // Boxed: connecting (DNS, TCP, TLS, handshake) is a large future, and
         // inline it would make every call's future as large, copied whenever
         // a call's future moves.
-        match Box::pin(self.connect()).await? {
+        match Box::pin(self.open()).await? {
             Sender::H2(mut sender) => Ok(sender.send_request(request).await?),
             Sender::H1(mut sender) => {
                 let answer = sender.send_request(self.origin_form(request));
@@ -179,6 +187,25 @@ impl Connections {
                 sender,
                 since: Instant::now(),
             });
+    }
+
+    /// A connection for one call: the shared HTTP/2 one if another call opened
+    /// it meanwhile, else a new one. Only one that may be HTTP/2 is opened at a
+    /// time: fifty calls arriving together would otherwise open fifty.
+    async fn open(&self) -> Result<Sender, BoxError> {
+        use std::sync::atomic::Ordering;
+        if self.mode == Http2::Never || self.spoke_h1.load(Ordering::Relaxed) {
+            return self.connect().await;
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(sender) = self.shared_h2() {
+            return Ok(Sender::H2(sender));
+        }
+        let sender = self.connect().await?;
+        if matches!(sender, Sender::H1(_)) {
+            self.spoke_h1.store(true, Ordering::Relaxed);
+        }
+        Ok(sender)
     }
 
     /// Opens a connection: TCP, TLS with the upstream's name verified, then

@@ -53,6 +53,7 @@
 pub mod access;
 pub mod budget;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod demo;

@@ -2,88 +2,19 @@
 //! logging and hands over to the library.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use joulo_gateway::config::{self, Config, ConfigError};
+use clap::Parser;
+use joulo_gateway::cli::{Cli, Command};
+use joulo_gateway::config::{Config, ConfigError};
 use joulo_gateway::state::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenSource};
 use joulo_gateway::{access, demo, hardening, healthcheck, logging, reload, server};
 
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
-
-/// A LAN gateway for the Joulo EV-charging API: home devices call it without the
-/// token; it strips `?token=`, injects the bearer token and keeps it out of logs.
-#[derive(Parser)]
-#[command(
-    version,
-    about,
-    after_long_help = "Settings live in the config file (--config, default gateway.toml; \
-        /etc/joulo-gateway/gateway.toml when installed from the package): every key is \
-        listed there with its default and what it does. SIGHUP re-reads it, the token file \
-        and the LAN certificate; under the systemd unit the token is a copy taken at start, \
-        so a new token needs `systemctl restart joulo-gateway`."
-)]
-struct Cli {
-    /// The config file.
-    #[arg(long, short, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway (the default).
-    Run,
-    /// Validate the config and the token file, then exit (0 = valid, 64 = not).
-    Check,
-    /// Make a key for one device and print it once, with its `[[clients]]` entry.
-    GenKey {
-        /// The device's name, as the access log will show it.
-        #[arg(long)]
-        name: String,
-        /// Comma-separated Joulo scopes: chargers:read, chargers:write,
-        /// sessions:read, energy:read.
-        #[arg(long, value_delimiter = ',', required = true)]
-        scopes: Vec<String>,
-    },
-    /// Exit 0 if the gateway answers 200 on /healthz within 3 s (for
-    /// container health checks and watchdogs, where no curl exists). Without
-    /// --url it asks what --config serves: its listen address, over HTTPS with
-    /// its own certificate pinned when tls_cert is set.
-    Healthcheck {
-        /// Ask this URL instead of the config's listener.
-        #[arg(long)]
-        url: Option<http::Uri>,
-        /// A PEM CA (or the certificate itself) to verify an https --url against.
-        #[arg(long, requires = "url")]
-        ca: Option<PathBuf>,
-    },
-    /// Write the manual page or shell completions, made from this command
-    /// line's own definition so they cannot drift from --help.
-    #[command(hide = true)]
-    Generate {
-        /// What to write.
-        #[arg(value_enum)]
-        what: Generated,
-        /// Where to write it (a folder for `man`, which writes one page per
-        /// command); standard output without.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Start a simulated Joulo API and the gateway in front of it, on loopback.
-    Demo {
-        /// Where the demo gateway listens (a free port is used if this one is taken).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -123,101 +54,6 @@ fn describe(e: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
-}
-
-/// What `generate` writes.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Generated {
-    /// joulo-gateway(1) and a page per subcommand (roff).
-    Man,
-    /// Completions for bash.
-    Bash,
-    /// Completions for zsh.
-    Zsh,
-    /// Completions for fish.
-    Fish,
-}
-
-/// What joulo-gateway(1) adds to the sections made from the command line: the
-/// files an installed gateway reads, and where to read on.
-const MAN_FILES_AND_SEE_ALSO: &str = r#".SH FILES
-.TP
-\fI/etc/joulo\-gateway/gateway.toml\fR
-The configuration, as the Debian package installs it (a conffile). Every key,
-its default and what it does is in
-\fI/usr/share/doc/joulo\-gateway/examples/gateway.toml\fR.
-.TP
-\fI/etc/joulo\-gateway/joulo_token\fR
-The Joulo API token, on one line: root's, mode 600. The systemd unit passes it
-to the service as the credential \fBjoulo_token\fR, a copy taken at start, so
-after changing it run \fBsystemctl restart joulo\-gateway\fR.
-.TP
-\fI/usr/lib/systemd/system/joulo\-gateway.service\fR
-The hardened unit. \fBsystemctl reload joulo\-gateway\fR re-reads the
-configuration; change the unit with \fBsystemctl edit joulo\-gateway\fR.
-.SH "SEE ALSO"
-\fBjoulo\-gateway\-run\fR(1), \fBjoulo\-gateway\-check\fR(1),
-\fBjoulo\-gateway\-gen\-key\fR(1), \fBjoulo\-gateway\-healthcheck\fR(1),
-\fBjoulo\-gateway\-demo\fR(1), \fBsystemd.exec\fR(5), \fBsystemd\-creds\fR(1)
-.PP
-\fI/usr/share/doc/joulo\-gateway/README.md\fR
-"#;
-
-/// Writes the manual pages or completions from the command line's definition.
-fn generate(what: Generated, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    use std::io::Write;
-    let mut command = Cli::command();
-    command.build();
-    let shell = match what {
-        Generated::Man => {
-            let pages = std::iter::once(command.clone()).chain(
-                command
-                    .get_subcommands()
-                    .filter(|c| !c.is_hide_set())
-                    .map(|sub| {
-                        let name = format!("joulo-gateway-{}", sub.get_name());
-                        sub.clone().name(name).version(env!("CARGO_PKG_VERSION"))
-                    }),
-            );
-            for page in pages {
-                let mut roff = Vec::new();
-                clap_mangen::Man::new(page.clone()).render(&mut roff)?;
-                if page.get_name() == command.get_name() {
-                    roff.extend_from_slice(MAN_FILES_AND_SEE_ALSO.as_bytes());
-                }
-                match out {
-                    Some(dir) => {
-                        let file = dir.join(format!("{}.1", page.get_name()));
-                        std::fs::write(&file, roff)
-                            .with_context(|| format!("cannot write {}", file.display()))?;
-                    }
-                    None => std::io::stdout().write_all(&roff)?,
-                }
-            }
-            return Ok(());
-        }
-        Generated::Bash => clap_complete::Shell::Bash,
-        Generated::Zsh => clap_complete::Shell::Zsh,
-        Generated::Fish => clap_complete::Shell::Fish,
-    };
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command, "joulo-gateway", &mut script);
-    if shell == clap_complete::Shell::Bash {
-        // clap_complete spells a hyphenated program's subcommands one way where
-        // it sets `cmd` and another in the `case` on it (clap-rs/clap#6421),
-        // so no subcommand's options would complete.
-        let text = String::from_utf8(script)?;
-        script = text
-            .replace("joulo__subcmd__gateway__", "joulo__gateway__")
-            .into_bytes();
-    }
-    match out {
-        Some(file) => std::fs::write(file, script)
-            .with_context(|| format!("cannot write {}", file.display()))?,
-        None => std::io::stdout().write_all(&script)?,
-    }
-    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -267,7 +103,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(target.check())?;
             Ok(())
         }
-        Command::Generate { what, out } => generate(what, out.as_deref()),
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();

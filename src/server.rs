@@ -276,7 +276,9 @@ impl Connection {
         // The handshake runs here, in the connection's own task and under a
         // bound, so a slow or silent client never holds up the accept loop.
         match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.http(TokioIo::new(tls), first_head).await,
+            // Boxed: a TLS connection's state is several KiB, and inline it
+            // would make every plain connection's task as large.
+            Ok(Ok(tls)) => Box::pin(self.http(TokioIo::new(tls), first_head)).await,
             Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %client, "TLS handshake timed out"),
         }

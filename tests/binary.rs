@@ -586,6 +586,24 @@ fn a_first_start_without_a_token_says_which_file_to_write() {
     }
 }
 
+/// examples/generate.rs, which `cargo test` builds beside the test binaries
+/// (target/<profile>/examples/).
+fn generator() -> std::path::PathBuf {
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_owned();
+    let path = profile_dir.join("examples").join("generate");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole `cargo test`, or `cargo build --example generate` first",
+        path.display()
+    );
+    path
+}
+
 /// Starts the binary with `config` and `env`, and returns it with the address
 /// it listens on and its stderr so far, once it says it is listening.
 fn start_binary(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, SocketAddr, String) {
@@ -880,9 +898,12 @@ async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connecti
 
 #[test]
 fn the_manual_and_completions_come_from_the_command_line_itself() {
+    // Not in the completions either (it was once a hidden subcommand).
+    let bash = Command::new(generator()).arg("bash").output().unwrap();
+    assert!(!String::from_utf8_lossy(&bash.stdout).contains("generate"));
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["generate", "man", "--out"])
+    let out = Command::new(generator())
+        .args(["man", "--out"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -919,7 +940,7 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
     assert!(dir.path().join("joulo-gateway-help.1").exists());
     let gen_key = std::fs::read_to_string(dir.path().join("joulo-gateway-gen-key.1")).unwrap();
     assert!(gen_key.contains("\\-\\-scopes") && gen_key.contains("\\-\\-name"));
-    // Hidden: not a page of its own, not in --help.
+    // The generator is not part of the gateway: no page, no subcommand.
     assert!(!dir.path().join("joulo-gateway-generate.1").exists());
     assert!(!help.contains("generate"));
     for (shell, marker) in [
@@ -927,10 +948,7 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
         ("zsh", "#compdef joulo-gateway"),
         ("fish", "complete -c joulo-gateway"),
     ] {
-        let out = Command::new(BIN)
-            .args(["generate", shell])
-            .output()
-            .unwrap();
+        let out = Command::new(generator()).arg(shell).output().unwrap();
         assert!(out.status.success());
         let script = String::from_utf8_lossy(&out.stdout);
         assert!(script.contains(marker), "{shell}: {script}");

@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn the_http_version_to_joulo_is_chosen_by_name() {
-        assert_eq!(parse("").unwrap().upstream.http2, Http2::Never);
+        assert_eq!(parse("").unwrap().upstream.http2, Http2::Auto);
         for (text, want) in [
             ("auto", Http2::Auto),
             ("always", Http2::Always),

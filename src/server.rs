@@ -273,12 +273,23 @@ impl Connection {
         let Some(acceptor) = self.state.lan_tls.as_ref().map(|tls| tls.acceptor()) else {
             return self.http(TokioIo::new(stream), first_head).await;
         };
-        // The handshake runs here, in the connection's own task and under a
-        // bound, so a slow or silent client never holds up the accept loop.
+        // Boxed: the handshake and a TLS connection's state take several KiB,
+        // and inline they would make every plain connection's task as large.
+        Box::pin(self.tls_and_http(acceptor, stream, client, first_head)).await;
+    }
+
+    /// The TLS handshake, bounded, then HTTP over it. The handshake runs in
+    /// the connection's own task, so a slow or silent client never holds up
+    /// the accept loop.
+    async fn tls_and_http(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: IdleTimeout<TcpStream>,
+        client: SocketAddr,
+        first_head: Arc<AtomicBool>,
+    ) {
         match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-            // Boxed: a TLS connection's state is several KiB, and inline it
-            // would make every plain connection's task as large.
-            Ok(Ok(tls)) => Box::pin(self.http(TokioIo::new(tls), first_head)).await,
+            Ok(Ok(tls)) => self.http(TokioIo::new(tls), first_head).await,
             Ok(Err(e)) => debug!(client = %client, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %client, "TLS handshake timed out"),
         }

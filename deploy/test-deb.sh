@@ -63,7 +63,9 @@ getent passwd joulo-gateway >/dev/null && fail "a joulo-gateway user was created
 # Enabled (the [Install] link exists) but not started.
 [ -L /etc/systemd/system/multi-user.target.wants/joulo-gateway.service ] ||
   fail "the unit is not enabled"
-pgrep -x joulo-gateway >/dev/null && fail "the gateway was started before a token exists"
+# (The unit's command line exactly: other gateways may run on this machine.)
+pgrep -f '^/usr/bin/joulo-gateway --config /etc/joulo-gateway/gateway.toml' >/dev/null &&
+  fail "the gateway was started before a token exists"
 
 /usr/bin/joulo-gateway --version | grep -q '^joulo-gateway ' || fail "--version"
 

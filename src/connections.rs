@@ -114,26 +114,39 @@ impl Connections {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
-        if let Some(mut sender) = self.shared_h2() {
-            return Ok(sender.send_request(request).await?);
-        }
-        if let Some(mut sender) = self.ready_h1() {
-            let answer = sender.send_request(self.origin_form(request));
-            // Back at once: it is skipped until its answer has been read.
-            self.put_back(sender);
-            return Ok(answer.await?);
-        }
-        // Boxed: connecting (DNS, TCP, TLS, handshake) is a large future, and
-        // inline it would make every call's future as large, copied whenever
-        // a call's future moves.
-        match Box::pin(self.open()).await? {
-            Sender::H2(mut sender) => Ok(sender.send_request(request).await?),
+        let sender = if let Some(sender) = self.shared_h2() {
+            Sender::H2(sender)
+        } else if let Some(sender) = self.ready_h1() {
+            Sender::H1(sender)
+        } else {
+            // Boxed: connecting (DNS, TCP, TLS, handshake) is a large future,
+            // and inline it would make every call's future as large, copied
+            // whenever a call's future moves.
+            Box::pin(self.open()).await?
+        };
+        // One await per protocol, so the call's future holds one of each.
+        match sender {
+            Sender::H2(mut sender) => match sender.send_request(request).await {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    self.forget_h2();
+                    Err(e.into())
+                }
+            },
             Sender::H1(mut sender) => {
                 let answer = sender.send_request(self.origin_form(request));
+                // Back at once: it is skipped until its answer has been read.
                 self.put_back(sender);
                 Ok(answer.await?)
             }
         }
+    }
+
+    /// Takes the shared HTTP/2 connection out of use after a call on it failed
+    /// (a GOAWAY, a reset connection), so a retry opens a new one rather than
+    /// meeting the dying one again.
+    fn forget_h2(&self) {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// `request` as HTTP/1.1 sends it: the path and query as its target, the

@@ -109,6 +109,11 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
         return;
     }
     found.extend(connection_named(headers));
+    // Framed two ways: the chunked framing is what was read, so a length
+    // beside it is wrong and must not reach the device (RFC 9112 section 6.3).
+    if found.contains(&header::TRANSFER_ENCODING) {
+        found.push(header::CONTENT_LENGTH);
+    }
     for name in &found {
         headers.remove(name);
     }
@@ -172,6 +177,16 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-length", "content-type"]);
+
+        // A length beside chunked framing goes with it.
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
+            ("content-type", "application/json"),
+        ]);
+        clean_response_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
 
         // What `Connection` names goes too, with every value of each name.
         let mut h = map(&[

@@ -178,6 +178,17 @@ impl Upstream {
             }
         };
         let result = match tokio::time::timeout_at(deadline, exchange).await {
+            // A 1xx as the final answer (hyper hands a 101 back): nothing a
+            // device asked for, and nothing a gateway can pass on.
+            Ok(Ok(response)) if response.status().is_informational() => {
+                Err(GatewayError::UpstreamUnreachable(
+                    format!(
+                        "the upstream answered {} instead of a final status",
+                        response.status()
+                    )
+                    .into(),
+                ))
+            }
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),

@@ -28,6 +28,11 @@ enum Fault {
     Html503,
     /// Plain HTTP where TLS was expected: the handshake fails.
     NoTls,
+    /// A 101 Switching Protocols, which no device asked for.
+    Switching,
+    /// A 200 framed two ways, chunked and with a Content-Length that
+    /// disagrees: the chunked framing wins (RFC 9112 section 6.3).
+    ChunkedAndLength,
     /// A 200 head promising 1000 bytes, 12 of them, then silence with the
     /// connection held open.
     Stall,
@@ -86,13 +91,19 @@ async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
                     Fault::Stall => {
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"chargers\":"
                     }
+                    Fault::Switching => {
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x-other\r\nconnection: upgrade\r\n\r\n"
+                    }
+                    Fault::ChunkedAndLength => {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{\"chargers\": []}\r\n0\r\n\r\n"
+                    }
                     Fault::NoTls => unreachable!(),
                 };
                 let _ = tls.write_all(reply).await;
                 let _ = tls.flush().await;
                 match fault {
                     // An orderly end: the answer is complete.
-                    Fault::Html503 => {
+                    Fault::Html503 | Fault::ChunkedAndLength => {
                         let _ = tls.shutdown().await;
                     }
                     // Held open, saying nothing more, until the gateway gives up.
@@ -129,7 +140,7 @@ async fn garbage_no_tls_and_html_errors_get_their_documented_answers() {
     let addr = raw_upstream(&ca, fault.clone()).await;
     let gateway = gateway_for(addr, &ca, "[cache]\nttl = \"0s\"\n").await;
 
-    for kind in [Fault::Garbage, Fault::NoTls] {
+    for kind in [Fault::Garbage, Fault::NoTls, Fault::Switching] {
         *fault.lock().unwrap() = kind;
         let (status, headers, body) = gateway.get("/chargers").await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{kind:?}");
@@ -150,6 +161,16 @@ async fn garbage_no_tls_and_html_errors_get_their_documented_answers() {
     );
     assert_eq!(headers["content-type"], "text/html");
     assert_eq!(body, "<html><body>Upstream maintenance</body></html");
+
+    // Framed two ways: the chunked body, whole, and no stale Content-Length.
+    *fault.lock().unwrap() = Fault::ChunkedAndLength;
+    let (status, headers, framed) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(framed, r#"{"chargers": []}"#);
+    assert_ne!(
+        headers.get("content-length").map(|v| v.to_str().unwrap()),
+        Some("3")
+    );
 
     // And the gateway still serves the gateway's own endpoints afterwards.
     assert_eq!(gateway.get("/healthz").await.0, StatusCode::OK);

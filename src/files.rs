@@ -133,14 +133,8 @@ pub fn check_source_private(path: &Path) -> Result<(), FileError> {
         let Ok(stat) = rustix::fs::stat(path) else {
             return Ok(());
         };
-        let mode = stat.st_mode & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(FileError::Exposed {
-                problem: format!(
-                    "it is readable or writable by group or others (mode {mode:04o}); \
-                     run `chmod 600` on it, as ssh requires of a private key"
-                ),
-            });
+        if let Some(problem) = loose_mode(stat.st_mode & 0o7777) {
+            return Err(FileError::Exposed { problem });
         }
         if let Some(problem) = writable_folder(path) {
             return Err(FileError::Exposed { problem });
@@ -232,13 +226,19 @@ fn exposure(file: &std::fs::File) -> Result<(Option<String>, Option<String>), Fi
              run `chown` on it to the user that runs the gateway"
         )
     });
-    let mode = (mode & 0o077 != 0).then(|| {
+    Ok((owner, loose_mode(mode)))
+}
+
+/// What is wrong with a secret's permission bits, and the fix: any bit for
+/// group or others.
+#[cfg(unix)]
+fn loose_mode(mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
         format!(
             "it is readable or writable by group or others (mode {mode:04o}); \
              run `chmod 600` on it, as ssh requires of a private key"
         )
-    });
-    Ok((owner, mode))
+    })
 }
 
 /// Without Unix permissions there is nothing to check.

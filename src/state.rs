@@ -296,6 +296,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("upstream.token_file", ou.token_file != nu.token_file),
         ("upstream.ca_file", ou.extra_roots != nu.extra_roots),
         ("upstream.roots", ou.roots != nu.roots),
+        ("upstream.http2", ou.http2 != nu.http2),
+        (
+            "upstream.token_credential",
+            ou.token_origin != nu.token_origin,
+        ),
         (
             "upstream.connect_timeout",
             ou.connect_timeout != nu.connect_timeout,
@@ -310,4 +315,25 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upstream's HTTP version and the token's credential are read only at
+    /// start: a reload that changes them says a restart is needed.
+    #[test]
+    fn upstream_settings_read_at_start_are_named_on_reload() {
+        let path = std::path::Path::new("/etc/jg/gateway.toml");
+        let old = Config::from_toml("", path).unwrap();
+        let mut new = old.clone();
+        new.upstream.http2 = crate::config::Http2::Never;
+        new.upstream.token_origin = Some("/etc/jg/joulo_token".into());
+        assert_eq!(
+            restart_needed(&old, &new),
+            ["upstream.http2", "upstream.token_credential"]
+        );
+        assert!(restart_needed(&old, &old).is_empty());
+    }
 }

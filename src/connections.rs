@@ -3,21 +3,27 @@
 //! by every call, as TLS (ALPN) and `[upstream] http2` decide. The gateway has
 //! one upstream, so this is a list, not the generic client's pool keyed by
 //! scheme and host (whose hashing, locking and boxing cost about a fifth of a
-//! pass-through request; bench/RESULTS.md).
+//! pass-through request; bench/RESULTS.md). HTTP/2 calls go to the `h2` crate
+//! directly: hyper's HTTP/2 client adds a channel to the connection's task and
+//! a task spawned per call to await each answer, about a tenth of a
+//! pass-through request, for nothing this one-upstream client needs.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
@@ -25,8 +31,20 @@ use tracing::debug;
 use crate::config::Http2;
 use crate::respond::BoxError;
 
-/// An upstream request's body: empty for a GET, the checked JSON for a POST.
-pub type RequestBody = Full<Bytes>;
+/// An upstream request's body: none for a GET, the checked JSON for a POST.
+pub type RequestBody = Option<Bytes>;
+
+/// The limits hyper's HTTP/2 client set, kept when calls moved to `h2`
+/// directly: the windows bound what one answer (2 MiB) and the connection
+/// (5 MiB) may have buffered before it is read, the header list bound what one
+/// answer's head may hold.
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const H2_MAX_FRAME: u32 = 16 * 1024;
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
+const H2_INITIAL_MAX_SEND_STREAMS: usize = 100;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// How long an idle connection is kept for the next call; an older one is
 /// closed when next looked at rather than by a timer, so an idle gateway has
@@ -48,7 +66,7 @@ pub struct Connections {
     /// answer it was last given (it is skipped until it is ready again).
     idle: Mutex<VecDeque<Idle>>,
     /// The HTTP/2 connection every call shares, once one is open.
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared: Mutex<Option<SharedH2>>,
     /// Held while a connection that may turn out HTTP/2 is opened, so calls
     /// arriving meanwhile wait for it instead of each opening their own.
     opening: tokio::sync::Mutex<()>,
@@ -68,8 +86,15 @@ impl std::fmt::Debug for Connections {
 
 /// An HTTP/1.1 connection and when it was last handed out.
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    sender: http1::SendRequest<Full<Bytes>>,
     since: Instant,
+}
+
+/// The open HTTP/2 connection: a handle to start calls on, and whether its
+/// task has ended (`h2`'s handle cannot tell until a call fails on it).
+struct SharedH2 {
+    sender: h2::client::SendRequest<Bytes>,
+    ended: Arc<AtomicBool>,
 }
 
 impl Connections {
@@ -113,7 +138,7 @@ impl Connections {
     pub async fn send(
         &self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<Response<UpstreamBody>, BoxError> {
         let sender = if let Some(sender) = self.shared_h2() {
             Sender::H2(sender)
         } else if let Some(sender) = self.ready_h1() {
@@ -126,7 +151,7 @@ impl Connections {
         };
         // One await per protocol, so the call's future holds one of each.
         match sender {
-            Sender::H2(mut sender) => match sender.send_request(request).await {
+            Sender::H2(sender) => match send_h2(sender, request).await {
                 Ok(answer) => Ok(answer),
                 Err(e) => {
                     self.forget_h2();
@@ -134,10 +159,13 @@ impl Connections {
                 }
             },
             Sender::H1(mut sender) => {
-                let answer = sender.send_request(self.origin_form(request));
+                let answer = sender.send_request(
+                    self.origin_form(request)
+                        .map(|body| Full::new(body.unwrap_or_default())),
+                );
                 // Back at once: it is skipped until its answer has been read.
                 self.put_back(sender);
-                Ok(answer.await?)
+                Ok(answer.await?.map(UpstreamBody::H1))
             }
         }
     }
@@ -162,10 +190,10 @@ impl Connections {
     }
 
     /// The shared HTTP/2 connection, while it is open.
-    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_h2(&self) -> Option<h2::client::SendRequest<Bytes>> {
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         match &*shared {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(open) if !open.ended.load(Ordering::Relaxed) => Some(open.sender.clone()),
             Some(_) => {
                 *shared = None;
                 None
@@ -176,7 +204,7 @@ impl Connections {
 
     /// The oldest HTTP/1.1 connection ready for a call. Closed and expired
     /// ones are dropped on the way; busy ones keep their place.
-    fn ready_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn ready_h1(&self) -> Option<http1::SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         for _ in 0..idle.len() {
@@ -192,7 +220,7 @@ impl Connections {
         None
     }
 
-    fn put_back(&self, sender: http1::SendRequest<RequestBody>) {
+    fn put_back(&self, sender: http1::SendRequest<Full<Bytes>>) {
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -206,7 +234,6 @@ impl Connections {
     /// it meanwhile, else a new one. Only one that may be HTTP/2 is opened at a
     /// time: fifty calls arriving together would otherwise open fifty.
     async fn open(&self) -> Result<Sender, BoxError> {
-        use std::sync::atomic::Ordering;
         if self.mode == Http2::Never || self.spoke_h1.load(Ordering::Relaxed) {
             return self.connect().await;
         }
@@ -233,13 +260,29 @@ impl Connections {
             Http2::Auto => io.connected().is_negotiated_h2(),
         };
         if h2 {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            let (sender, connection) = h2::client::Builder::new()
+                .initial_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_frame_size(H2_MAX_FRAME)
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .max_send_buffer_size(H2_MAX_SEND_BUFFER)
+                .initial_max_send_streams(H2_INITIAL_MAX_SEND_STREAMS)
+                .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
+                .enable_push(false)
+                .handshake(TokioIo::new(io))
+                .await?;
+            let ended = Arc::new(AtomicBool::new(false));
+            let ends = ended.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
+                ends.store(true, Ordering::Relaxed);
             });
-            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(SharedH2 {
+                sender: sender.clone(),
+                ended,
+            });
             Ok(Sender::H2(sender))
         } else {
             let (sender, connection) = http1::handshake(io).await?;
@@ -255,8 +298,100 @@ impl Connections {
 
 /// A newly opened connection.
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(h2::client::SendRequest<Bytes>),
+}
+
+/// One call on the shared HTTP/2 connection: the head, with a `Content-Length`
+/// for a body as hyper would set it, then the body in one frame, then the
+/// answer's head. Dropping the future resets the stream (`CANCEL`).
+async fn send_h2(
+    sender: h2::client::SendRequest<Bytes>,
+    request: Request<RequestBody>,
+) -> Result<Response<UpstreamBody>, h2::Error> {
+    let mut sender = sender.ready().await?;
+    let (mut head, body) = request.into_parts();
+    if let Some(body) = &body {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let body = body.filter(|body| !body.is_empty());
+    let (answer, mut stream) =
+        sender.send_request(Request::from_parts(head, ()), body.is_none())?;
+    if let Some(body) = body {
+        stream.send_data(body, true)?;
+    }
+    let answer = answer.await?;
+    let length = answer
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(answer.map(|body| UpstreamBody::H2(H2Body { body, length })))
+}
+
+/// An answer's body from either protocol.
+pub enum UpstreamBody {
+    H1(Incoming),
+    H2(H2Body),
+}
+
+/// An HTTP/2 answer's body. Each chunk's flow-control window is given back as
+/// it is handed on, so the upstream sends more only as the device takes it.
+pub struct H2Body {
+    body: h2::RecvStream,
+    /// What is left of the declared `Content-Length`; `h2` itself resets a
+    /// stream whose data overruns or falls short of it.
+    length: Option<u64>,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(Into::into))),
+            UpstreamBody::H2(h2) => {
+                if let Some(data) = ready!(h2.body.poll_data(cx)) {
+                    let data = data?;
+                    let _ = h2.body.flow_control().release_capacity(data.len());
+                    if let Some(length) = &mut h2.length {
+                        *length = length.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                match ready!(h2.body.poll_trailers(cx)) {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::H2(h2) => h2.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::H2(H2Body {
+                length: Some(length),
+                ..
+            }) => SizeHint::with_exact(*length),
+            UpstreamBody::H2(_) => SizeHint::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +418,7 @@ mod tests {
             &"https://api.joulo.nl/functions/v1/api".parse().unwrap(),
             Http2::Auto,
         );
-        let call = connections.send(Request::new(RequestBody::default()));
+        let call = connections.send(Request::new(None));
         let size = std::mem::size_of_val(&call);
         assert!(size <= 1024, "a call's future is {size} bytes");
     }

@@ -538,15 +538,12 @@ async fn fetch_for_cache(
             })?;
         let body = match collected {
             Ok(collected) => collected.to_bytes(),
+            // Larger than the bound: fetched again per request, streaming.
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(None),
             Err(e) => {
-                return match e.downcast::<hyper::Error>() {
-                    Ok(e) => {
-                        let e = GatewayError::UpstreamBody(*e);
-                        state.upstream.record_failure(e.to_string());
-                        Err(e)
-                    }
-                    Err(_) => Ok(None),
-                };
+                let e = GatewayError::UpstreamBody(e);
+                state.upstream.record_failure(e.to_string());
+                return Err(e);
             }
         };
         // Stored and served as plain JSON, whatever each device accepts.

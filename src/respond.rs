@@ -69,7 +69,7 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The upstream broke off while sending the body of an answer being cached.
     #[error("Upstream unreachable")]
-    UpstreamBody(#[source] hyper::Error),
+    UpstreamBody(#[source] BoxError),
     /// The token's upstream budget has no slot within `queue_timeout`.
     #[error("Too many requests: the gateway's upstream budget is used up for now")]
     BudgetExhausted {

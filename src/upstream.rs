@@ -8,8 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tracing::debug;
@@ -21,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Http2, TrustRoots, UpstreamConfig};
-use crate::connections::{Connections, RequestBody};
+use crate::connections::{Connections, RequestBody, UpstreamBody};
 use crate::metrics::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
@@ -158,7 +157,7 @@ impl Upstream {
         request: &UpstreamRequest,
         authorization: HeaderValue,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let started = Instant::now();
         let route = request.route;
         let connections = &self.connections[crate::event_loop::current() % self.connections.len()];
@@ -261,11 +260,7 @@ impl Upstream {
 /// The hyper request for a built one: its method, URI and headers, the token,
 /// and any body framed by its own length.
 fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Request<RequestBody> {
-    let body = match &request.body {
-        Some(body) => Full::new(body.clone()),
-        None => Full::default(),
-    };
-    let mut built = Request::new(body);
+    let mut built = Request::new(request.body.clone());
     *built.method_mut() = request.method();
     *built.uri_mut() = request.uri.clone();
     let headers = built.headers_mut();
@@ -351,7 +346,7 @@ pub fn accepts_coding(client: &HeaderMap, coding: &HeaderValue) -> bool {
 /// A streamed answer's body with a bound on the pause between chunks: an
 /// upstream that sends a head and then goes silent does not hold the device's
 /// connection for ever. The device sees a body cut short.
-pub fn idle_bounded(body: Incoming, idle: Duration) -> Body {
+pub fn idle_bounded(body: UpstreamBody, idle: Duration) -> Body {
     IdleBounded {
         inner: body,
         idle,
@@ -363,7 +358,7 @@ pub fn idle_bounded(body: Incoming, idle: Duration) -> Body {
 /// See [`idle_bounded`].
 struct IdleBounded {
     /// The upstream's body.
-    inner: Incoming,
+    inner: UpstreamBody,
     /// The longest pause allowed between chunks.
     idle: Duration,
     /// When the current pause runs out.
@@ -391,7 +386,7 @@ impl hyper::body::Body for IdleBounded {
                 this.timer.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled.into()))),

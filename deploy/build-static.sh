@@ -56,7 +56,15 @@ if readelf -l "$bin" | grep -q 'INTERP'; then
   echo "build-static: $bin is dynamically linked" >&2
   exit 1
 fi
-echo "built $bin ($(stat -c %s "$stripped") bytes stripped), static"
+# mimalloc, not musl's own allocator, which held this binary to 0.95x nginx's
+# pass-through rate (bench/RESULTS.md, 2026-11-30).
+nm_tool=nm
+[ "$target" = aarch64-unknown-linux-musl ] && nm_tool=aarch64-linux-gnu-nm
+if ! "$nm_tool" "$bin" | grep -q ' T mi_free$'; then
+  echo "build-static: $bin does not allocate through mimalloc" >&2
+  exit 1
+fi
+echo "built $bin ($(stat -c %s "$stripped") bytes stripped), static, mimalloc"
 
 work=$(mktemp -d)
 demo_pid=

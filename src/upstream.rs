@@ -162,7 +162,7 @@ impl Upstream {
         let route = request.route;
         let connections = &self.connections[crate::event_loop::current() % self.connections.len()];
         let exchange = async {
-            let first = connections.send(hyper_request(request, authorization.clone()));
+            let first = connections.send(hyper_request(request, authorization.clone()), deadline);
             if request.body.is_some() {
                 return first.await;
             }
@@ -170,7 +170,7 @@ impl Upstream {
                 Err(e) => {
                     debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
                     connections
-                        .send(hyper_request(request, authorization))
+                        .send(hyper_request(request, authorization), deadline)
                         .await
                 }
                 answered => answered,

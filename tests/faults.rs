@@ -395,3 +395,128 @@ async fn a_stalled_streamed_body_is_cut_after_the_idle_bound() {
     );
     assert_eq!(gateway.get("/healthz").await.0, StatusCode::OK);
 }
+
+/// A TCP relay in front of the mock upstream that can go silent on the
+/// connections it carries, as a home router's NAT does when it drops a
+/// mapping: nothing more is relayed on them and nothing is closed, while new
+/// connections get through.
+struct BlackHole {
+    addr: SocketAddr,
+    /// Bumped by [`BlackHole::swallow_open_connections`]; a connection
+    /// relays only while this is what it was when it was accepted.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BlackHole {
+    async fn start(target: SocketAddr) -> BlackHole {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accepting = epoch.clone();
+        let counting = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((device, _)) = listener.accept().await {
+                counting.fetch_add(1, Ordering::SeqCst);
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let born = accepting.load(Ordering::SeqCst);
+                let (from_device, to_device) = device.into_split();
+                let (from_upstream, to_upstream) = upstream.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(from_device) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(to_upstream) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(from_upstream), Box::new(to_device)),
+                ] {
+                    let epoch = accepting.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if epoch.load(Ordering::SeqCst) != born {
+                                // Silent: both halves held open, nothing relayed.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHole {
+            addr,
+            epoch,
+            accepted,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn swallow_open_connections(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_silent_http2_connection_costs_one_timeout_then_is_replaced() {
+    let upstream = MockUpstream::start();
+    let hole = BlackHole::start(upstream.addr).await;
+    let gateway = TestGateway::start_with(
+        &format!("https://localhost:{}{PREFIX}", hole.addr.port()),
+        &upstream.ca_pem,
+        "timeout = \"300ms\"\n[cache]\nttl = \"0s\"\n",
+    )
+    .await;
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.last().version, http::Version::HTTP_2);
+
+    hole.swallow_open_connections();
+    let started = Instant::now();
+    let (status, _, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(json(&body)["error"], "Upstream timed out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The next calls go out on a new connection, not into the silent one.
+    for _ in 0..3 {
+        let (status, _, body) = gateway.get("/chargers").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(upstream.received().len(), 4);
+    assert_eq!(hole.accepted(), 2);
+}
+
+/// A connection idle longer than a home router's NAT may keep its mapping is
+/// not trusted with the next call: HTTP/2, like HTTP/1.1, is reused for 90 s.
+#[tokio::test]
+async fn an_http2_connection_idle_past_90_s_is_not_reused() {
+    let upstream = MockUpstream::start();
+    let hole = BlackHole::start(upstream.addr).await;
+    let gateway = TestGateway::start_with(
+        &format!("https://localhost:{}{PREFIX}", hole.addr.port()),
+        &upstream.ca_pem,
+        "[cache]\nttl = \"0s\"\n",
+    )
+    .await;
+    for (idle, connections) in [(0, 1), (60, 1), (60, 1), (91, 2), (5, 2)] {
+        support::jump_clock(Duration::from_secs(idle)).await;
+        let (status, _, body) = gateway.get("/chargers").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(hole.accepted(), connections, "after {idle} s idle");
+    }
+    assert_eq!(upstream.last().version, http::Version::HTTP_2);
+}

@@ -60,7 +60,9 @@ fi
 # pass-through rate (bench/RESULTS.md, 2026-11-30).
 nm_tool=nm
 [ "$target" = aarch64-unknown-linux-musl ] && nm_tool=aarch64-linux-gnu-nm
-if ! "$nm_tool" "$bin" | grep -q ' T mi_free$'; then
+# grep reads all of nm's output: with -q it would stop early and nm's SIGPIPE
+# would fail the pipeline under pipefail.
+if ! "$nm_tool" "$bin" | grep ' T mi_free$' >/dev/null; then
   echo "build-static: $bin does not allocate through mimalloc" >&2
   exit 1
 fi

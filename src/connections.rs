@@ -73,7 +73,7 @@ pub struct Connections {
     opening: tokio::sync::Mutex<()>,
     /// Set once the upstream chose HTTP/1.1 (`auto`): calls then open
     /// connections side by side, one each.
-    spoke_h1: std::sync::atomic::AtomicBool,
+    spoke_h1: AtomicBool,
     /// Numbers the HTTP/2 connections, so a call takes out of use only the
     /// one it failed on, never a newer one opened meanwhile.
     h2_opened: AtomicU64,
@@ -135,7 +135,7 @@ impl Connections {
             idle: Mutex::new(VecDeque::new()),
             shared: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
-            spoke_h1: std::sync::atomic::AtomicBool::new(false),
+            spoke_h1: AtomicBool::new(false),
             h2_opened: AtomicU64::new(0),
         }
     }
@@ -381,28 +381,17 @@ async fn send_h2(
     if let Some(body) = body {
         stream.send_data(body, true)?;
     }
-    let answer = answer.await?;
-    let length = answer
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    Ok(answer.map(|body| UpstreamBody::H2(H2Body { body, length })))
+    Ok(answer.await?.map(UpstreamBody::H2))
 }
 
-/// An answer's body from either protocol.
+/// An answer's body from either protocol. Over HTTP/2 each chunk's
+/// flow-control window is given back as it is handed on, so the upstream sends
+/// more only as the device takes it; `h2` itself resets a stream whose data
+/// overruns or falls short of its `Content-Length`, which the answer's head
+/// keeps for the device.
 pub enum UpstreamBody {
     H1(Incoming),
-    H2(H2Body),
-}
-
-/// An HTTP/2 answer's body. Each chunk's flow-control window is given back as
-/// it is handed on, so the upstream sends more only as the device takes it.
-pub struct H2Body {
-    body: h2::RecvStream,
-    /// What is left of the declared `Content-Length`; `h2` itself resets a
-    /// stream whose data overruns or falls short of it.
-    length: Option<u64>,
+    H2(h2::RecvStream),
 }
 
 impl hyper::body::Body for UpstreamBody {
@@ -417,16 +406,13 @@ impl hyper::body::Body for UpstreamBody {
             UpstreamBody::H1(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|frame| frame.map_err(Into::into))),
-            UpstreamBody::H2(h2) => {
-                if let Some(data) = ready!(h2.body.poll_data(cx)) {
+            UpstreamBody::H2(body) => {
+                if let Some(data) = ready!(body.poll_data(cx)) {
                     let data = data?;
-                    let _ = h2.body.flow_control().release_capacity(data.len());
-                    if let Some(length) = &mut h2.length {
-                        *length = length.saturating_sub(data.len() as u64);
-                    }
+                    let _ = body.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                match ready!(h2.body.poll_trailers(cx)) {
+                match ready!(body.poll_trailers(cx)) {
                     Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
                     Ok(None) => Poll::Ready(None),
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
@@ -438,17 +424,13 @@ impl hyper::body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::H2(h2) => h2.body.is_end_stream(),
+            UpstreamBody::H2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::H2(H2Body {
-                length: Some(length),
-                ..
-            }) => SizeHint::with_exact(*length),
             UpstreamBody::H2(_) => SizeHint::default(),
         }
     }

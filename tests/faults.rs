@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,10 +125,10 @@ async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
     addr
 }
 
-async fn gateway_for(addr: SocketAddr, ca: &DemoCa, extra: &str) -> TestGateway {
+async fn gateway_for(addr: SocketAddr, ca_pem: &str, extra: &str) -> TestGateway {
     TestGateway::start_with(
         &format!("https://localhost:{}{PREFIX}", addr.port()),
-        &ca.ca_pem,
+        ca_pem,
         extra,
     )
     .await
@@ -138,7 +139,7 @@ async fn garbage_no_tls_and_html_errors_get_their_documented_answers() {
     let ca = DemoCa::generate(&["localhost"]).unwrap();
     let fault = Arc::new(Mutex::new(Fault::Garbage));
     let addr = raw_upstream(&ca, fault.clone()).await;
-    let gateway = gateway_for(addr, &ca, "[cache]\nttl = \"0s\"\n").await;
+    let gateway = gateway_for(addr, &ca.ca_pem, "[cache]\nttl = \"0s\"\n").await;
 
     for kind in [Fault::Garbage, Fault::NoTls, Fault::Switching] {
         *fault.lock().unwrap() = kind;
@@ -182,7 +183,7 @@ async fn a_reset_mid_body_reaches_the_client_as_a_cut_short_body() {
     let ca = DemoCa::generate(&["localhost"]).unwrap();
     let fault = Arc::new(Mutex::new(Fault::ResetMidBody));
     let addr = raw_upstream(&ca, fault).await;
-    let gateway = gateway_for(addr, &ca, "[cache]\nttl = \"0s\"\n").await;
+    let gateway = gateway_for(addr, &ca.ca_pem, "[cache]\nttl = \"0s\"\n").await;
 
     // Streamed: the head went out before the reset, so the client must see a body
     // shorter than announced, never a complete-looking answer.
@@ -208,7 +209,7 @@ async fn a_reset_mid_body_of_a_cached_route_is_502_or_a_stale_copy() {
     let ca = DemoCa::generate(&["localhost"]).unwrap();
     let fault = Arc::new(Mutex::new(Fault::ResetMidBody));
     let addr = raw_upstream(&ca, fault).await;
-    let gateway = gateway_for(addr, &ca, "").await;
+    let gateway = gateway_for(addr, &ca.ca_pem, "").await;
     // Buffered for the cache: nothing was sent to the client yet, so a clean 502.
     let (status, _, body) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -328,7 +329,7 @@ async fn a_stalled_body_answers_every_waiter_within_the_bound() {
     // The whole answer within 1 s; no queue for the budget.
     let gateway = gateway_for(
         addr,
-        &ca,
+        &ca.ca_pem,
         "timeout = \"1s\"\n[limits]\nqueue_timeout = \"0s\"\n[cache]\nstale_if_error = \"0s\"\n",
     )
     .await;
@@ -377,7 +378,12 @@ async fn a_stalled_streamed_body_is_cut_after_the_idle_bound() {
     let ca = DemoCa::generate(&["localhost"]).unwrap();
     let fault = Arc::new(Mutex::new(Fault::Stall));
     let addr = raw_upstream(&ca, fault).await;
-    let gateway = gateway_for(addr, &ca, "timeout = \"1s\"\n[cache]\nttl = \"0s\"\n").await;
+    let gateway = gateway_for(
+        addr,
+        &ca.ca_pem,
+        "timeout = \"1s\"\n[cache]\nttl = \"0s\"\n",
+    )
+    .await;
     let started = Instant::now();
     let response = gateway
         .raw(b"GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n")
@@ -404,14 +410,13 @@ struct BlackHole {
     addr: SocketAddr,
     /// Bumped by [`BlackHole::swallow_open_connections`]; a connection
     /// relays only while this is what it was when it was accepted.
-    epoch: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Arc<AtomicU64>,
     /// Connections accepted so far.
-    accepted: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<AtomicU64>,
 }
 
 impl BlackHole {
     async fn start(target: SocketAddr) -> BlackHole {
-        use std::sync::atomic::{AtomicU64, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let epoch = Arc::new(AtomicU64::new(0));
@@ -427,13 +432,7 @@ impl BlackHole {
                 let born = accepting.load(Ordering::SeqCst);
                 let (from_device, to_device) = device.into_split();
                 let (from_upstream, to_upstream) = upstream.into_split();
-                for (mut from, mut to) in [
-                    (
-                        Box::new(from_device) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                        Box::new(to_upstream) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-                    ),
-                    (Box::new(from_upstream), Box::new(to_device)),
-                ] {
+                for (mut from, mut to) in [(from_device, to_upstream), (from_upstream, to_device)] {
                     let epoch = accepting.clone();
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
@@ -462,11 +461,11 @@ impl BlackHole {
     }
 
     fn accepted(&self) -> u64 {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.accepted.load(Ordering::SeqCst)
     }
 
     fn swallow_open_connections(&self) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -474,8 +473,8 @@ impl BlackHole {
 async fn a_silent_http2_connection_costs_one_timeout_then_is_replaced() {
     let upstream = MockUpstream::start();
     let hole = BlackHole::start(upstream.addr).await;
-    let gateway = TestGateway::start_with(
-        &format!("https://localhost:{}{PREFIX}", hole.addr.port()),
+    let gateway = gateway_for(
+        hole.addr,
         &upstream.ca_pem,
         "timeout = \"300ms\"\n[cache]\nttl = \"0s\"\n",
     )
@@ -506,12 +505,7 @@ async fn a_silent_http2_connection_costs_one_timeout_then_is_replaced() {
 async fn an_http2_connection_idle_past_90_s_is_not_reused() {
     let upstream = MockUpstream::start();
     let hole = BlackHole::start(upstream.addr).await;
-    let gateway = TestGateway::start_with(
-        &format!("https://localhost:{}{PREFIX}", hole.addr.port()),
-        &upstream.ca_pem,
-        "[cache]\nttl = \"0s\"\n",
-    )
-    .await;
+    let gateway = gateway_for(hole.addr, &upstream.ca_pem, "[cache]\nttl = \"0s\"\n").await;
     for (idle, connections) in [(0, 1), (60, 1), (60, 1), (91, 2), (5, 2)] {
         support::jump_clock(Duration::from_secs(idle)).await;
         let (status, _, body) = gateway.get("/chargers").await;

@@ -6,9 +6,12 @@
 //! A request's way through the gateway, module by module:
 //!
 //! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
-//!   [`lan_tls`]), refusing addresses outside the allowlist or past their
-//!   connection quota on accept, bounds header reads and handshakes, drains on
-//!   shutdown.
+//!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
+//! - [`admission`]: who gets a connection: the allowlist and the connection
+//!   quotas on accept, which connection makes room when every slot is taken,
+//!   and the quick refusal past that.
+//! - [`held`]: what answers not yet sent may hold, per connection and in
+//!   total, and how long an HTTP/2 stream may go without progress.
 //! - [`proxy`]: one request end to end, and its access-log line.
 //! - [`state`]: what every request shares, built once from the config.
 //! - [`access`]: who may call: the network allowlist, Host and Origin checks,
@@ -51,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admission;
 pub mod budget;
 pub mod cache;
 pub mod cli;
@@ -61,6 +65,7 @@ pub mod event_loop;
 pub mod files;
 pub mod hardening;
 pub mod healthcheck;
+pub mod held;
 pub mod lan_tls;
 pub mod logging;
 pub mod metrics;

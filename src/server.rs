@@ -5,47 +5,37 @@
 //! certificate fresh, and drains in-flight requests on shutdown within the
 //! grace period.
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::StatusCode;
+use http::Response;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use crate::access::AccessError;
+use crate::admission::{Admission, EVICTION_GRACE, Refusal, Refuser, Ticket};
 use crate::config::Config;
-use crate::proxy;
+use crate::held::{ConnectionAnswers, HeldAnswers, StreamExecutor};
+use crate::proxy::{self, Handled};
+use crate::respond::Body;
 use crate::state::AppState;
 
 /// Pause after a failed `accept` (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-
-/// How long a refused client is given to send its request head, and then to
-/// read its answer and close.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
-/// The most of a refused client's request head read before it is answered.
-const MAX_REFUSED_HEAD: usize = 16 * 1024;
-
-/// Refused connections being answered at once; past this they are closed
-/// unanswered, so a flood of them costs a bounded number of tasks.
-const MAX_REFUSALS_IN_FLIGHT: usize = 32;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting and gives in-flight requests up to `server.shutdown_grace`.
@@ -75,24 +65,14 @@ pub async fn run(
     }
 
     let limits = &config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // hyper's own cut-off (a bare 431) sits above the configured size, so the
-        // handler answers the usual case with a JSON 431.
-        .max_buf_size((2 * limits.max_header_size).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_streams)
-        .max_header_list_size(u32::try_from(2 * limits.max_header_size).unwrap_or(u32::MAX));
+    let held = HeldAnswers::new(
+        limits.max_answer_memory,
+        limits.max_answer_memory_per_connection,
+    );
     let handshake_timeout = limits.tls_handshake_timeout;
     let header_timeout = limits.header_timeout;
     let idle_timeout = limits.idle_timeout;
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let per_ip = PerIpConnections::new(limits.max_connections_per_ip);
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
     let refuser = Refuser::new(state.lan_tls.is_some());
     let mut loops = match EventLoops::start(limits.worker_threads) {
         Ok(loops) => loops,
@@ -105,7 +85,6 @@ pub async fn run(
 
     // Tells every connection to finish when the server stops.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let evictions = Evictions::default();
     if let Ok(addr) = listener.local_addr() {
         info!(
             addr = %addr,
@@ -139,42 +118,30 @@ pub async fn run(
             refuser.refuse(stream, client, Refusal::Network);
             continue;
         }
-        let Some(per_ip) = per_ip.try_acquire(client.ip()) else {
-            refuser.refuse(stream, client, Refusal::PerIpQuota);
-            continue;
-        };
-        // At the connection limit the oldest connection is asked to finish
-        // (an idle keep-alive one closes at once, a busy one after its request)
-        // and this one waits for the slot it frees; further clients wait in the
-        // kernel's backlog rather than in the gateway's memory. Without that,
-        // a few addresses holding keep-alive connections open could lock every
-        // other device out.
-        let slot = match connection_slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if evictions.evict_oldest() {
-                    debug!(client = %client, "every connection slot taken: the oldest connection was asked to close");
-                }
-                tokio::select! {
-                    slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                    () = &mut shutdown => break,
-                }
+        // Past the connection limit a newcomer is still served while a
+        // connection of the busiest address makes room (see `admission`), so
+        // no set of held connections locks other devices out, and the loop
+        // never waits: past the spare places it is refused at once.
+        let ticket = match admission.admit(client.ip()) {
+            Ok(ticket) => ticket,
+            Err(why) => {
+                refuser.refuse(stream, client, why);
+                continue;
             }
         };
-        // The first head is due within header_timeout from here: normally the
-        // moment of accept; for the one connection that waited for a slot, the
-        // moment it got one (it held nothing while it waited, and had no chance
-        // to be served).
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
+        let answers = held.connection();
         let connection = Connection {
-            builder: builder.clone(),
+            builder: http_builder(
+                limits,
+                StreamExecutor::new(limits.idle_timeout, answers.clone()),
+            ),
             state: state.clone(),
             client,
             closing: closing_rx.clone(),
-            eviction: evictions.register(),
-            _slot: slot,
-            _per_ip: per_ip,
+            ticket,
+            answers,
             accepted,
             header_timeout,
             handshake_timeout,
@@ -201,15 +168,13 @@ pub async fn run(
 
     drop(listener);
     let _ = closing_tx.send(true);
-    // Every open connection holds a slot: when all are back, all are drained.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     info!(
-        in_flight = limits.max_connections - connection_slots.available_permits(),
+        in_flight = admission.open(),
         grace = ?config.server.shutdown_grace,
         "shutting down: no new connections"
     );
     tokio::select! {
-        _ = connection_slots.acquire_many(all) => info!("all connections drained"),
+        () = admission.drained() => info!("all connections drained"),
         () = tokio::time::sleep(config.server.shutdown_grace) => {
             warn!("grace period over; closing the remaining connections");
         }
@@ -221,23 +186,43 @@ pub async fn run(
     }
 }
 
+/// HTTP/1.1 and HTTP/2 settings for one connection, its streams run by
+/// `executor`.
+fn http_builder(
+    limits: &crate::config::ServerConfig,
+    executor: StreamExecutor,
+) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(executor);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper's own cut-off (a bare 431) sits above the configured size, so the
+        // handler answers the usual case with a JSON 431.
+        .max_buf_size((2 * limits.max_header_size).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(u32::try_from(2 * limits.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
 /// One accepted connection and what serving it needs.
 struct Connection {
-    /// HTTP/1.1 and HTTP/2 settings, shared by every connection.
-    builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 and HTTP/2 settings, and its streams' executor.
+    builder: auto::Builder<StreamExecutor>,
     /// What requests are served with.
     state: Arc<AppState>,
     /// The peer, for the allowlist, per-device limits and logs.
     client: SocketAddr,
     /// Set when the server stops: the connection finishes gracefully.
     closing: tokio::sync::watch::Receiver<bool>,
-    /// Its place in the queue of connections asked to close, oldest first,
-    /// when every slot is taken.
-    eviction: Eviction,
-    /// Held for the connection's life: its place under `server.max_connections`.
-    _slot: OwnedSemaphorePermit,
-    /// Held for the connection's life: its place in its address's count.
-    _per_ip: PerIpSlot,
+    /// Held for the connection's life: its place under the connection
+    /// limits, and the signal that asks it to make room.
+    ticket: Ticket,
+    /// What its answers not yet handed over hold.
+    answers: ConnectionAnswers,
     /// When it was accepted: the first request head is due within
     /// `header_timeout` of this.
     accepted: Instant,
@@ -256,13 +241,24 @@ impl Connection {
     /// own header timer starts only once HTTP/1 is detected, so without this a
     /// client that sends nothing, or half an HTTP/2 preface, would be held
     /// until the idle timeout.
+    ///
+    /// Asked to make room for a newcomer, it finishes gracefully within
+    /// [`EVICTION_GRACE`] or is dropped, in whatever state: mid-handshake,
+    /// with HTTP/2 streams blocked on flow control, mid-body.
     async fn serve(self, stream: TcpStream) {
         let client = self.client;
         let deadline = self.accepted + self.header_timeout;
         let first_head = Arc::new(AtomicBool::new(false));
+        let close = self.ticket.close_signal().clone();
         let serving = self.handshake_and_http(stream, first_head.clone());
-        if !until_first_head(serving, &first_head, deadline).await {
-            debug!(client = %client, "no request head within server.header_timeout; closed");
+        tokio::select! {
+            served = until_first_head(serving, &first_head, deadline) => if !served {
+                debug!(client = %client, "no request head within server.header_timeout; closed");
+            },
+            () = async {
+                close.asked().await;
+                tokio::time::sleep(EVICTION_GRACE).await;
+            } => debug!(client = %client, "asked to make room and not finished within the grace; dropped"),
         }
     }
 
@@ -306,23 +302,25 @@ impl Connection {
             state,
             client,
             mut closing,
-            eviction,
             // Kept until the connection ends.
-            _slot,
-            _per_ip,
+            ticket,
+            answers,
             ..
         } = self;
         let counters = state.clone();
         let service = service_fn(move |request| {
             first_head.store(true, Ordering::Relaxed);
-            proxy::handle(&state, client, request)
+            ChargedAnswer {
+                handled: proxy::handle(&state, client, request),
+                answers: Some(answers.clone()),
+            }
         });
         let connection = builder.serve_connection(io, service);
         let mut connection = pin!(connection);
         let asked_to_finish = async {
             tokio::select! {
                 _ = closing.wait_for(|closing| *closing) => {}
-                () = eviction.notify.notified() => {}
+                () = ticket.close_signal().asked() => {}
             }
         };
         // hyper's graceful shutdown: an idle HTTP/1.1 connection closes now, a
@@ -376,72 +374,24 @@ fn refused_by_parser(error: &(dyn std::error::Error + 'static)) -> Option<(u16, 
     None
 }
 
-/// The open connections, oldest first, each of which can be asked to finish.
-#[derive(Debug, Default, Clone)]
-struct Evictions(Arc<std::sync::Mutex<EvictionQueue>>);
-
-#[derive(Debug, Default)]
-struct EvictionQueue {
-    /// The next connection's number: numbers grow with age order.
-    next: u64,
-    /// Open connections not yet asked, by number.
-    open: std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>,
+/// A request's answer, charged to its connection's account once ready.
+struct ChargedAnswer {
+    /// The answer under way.
+    handled: Handled,
+    /// Where it is charged; taken when it is.
+    answers: Option<ConnectionAnswers>,
 }
 
-impl Evictions {
-    /// A new connection's place at the end of the queue.
-    fn register(&self) -> Eviction {
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let id = queue.next;
-        queue.next += 1;
-        queue.open.insert(id, notify.clone());
-        Eviction {
-            id,
-            notify,
-            queue: self.clone(),
-        }
-    }
+impl Future for ChargedAnswer {
+    type Output = Result<Response<Body>, Infallible>;
 
-    /// Asks the oldest connection not yet asked to finish; false if none is
-    /// left to ask.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open
-            .pop_first();
-        match oldest {
-            Some((_, notify)) => {
-                // Kept until the connection waits for it, if it is not yet.
-                notify.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// A connection's place in [`Evictions`]; leaves it when the connection ends.
-#[derive(Debug)]
-struct Eviction {
-    /// Its number in the queue.
-    id: u64,
-    /// Woken when it is asked to finish.
-    notify: Arc<tokio::sync::Notify>,
-    /// The queue to leave.
-    queue: Evictions,
-}
-
-impl Drop for Eviction {
-    fn drop(&mut self) {
-        self.queue
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open
-            .remove(&self.id);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(Ok(response)) = Pin::new(&mut this.handled).poll(cx) else {
+            return Poll::Pending;
+        };
+        let answers = this.answers.take().expect("polled after it was ready");
+        Poll::Ready(Ok(answers.charge(response)))
     }
 }
 
@@ -468,174 +418,6 @@ async fn until_first_head(
         }
     })
     .await
-}
-
-/// Why a connection was refused as soon as it was accepted.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    /// The address is outside `[access] allow`.
-    Network,
-    /// The address already has `server.max_connections_per_ip` connections.
-    PerIpQuota,
-}
-
-impl Refusal {
-    /// For log fields.
-    fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Network => "outside [access] allow",
-            Refusal::PerIpQuota => "past server.max_connections_per_ip",
-        }
-    }
-}
-
-/// Answers refused connections without serving them: the same JSON error a
-/// request would get, written by a small task so the accept loop moves on.
-struct Refuser {
-    /// The 403 and 429 answers, whole HTTP/1.1 responses built once; `None`
-    /// on an HTTPS listener, where no handshake is spent on a refused client
-    /// and it is closed unanswered.
-    answers: Option<(Bytes, Bytes)>,
-    /// Refusals being answered; past `MAX_REFUSALS_IN_FLIGHT` a refused
-    /// connection is closed unanswered.
-    in_flight: Arc<Semaphore>,
-}
-
-impl Refuser {
-    fn new(https: bool) -> Refuser {
-        let answers = (!https).then(|| {
-            (
-                refusal_response(StatusCode::FORBIDDEN, &AccessError::Network.to_string()),
-                refusal_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many connections from this address (server.max_connections_per_ip)",
-                ),
-            )
-        });
-        Refuser {
-            answers,
-            in_flight: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
-        }
-    }
-
-    /// Answers and closes `stream`, or just closes it. Never waits.
-    fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
-        debug!(client = %client, reason = why.as_str(), "connection refused");
-        let Some((forbidden, too_many)) = &self.answers else {
-            return;
-        };
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return;
-        };
-        let answer = match why {
-            Refusal::Network => forbidden.clone(),
-            Refusal::PerIpQuota => too_many.clone(),
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            // An HTTP client takes an answer that comes before its request for a
-            // broken connection, so the request head is waited for, briefly: a
-            // silent client gets the answer all the same.
-            let _ = tokio::time::timeout(REFUSAL_LINGER, read_head(&mut stream)).await;
-            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-                stream.write_all(&answer).await?;
-                stream.shutdown().await?;
-                // Closing with the request still unread would make the kernel
-                // reset the connection, and the client could lose the answer;
-                // so what it sends is read and dropped until it closes.
-                let mut sink = [0u8; 1024];
-                while stream.read(&mut sink).await? > 0 {}
-                io::Result::Ok(())
-            })
-            .await;
-        });
-    }
-}
-
-/// Reads and drops what the client sends up to the end of a request head (a
-/// blank line), the end of the stream or `MAX_REFUSED_HEAD` bytes.
-async fn read_head(stream: &mut TcpStream) -> io::Result<()> {
-    let mut buf = [0u8; 1024];
-    // The last bytes read, so a blank line split across reads is still seen.
-    let mut window = Vec::with_capacity(buf.len() + 3);
-    let mut total = 0;
-    while total < MAX_REFUSED_HEAD {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-        window.extend_from_slice(&buf[..n]);
-        if window.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-        window.drain(..window.len().saturating_sub(3));
-    }
-    Ok(())
-}
-
-/// A whole HTTP/1.1 response carrying the gateway's JSON error shape, as
-/// `respond::json_error` builds it for requests.
-fn refusal_response(status: StatusCode, message: &str) -> Bytes {
-    let body = serde_json::json!({ "error": message }).to_string();
-    Bytes::from(format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
-/// Open connections by client address, for `server.max_connections_per_ip`.
-struct PerIpConnections {
-    /// The most connections one address may hold.
-    limit: usize,
-    /// Open connections by canonical address; an address with none has no entry.
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl PerIpConnections {
-    fn new(limit: usize) -> PerIpConnections {
-        PerIpConnections {
-            limit,
-            open: Arc::default(),
-        }
-    }
-
-    /// A place for one more connection from `ip`, or `None` at the quota.
-    /// IPv4-mapped IPv6 addresses count as IPv4, as `[access] allow` sees them.
-    fn try_acquire(&self, ip: IpAddr) -> Option<PerIpSlot> {
-        let ip = ip.to_canonical();
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(PerIpSlot {
-            ip,
-            open: self.open.clone(),
-        })
-    }
-}
-
-/// One connection's place in its address's count, given back on drop.
-struct PerIpSlot {
-    /// The canonical address counted.
-    ip: IpAddr,
-    /// The counts it is part of.
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for PerIpSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// The event loops connections are shared out to: the one `run` is called on
@@ -856,28 +638,6 @@ mod tests {
     use tokio::time::Instant;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn the_per_address_quota_counts_mapped_ipv6_as_ipv4_and_frees_on_drop() {
-        let per_ip = PerIpConnections::new(2);
-        let v4: IpAddr = "192.168.1.20".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
-        let first = per_ip.try_acquire(v4).unwrap();
-        let second = per_ip.try_acquire(mapped).unwrap();
-        assert!(per_ip.try_acquire(v4).is_none(), "the same address, twice");
-        assert!(
-            per_ip
-                .try_acquire("192.168.1.21".parse().unwrap())
-                .is_some()
-        );
-        drop(first);
-        let third = per_ip.try_acquire(mapped).unwrap();
-        drop((second, third));
-        assert!(
-            per_ip.open.lock().unwrap().is_empty(),
-            "no entry is left behind"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_goes_at_the_deadline_unless_a_head_arrived() {

@@ -289,6 +289,14 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             o.h2_max_streams != n.h2_max_streams,
         ),
         (
+            "server.max_answer_memory",
+            o.max_answer_memory != n.max_answer_memory,
+        ),
+        (
+            "server.max_answer_memory_per_connection",
+            o.max_answer_memory_per_connection != n.max_answer_memory_per_connection,
+        ),
+        (
             "server.shutdown_grace",
             o.shutdown_grace != n.shutdown_grace,
         ),

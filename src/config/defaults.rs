@@ -26,6 +26,10 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const MAX_CONNECTIONS_PER_IP: usize = 64;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const H2_MAX_STREAMS: u32 = 64;
+/// About 1,200 answers of the size of `/metrics` held at once: under 48 MB
+/// of RSS however many clients stop reading (bench/hostile).
+pub const MAX_ANSWER_MEMORY: usize = 8 * 1024 * 1024;
+pub const MAX_ANSWER_MEMORY_PER_CONNECTION: usize = 1024 * 1024;
 pub const WORKER_THREADS: usize = 1;
 pub const UPSTREAM_PER_MINUTE: u32 = 30;
 pub const UPSTREAM_BURST: u32 = 10;

@@ -477,6 +477,11 @@ mod tests {
         );
         assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
         assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
+        assert_eq!(s.server.max_answer_memory, d.server.max_answer_memory);
+        assert_eq!(
+            s.server.max_answer_memory_per_connection,
+            d.server.max_answer_memory_per_connection
+        );
         assert_eq!(s.server.worker_threads, d.server.worker_threads);
         assert_eq!(s.access.allow, d.access.allow);
         assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);

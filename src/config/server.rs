@@ -38,6 +38,10 @@ pub(super) struct RawServer {
     pub(super) idle_timeout: Option<Duration>,
     /// Concurrent requests on one HTTP/2 connection.
     pub(super) h2_max_streams: Option<u32>,
+    /// Bytes of answers not yet handed to their connections, in total.
+    pub(super) max_answer_memory: Option<bytesize::ByteSize>,
+    /// The same, on one connection.
+    pub(super) max_answer_memory_per_connection: Option<bytesize::ByteSize>,
     /// Event loops serving connections.
     pub(super) worker_threads: Option<usize>,
     /// Bound on reading a request head.
@@ -76,6 +80,13 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Concurrent requests on one HTTP/2 connection.
     pub h2_max_streams: u32,
+    /// Bytes that answers ready but not yet handed to their connections may
+    /// hold in total (each charged its body and a per-request overhead); past
+    /// it answers are 503 and new HTTP/2 streams are reset.
+    pub max_answer_memory: usize,
+    /// The same on one connection, beyond its first answer: what a client
+    /// that does not read can make the gateway hold.
+    pub max_answer_memory_per_connection: usize,
     /// Event loops serving connections, each a single-threaded runtime on its
     /// own thread.
     pub worker_threads: usize,
@@ -181,6 +192,16 @@ pub(super) fn validate(
         return Err(invalid("server.h2_max_streams", "must be at least 1"));
     }
 
+    let max_answer_memory = size(
+        raw.max_answer_memory,
+        defaults::MAX_ANSWER_MEMORY,
+        "server.max_answer_memory",
+    )?;
+    let max_answer_memory_per_connection = size(
+        raw.max_answer_memory_per_connection,
+        defaults::MAX_ANSWER_MEMORY_PER_CONNECTION,
+        "server.max_answer_memory_per_connection",
+    )?;
     Ok(ServerConfig {
         listen,
         header_timeout,
@@ -193,6 +214,8 @@ pub(super) fn validate(
         max_connections_per_ip,
         idle_timeout,
         h2_max_streams,
+        max_answer_memory,
+        max_answer_memory_per_connection,
         worker_threads,
     })
 }

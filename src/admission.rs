@@ -1,0 +1,484 @@
+//! Who gets a connection: `server.max_connections` and
+//! `server.max_connections_per_ip` kept as clients connect, the connection
+//! asked to make room when every slot is taken, and the quick answer a refused
+//! client gets. The accept loop never waits here: a newcomer is served, or
+//! refused at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tracing::debug;
+
+use crate::access::AccessError;
+
+/// How long a connection asked to close may take to finish what it is doing
+/// (an answer under way, an HTTP/2 stream draining after GOAWAY, a TLS
+/// handshake) before it is dropped, whatever state it is in. A client that
+/// never reads, or keeps a stream blocked on flow control, holds its slot no
+/// longer than this once a newcomer needs it.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a refused client is given to send its request head, and then to
+/// read its answer and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The most of a refused client's request head read before it is answered.
+const MAX_REFUSED_HEAD: usize = 16 * 1024;
+
+/// Refused connections being answered at once; past this they are closed
+/// unanswered, so a flood of them costs a bounded number of tasks.
+const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+
+/// The address a client's connections are counted under: an IPv4 address
+/// (IPv4-mapped IPv6 included, as `[access] allow` sees it) or an IPv6 /64,
+/// since one IPv6 device on a LAN can use any address of its /64 at no cost.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections, for the connection limits and for choosing which
+/// connection makes room.
+#[derive(Clone)]
+pub struct Admission {
+    /// The open connections and their counts, behind one lock: admission and
+    /// eviction must see the same picture.
+    registry: Arc<Mutex<Registry>>,
+    /// `server.max_connections`.
+    max: usize,
+    /// Connections admitted past `max` while the ones asked to make room
+    /// finish; past `max + reserve` newcomers are refused.
+    reserve: usize,
+    /// `server.max_connections_per_ip`, per [`address_key`].
+    per_address: usize,
+    /// Woken whenever the last connection ends, for the drain on shutdown.
+    drained: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// The next connection's number: numbers grow with age.
+    next: u64,
+    /// Every open connection by number, oldest first.
+    open: BTreeMap<u64, Open>,
+    /// Open connections by [`address_key`]; an address with none has no entry.
+    per_address: HashMap<IpAddr, usize>,
+    /// Open connections already asked to close.
+    asked: usize,
+}
+
+/// One open connection as the registry sees it.
+struct Open {
+    /// Its [`address_key`].
+    address: IpAddr,
+    /// How it is asked to close.
+    close: Arc<CloseSignal>,
+}
+
+/// Why a connection was refused as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address is outside `[access] allow`.
+    Network,
+    /// The address already has `server.max_connections_per_ip` connections.
+    PerIpQuota,
+    /// Every slot and every spare one is taken while connections make room.
+    Full,
+}
+
+impl Refusal {
+    /// For log fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Network => "outside [access] allow",
+            Refusal::PerIpQuota => "past server.max_connections_per_ip",
+            Refusal::Full => "past server.max_connections, connections making room",
+        }
+    }
+}
+
+impl Admission {
+    /// Limits from `[server]`: `max` connections at once, `per_address` from
+    /// one address.
+    pub fn new(max: usize, per_address: usize) -> Admission {
+        Admission {
+            registry: Arc::default(),
+            max,
+            reserve: (max / 8).clamp(2, 64),
+            per_address,
+            drained: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A place for a connection from `ip`, or why there is none. Past
+    /// `server.max_connections` the newcomer is still served, and the oldest
+    /// connection of the address holding the most is asked to close (see
+    /// [`Ticket::close_signal`]): a newcomer never waits for a slot, and a
+    /// device holding many connections makes room before one holding few.
+    pub fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
+        let address = address_key(ip);
+        let mut registry = lock(&self.registry);
+        let count = registry.per_address.get(&address).copied().unwrap_or(0);
+        if count >= self.per_address {
+            return Err(Refusal::PerIpQuota);
+        }
+        if registry.open.len() >= self.max + self.reserve {
+            return Err(Refusal::Full);
+        }
+        let id = registry.next;
+        registry.next += 1;
+        let close = Arc::new(CloseSignal::default());
+        registry.open.insert(
+            id,
+            Open {
+                address,
+                close: close.clone(),
+            },
+        );
+        *registry.per_address.entry(address).or_insert(0) += 1;
+        // Connections that will stay once those already asked have gone.
+        if registry.open.len() - registry.asked > self.max {
+            registry.ask_one();
+        }
+        drop(registry);
+        Ok(Ticket {
+            id,
+            close,
+            admission: self.clone(),
+        })
+    }
+
+    /// Open connections.
+    pub fn open(&self) -> usize {
+        lock(&self.registry).open.len()
+    }
+
+    /// Waits until no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Registry {
+    /// Asks one connection to close: among those not yet asked, the oldest of
+    /// the address with the most open connections.
+    fn ask_one(&mut self) {
+        let mut chosen: Option<(u64, usize)> = None;
+        for (id, open) in &self.open {
+            if open.close.is_asked() {
+                continue;
+            }
+            let held = self.per_address.get(&open.address).copied().unwrap_or(0);
+            if chosen.is_none_or(|(_, most)| held > most) {
+                chosen = Some((*id, held));
+            }
+        }
+        if let Some((id, _)) = chosen
+            && let Some(open) = self.open.get(&id)
+        {
+            open.close.ask();
+            self.asked += 1;
+            debug!(
+                address = %open.address,
+                "every connection slot taken: a connection of the busiest address was asked to close"
+            );
+        }
+    }
+}
+
+/// A connection's place under the limits; given back when dropped.
+pub struct Ticket {
+    /// Its number in the registry.
+    id: u64,
+    /// How it is asked to close.
+    close: Arc<CloseSignal>,
+    /// Where it is counted.
+    admission: Admission,
+}
+
+impl Ticket {
+    /// Set when the connection is asked to make room for a newcomer.
+    pub fn close_signal(&self) -> &Arc<CloseSignal> {
+        &self.close
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut registry = lock(&self.admission.registry);
+        if let Some(open) = registry.open.remove(&self.id) {
+            if open.close.is_asked() {
+                registry.asked -= 1;
+            }
+            if let Some(count) = registry.per_address.get_mut(&open.address) {
+                *count -= 1;
+                if *count == 0 {
+                    registry.per_address.remove(&open.address);
+                }
+            }
+        }
+        let empty = registry.open.is_empty();
+        drop(registry);
+        if empty {
+            self.admission.drained.notify_waiters();
+        }
+    }
+}
+
+/// A request to one connection to finish: set once, seen by every waiter.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    /// Whether it was asked.
+    asked: AtomicBool,
+    /// Wakes the waiters when it is.
+    notify: Notify,
+}
+
+impl CloseSignal {
+    fn ask(&self) {
+        self.asked.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the connection is asked to close.
+    pub async fn asked(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_asked() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    registry.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Answers refused connections without serving them: the same JSON error a
+/// request would get, written by a small task so the accept loop moves on.
+pub struct Refuser {
+    /// The whole HTTP/1.1 answers for each refusal, built once; `None` on an
+    /// HTTPS listener, where no handshake is spent on a refused client and it
+    /// is closed unanswered.
+    answers: Option<RefusalAnswers>,
+    /// Refusals being answered; past `MAX_REFUSALS_IN_FLIGHT` a refused
+    /// connection is closed unanswered.
+    in_flight: Arc<Semaphore>,
+}
+
+/// The answer for each [`Refusal`].
+struct RefusalAnswers {
+    /// 403: outside `[access] allow`.
+    network: Bytes,
+    /// 429: past the address's quota.
+    per_ip: Bytes,
+    /// 503: every slot taken.
+    full: Bytes,
+}
+
+impl Refuser {
+    /// A refuser for a plain (`https` false) or HTTPS listener.
+    pub fn new(https: bool) -> Refuser {
+        let answers = (!https).then(|| RefusalAnswers {
+            network: refusal_response(StatusCode::FORBIDDEN, &AccessError::Network.to_string()),
+            per_ip: refusal_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connections from this address (server.max_connections_per_ip)",
+            ),
+            full: refusal_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway is at server.max_connections; try again in a second",
+            ),
+        });
+        Refuser {
+            answers,
+            in_flight: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+        }
+    }
+
+    /// Answers and closes `stream`, or just closes it. Never waits.
+    pub fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
+        debug!(client = %client, reason = why.as_str(), "connection refused");
+        let Some(answers) = &self.answers else {
+            return;
+        };
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return;
+        };
+        let answer = match why {
+            Refusal::Network => answers.network.clone(),
+            Refusal::PerIpQuota => answers.per_ip.clone(),
+            Refusal::Full => answers.full.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            // An HTTP client takes an answer that comes before its request for a
+            // broken connection, so the request head is waited for, briefly: a
+            // silent client gets the answer all the same.
+            let _ = tokio::time::timeout(REFUSAL_LINGER, read_head(&mut stream)).await;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                stream.write_all(&answer).await?;
+                stream.shutdown().await?;
+                // Closing with the request still unread would make the kernel
+                // reset the connection, and the client could lose the answer;
+                // so what it sends is read and dropped until it closes.
+                let mut sink = [0u8; 1024];
+                while stream.read(&mut sink).await? > 0 {}
+                io::Result::Ok(())
+            })
+            .await;
+        });
+    }
+}
+
+/// Reads and drops what the client sends up to the end of a request head (a
+/// blank line), the end of the stream or `MAX_REFUSED_HEAD` bytes.
+async fn read_head(stream: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    // The last bytes read, so a blank line split across reads is still seen.
+    let mut window = Vec::with_capacity(buf.len() + 3);
+    let mut total = 0;
+    while total < MAX_REFUSED_HEAD {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        window.drain(..window.len().saturating_sub(3));
+    }
+    Ok(())
+}
+
+/// A whole HTTP/1.1 response carrying the gateway's JSON error shape, as
+/// `respond::json_error` builds it for requests.
+fn refusal_response(status: StatusCode, message: &str) -> Bytes {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
+    Bytes::from(format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         {retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_mapped_ipv6_as_ipv4() {
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_key(ip("::ffff:192.168.1.20")), ip("192.168.1.20"));
+        assert_eq!(address_key(ip("192.168.1.20")), ip("192.168.1.20"));
+        let admission = Admission::new(100, 2);
+        let _a = admission.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = admission.admit(ip("2001:db8:1:2::ffff:2")).unwrap();
+        assert_eq!(
+            admission.admit(ip("2001:db8:1:2:1::3")).err(),
+            Some(Refusal::PerIpQuota),
+            "a third address of the same /64"
+        );
+        assert!(admission.admit(ip("2001:db8:1:3::1")).is_ok());
+    }
+
+    #[test]
+    fn the_per_address_quota_frees_on_drop_and_leaves_nothing_behind() {
+        let admission = Admission::new(100, 2);
+        let first = admission.admit(ip("192.168.1.20")).unwrap();
+        let second = admission.admit(ip("::ffff:192.168.1.20")).unwrap();
+        assert!(admission.admit(ip("192.168.1.20")).is_err());
+        drop(first);
+        let third = admission.admit(ip("192.168.1.20")).unwrap();
+        drop((second, third));
+        let registry = lock(&admission.registry);
+        assert!(registry.open.is_empty() && registry.per_address.is_empty());
+        assert_eq!(registry.asked, 0);
+    }
+
+    #[test]
+    fn past_the_limit_the_busiest_address_makes_room_and_newcomers_are_never_held() {
+        let admission = Admission::new(4, 4);
+        let victim = admission.admit(ip("10.0.0.1")).unwrap();
+        let attacker: Vec<_> = (0..3)
+            .map(|_| admission.admit(ip("10.0.0.2")).unwrap())
+            .collect();
+        assert!(
+            !victim.close.is_asked() && attacker.iter().all(|t| !t.close.is_asked()),
+            "nobody asked while there is room"
+        );
+        // A newcomer past the limit is served, and the busiest address's
+        // oldest connection (not the older victim) is asked to close.
+        let newcomer = admission.admit(ip("10.0.0.3")).unwrap();
+        assert!(attacker[0].close.is_asked());
+        assert!(!victim.close.is_asked() && !newcomer.close.is_asked());
+        // The spare places (2 for 4) fill, then newcomers are refused at once.
+        let next = admission.admit(ip("10.0.0.4")).unwrap();
+        assert!(attacker[1].close.is_asked());
+        assert_eq!(admission.admit(ip("10.0.0.5")).err(), Some(Refusal::Full));
+        // As the asked connections go, there is room again.
+        drop(attacker);
+        assert_eq!(admission.open(), 3);
+        let _more = admission.admit(ip("10.0.0.5")).unwrap();
+        assert_eq!(lock(&admission.registry).asked, 0);
+        drop((victim, newcomer, next));
+    }
+
+    #[tokio::test]
+    async fn every_waiter_sees_the_close_signal_even_when_it_came_first() {
+        let signal = Arc::new(CloseSignal::default());
+        let early = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.asked().await }
+        });
+        tokio::task::yield_now().await;
+        signal.ask();
+        early.await.unwrap();
+        // A waiter that starts after the signal returns at once.
+        signal.asked().await;
+    }
+}

@@ -112,10 +112,19 @@ impl UpstreamToken {
         !secret.is_empty() && memchr::memmem::find(bytes, secret).is_some()
     }
 
-    /// Whether any of an answer's header names or values hold the token.
+    /// Whether any of an answer's header names or values hold the token. A
+    /// name arrives lower-cased, so it is compared ignoring case (names are
+    /// short: a window per byte costs nothing).
     pub fn appears_in_headers(&self, headers: &http::HeaderMap) -> bool {
+        let secret = self.secret.expose_secret().as_bytes();
+        let in_name = |name: &[u8]| {
+            !secret.is_empty()
+                && name
+                    .windows(secret.len())
+                    .any(|window| window.eq_ignore_ascii_case(secret))
+        };
         headers.iter().any(|(name, value)| {
-            self.appears_in(name.as_str().as_bytes()) || self.appears_in(value.as_bytes())
+            in_name(name.as_str().as_bytes()) || self.appears_in(value.as_bytes())
         })
     }
 

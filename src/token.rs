@@ -108,8 +108,7 @@ impl UpstreamToken {
     /// quoting the request) must not reach a device or the cache. Compared
     /// where it lies, in one pass, as [`Self::redact_from`] does.
     pub fn appears_in(&self, bytes: &[u8]) -> bool {
-        let secret = self.secret.expose_secret().as_bytes();
-        !secret.is_empty() && memchr::memmem::find(bytes, secret).is_some()
+        holds(bytes, self.secret.expose_secret().as_bytes())
     }
 
     /// Whether any of an answer's header names or values hold the token. A
@@ -117,15 +116,15 @@ impl UpstreamToken {
     /// short: a window per byte costs nothing).
     pub fn appears_in_headers(&self, headers: &http::HeaderMap) -> bool {
         let secret = self.secret.expose_secret().as_bytes();
-        let in_name = |name: &[u8]| {
-            !secret.is_empty()
-                && name
-                    .windows(secret.len())
-                    .any(|window| window.eq_ignore_ascii_case(secret))
-        };
-        headers.iter().any(|(name, value)| {
-            in_name(name.as_str().as_bytes()) || self.appears_in(value.as_bytes())
-        })
+        !secret.is_empty()
+            && headers.iter().any(|(name, value)| {
+                let name = name.as_str().as_bytes();
+                (name.len() >= secret.len()
+                    && name
+                        .windows(secret.len())
+                        .any(|window| window.eq_ignore_ascii_case(secret)))
+                    || holds(value.as_bytes(), secret)
+            })
     }
 
     /// Which load of the token file this token came from.
@@ -184,7 +183,7 @@ impl TokenEcho {
         let secret = self.token.secret.expose_secret().as_bytes();
         let reach = secret.len() - 1;
         let held = std::mem::take(&mut self.held);
-        let found = |bytes: &[u8]| memchr::memmem::find(bytes, secret).is_some();
+        let found = |bytes: &[u8]| holds(bytes, secret);
         if found(&chunk) {
             return Err(TokenEchoed);
         }
@@ -242,6 +241,37 @@ impl TokenEcho {
     pub fn finish(&mut self) -> bytes::Bytes {
         std::mem::take(&mut self.held)
     }
+}
+
+/// Whether `haystack` holds `secret`. Each byte equal to the token's first is
+/// checked in place, with no set-up: an answer holds few, and building a
+/// `memmem` searcher costs about 3,000 instructions, more than searching a
+/// typical answer this way (about 200 for 580 bytes). An answer crafted to
+/// hold many near misses gets the searcher once the checks have cost twice
+/// its length, so the search stays linear whatever Joulo sends.
+fn holds(haystack: &[u8], secret: &[u8]) -> bool {
+    let Some(last_start) = haystack.len().checked_sub(secret.len()) else {
+        return false;
+    };
+    let Some(&first) = secret.first() else {
+        return false;
+    };
+    let mut work = 2 * haystack.len() + 64;
+    for at in memchr::memchr_iter(first, &haystack[..=last_start]) {
+        let same = haystack[at..]
+            .iter()
+            .zip(secret)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if same == secret.len() {
+            return true;
+        }
+        match work.checked_sub(same + 1) {
+            Some(left) => work = left,
+            None => return memchr::memmem::find(&haystack[at..], secret).is_some(),
+        }
+    }
+    false
 }
 
 /// The length of the longest end of `bytes` that is a start of `secret`,
@@ -738,6 +768,22 @@ mod tests {
         let cuts: Vec<usize> = (1..body.len()).collect();
         let (out, refused) = stream(token, body.as_bytes(), &cuts);
         assert!(refused && out.len() <= at);
+    }
+
+    #[test]
+    fn the_search_finds_the_token_among_near_misses_in_linear_time() {
+        let secret = b"joulo_t.Ab3dEf6hIj9kLm2n";
+        assert!(!holds(b"", secret) && !holds(b"joulo_t", secret));
+        assert!(holds(secret, secret));
+        // Near misses everywhere, past the point the searcher takes over,
+        // with the token at the very end, and not at all.
+        let mut crafted = secret[..secret.len() - 1].repeat(1000);
+        assert!(!holds(&crafted, secret));
+        crafted.extend_from_slice(secret);
+        assert!(holds(&crafted, secret));
+        let mut few = b"{\"j\":\"jo\"} ".repeat(50);
+        few.extend_from_slice(secret);
+        assert!(holds(&few, secret));
     }
 
     #[test]

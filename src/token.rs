@@ -1,6 +1,7 @@
 //! Where the Joulo token comes from and the one place it is added to a request:
 //! read from a secrets file into a secret type, re-read on SIGHUP or when the file
-//! changes, and withdrawn (fail closed) when the file goes bad.
+//! changes, and withdrawn (fail closed) when the file goes bad. Joulo's answers
+//! are searched for it here too, so its bytes never leave this module.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

@@ -37,8 +37,11 @@ enum Answer {
 /// A hand-written HTTP/1.1 upstream over TLS, so answers no real server would
 /// send (the token echoed, a head of 20 KiB, a body split on purpose) can be.
 struct RawUpstream {
+    /// Where it listens.
     addr: SocketAddr,
+    /// The CA its certificate is signed by, for the gateway's `ca_file`.
     ca_pem: String,
+    /// What it does with the next request.
     answer: Arc<Mutex<Answer>>,
     /// Request heads read so far: the calls that reached the upstream.
     heads: Arc<AtomicU64>,
@@ -533,4 +536,123 @@ async fn with_no_budget_slot_left_the_retry_is_not_made() {
     assert_eq!(json(&body)["error"], "Upstream unreachable");
     assert_eq!(upstream.heads(), 1, "no retry without a slot");
     assert_eq!(status_used(&gateway).await, 1);
+}
+
+/// An HTTP/2 upstream (as Joulo is) answering every call with a head holding
+/// `headers`, then `chunks` as DATA frames sent apart. Returns its address.
+async fn h2_upstream(
+    ca: &DemoCa,
+    headers: Vec<(String, String)>,
+    chunks: Vec<String>,
+    calls: Arc<AtomicU64>,
+) -> SocketAddr {
+    let certs = CertificateDer::pem_slice_iter(ca.leaf_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(ca.leaf_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, headers, chunks, calls) = (
+                acceptor.clone(),
+                headers.clone(),
+                chunks.clone(),
+                calls.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut connection) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let (headers, chunks) = (headers.clone(), chunks.clone());
+                    tokio::spawn(async move {
+                        let mut head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json");
+                        for (name, value) in &headers {
+                            head = head.header(name, value);
+                        }
+                        let Ok(mut stream) = respond.send_response(head.body(()).unwrap(), false)
+                        else {
+                            return;
+                        };
+                        for chunk in chunks {
+                            if stream.send_data(chunk.into(), false).is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        let _ = stream.send_data(bytes::Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn over_http2_an_echo_in_a_header_or_split_across_data_frames_never_reaches_a_device() {
+    support::capture_logs();
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    // The gateway's token is made when it starts; the upstream needs it
+    // first, so the token file is rewritten with a known canary after.
+    let token = support::canary();
+    let (start, rest) = token.split_at(17);
+    let calls = Arc::new(AtomicU64::new(0));
+    let in_header = h2_upstream(
+        &ca,
+        vec![("x-debug".into(), format!("token={token}"))],
+        vec!["{}".into()],
+        calls.clone(),
+    )
+    .await;
+    let split = h2_upstream(
+        &ca,
+        vec![],
+        vec![
+            format!("{{\"chargers\":[],\"t\":\"{start}"),
+            format!("{rest}\"}}"),
+        ],
+        calls.clone(),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for (addr, extra) in [(in_header, ""), (split, "[cache]\nttl = \"0s\"\n")] {
+        let gateway = TestGateway::start_with(
+            &format!("https://localhost:{}{PREFIX}", addr.port()),
+            &ca.ca_pem,
+            extra,
+        )
+        .await;
+        joulo_gateway::demo::write_private(&gateway.token_file, &token).unwrap();
+        gateway.state.tokens.reload().unwrap();
+        let response = raw_get(&gateway, "/chargers").await;
+        assert!(!response.contains(&token[..6]), "{response}");
+        if extra.is_empty() {
+            assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+        } else {
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert!(!response.ends_with("0\r\n\r\n"), "cut: {response}");
+        }
+        seen.push(response);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+    assert_no_leak(&[&token], &seen);
 }

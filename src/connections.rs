@@ -45,6 +45,11 @@ const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
 const H2_INITIAL_MAX_SEND_STREAMS: usize = 100;
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// The most an HTTP/1.1 answer's head (status line and headers) may hold, as
+/// [`H2_MAX_HEADER_LIST`] bounds an HTTP/2 one: hyper's own bound is its read
+/// buffer, about 400 KB. A longer head fails the call (502) and closes that
+/// connection.
+const H1_MAX_HEAD: usize = 16 * 1024;
 
 /// How long an idle connection is kept for the next call; an older one is
 /// closed when next looked at rather than by a timer, so an idle gateway has
@@ -328,7 +333,10 @@ impl Connections {
             });
             Ok(Sender::H2(sender, id))
         } else {
-            let (sender, connection) = http1::handshake(io).await?;
+            let (sender, connection) = http1::Builder::new()
+                .max_header_size(H1_MAX_HEAD)
+                .handshake(io)
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     debug!(error = %e, "upstream HTTP/1.1 connection ended");

@@ -25,7 +25,8 @@
 //! - [`sanitize`]: what is recognised and removed: `?token=` in every
 //!   spelling, and what an upstream answer carries that a device must not see.
 //! - [`token`]: where the token comes from (a secrets file, reloaded on change or
-//!   SIGHUP, fail-closed) and the one function that puts it in a request.
+//!   SIGHUP, fail-closed), the one function that puts it in a request, and the
+//!   search for it in Joulo's answers.
 //! - [`budget`]: how the token's upstream budget is kept: a limit on all calls to
 //!   Joulo, each device's allowance and its share of the budget, and the
 //!   back-off after Joulo answers 429.

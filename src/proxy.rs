@@ -31,7 +31,7 @@ use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
 use crate::sanitize;
 use crate::state::{AppState, Policy};
-use crate::token::Rejection;
+use crate::token::{Rejection, TokenEcho};
 use crate::upstream;
 
 /// The most a shared upstream answer is buffered to; beyond it each waiting
@@ -510,44 +510,35 @@ async fn fetch_for_cache(
         let deadline = asked + state.upstream.timeout();
         let response = state
             .upstream
-            .send(&request, token.authorization_header(), deadline)
+            .send(&request, token.authorization_header(), deadline, &budget)
             .await?;
-        let generation = token.generation();
-        drop(token);
+        // The token stays at hand to look for in the answer: the one the call
+        // was made with, whatever was loaded meanwhile.
         let (mut head, body) = response.into_parts();
-        after_upstream_answer(&state, &budget, head.status, &mut head.headers, generation);
+        let echoed = token.appears_in_headers(&head.headers);
+        after_upstream_answer(
+            &state,
+            &budget,
+            head.status,
+            &mut head.headers,
+            token.generation(),
+        );
+        if echoed {
+            return Err(token_echo(&state, key.route(), "a header"));
+        }
         // Larger answers than the cache keeps are still buffered, up to a hard
         // bound, so one call serves every waiter; only a huge answer (never seen
         // from Joulo) is refetched per request, streaming.
         let max_body = state.cache.max_body().max(BUFFER_LIMIT);
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > max_body) {
+        let Some(body) = read_answer(&state, &head.headers, body, max_body, deadline).await? else {
             return Ok(None);
-        }
-        let collected = tokio::time::timeout_at(deadline, Limited::new(body, max_body).collect())
-            .await
-            .map_err(|_| {
-                state
-                    .upstream
-                    .record_failure("Upstream timed out while sending its answer".to_owned());
-                GatewayError::UpstreamTimeout
-            })?;
-        let body = match collected {
-            Ok(collected) => collected.to_bytes(),
-            // Larger than the bound: fetched again per request, streaming.
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(None),
-            Err(e) => {
-                let e = GatewayError::UpstreamBody(e);
-                state.upstream.record_failure(e.to_string());
-                return Err(e);
-            }
         };
         // Stored and served as plain JSON, whatever each device accepts.
         let body = upstream::decode_content(&mut head.headers, body, max_body)?;
+        if token.appears_in(&body) {
+            return Err(token_echo(&state, key.route(), "the body"));
+        }
+        drop(token);
         head.headers.remove(header::CONTENT_LENGTH);
         Ok(Some(Buffered {
             status: head.status,
@@ -613,36 +604,112 @@ async fn forward(
     }
     policy.budget.acquire().await?;
     let timeout = state.upstream.timeout();
+    let deadline = Instant::now() + timeout;
     let response = state
         .upstream
         .send(
             &request,
             token.authorization_header(),
-            Instant::now() + timeout,
+            deadline,
+            &policy.budget,
         )
         .await?;
-    let generation = token.generation();
-    drop(token);
+    // The token stays at hand to look for in the answer: the one the call
+    // was made with, whatever was loaded meanwhile.
     let (mut head, body) = response.into_parts();
+    let echoed = token.appears_in_headers(&head.headers);
     after_upstream_answer(
         state,
         &policy.budget,
         head.status,
         &mut head.headers,
-        generation,
+        token.generation(),
     );
-    if let Some(coding) = head.headers.get(header::CONTENT_ENCODING)
-        && !upstream::accepts_coding(client_headers, coding)
-    {
-        return Err(GatewayError::UpstreamEncoding);
+    if echoed {
+        return Err(token_echo(state, route, "a header"));
     }
     // The upstream may have spoken HTTP/2; the device's connection decides its own.
     head.version = Version::HTTP_11;
     head.extensions.insert(UpstreamStatus(head.status));
-    Ok(Response::from_parts(
-        head,
-        upstream::idle_bounded(body, timeout),
-    ))
+    let coded = upstream::content_coding(&head.headers)?
+        .is_some_and(|coding| !coding.is_empty() && coding != "identity");
+    if coded {
+        // The gateway asked for `identity`. A token inside compressed bytes
+        // cannot be seen as they stream: the answer is read whole, undone
+        // and checked, as a cached one is, and served plain.
+        let Some(body) = read_answer(state, &head.headers, body, BUFFER_LIMIT, deadline).await?
+        else {
+            return Err(GatewayError::UpstreamEncoding);
+        };
+        let body = upstream::decode_content(&mut head.headers, body, BUFFER_LIMIT)?;
+        if token.appears_in(&body) {
+            return Err(token_echo(state, route, "the body"));
+        }
+        head.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(head, crate::respond::full(body)));
+    }
+    // Nothing goes to the device before the first chunk came and passed: a
+    // body that fails before it is a clean error answer.
+    let body = upstream::StreamedBody::new(body, timeout, TokenEcho::new(token), route)
+        .start()
+        .await
+        .inspect_err(|e| {
+            state.upstream.record_failure(e.to_string());
+            if let GatewayError::UpstreamBody(_) = e {
+                warn!(route = route.config_name(), error = %ErrorChain(e), "upstream answer failed before its first byte");
+            }
+        })?;
+    Ok(Response::from_parts(head, body))
+}
+
+/// Reads an answer's body whole, up to `limit` bytes, by `deadline`: `None`
+/// when it is (or says it is) larger.
+async fn read_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: crate::connections::UpstreamBody,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Option<Bytes>, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Ok(None);
+    }
+    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            state
+                .upstream
+                .record_failure("Upstream timed out while sending its answer".to_owned());
+            GatewayError::UpstreamTimeout
+        })?;
+    match collected {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        // Larger than the bound.
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
+        Err(e) => {
+            let e = GatewayError::UpstreamBody(e);
+            state.upstream.record_failure(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// Refuses an answer that held the token it was requested with, saying in the
+/// log which route and where (never the token), and in `/status`.
+fn token_echo(state: &AppState, route: RouteId, place: &'static str) -> GatewayError {
+    warn!(
+        route = route.config_name(),
+        found_in = place,
+        "Joulo's answer held the gateway's token: refused (502) and not cached"
+    );
+    state
+        .upstream
+        .record_failure("Joulo's answer held the gateway's token".to_owned());
+    GatewayError::UpstreamTokenEcho
 }
 
 /// Reads a request body of at most `limit` bytes; larger is 413, refused from

@@ -51,9 +51,9 @@ pub enum GatewayError {
     /// A POST body that is not the route's JSON.
     #[error(transparent)]
     Body(#[from] crate::params::BodyError),
-    /// Joulo answered in a content coding this client does not accept and the
-    /// gateway cannot undo.
-    #[error("Upstream answered in an encoding this client does not accept")]
+    /// Joulo answered in a content coding the gateway cannot undo, or in more
+    /// than one (the gateway asks for `identity`).
+    #[error("Upstream answered in a content encoding the gateway cannot serve")]
     UpstreamEncoding,
     /// CONNECT: the gateway is not a forward proxy.
     #[error("CONNECT is not supported: this gateway only forwards Joulo API routes")]
@@ -70,6 +70,10 @@ pub enum GatewayError {
     /// The upstream broke off while sending the body of an answer being cached.
     #[error("Upstream unreachable")]
     UpstreamBody(#[source] BoxError),
+    /// Joulo's answer held the token it was sent with (in a header or the
+    /// body): refused whole and not cached, since a device must never see it.
+    #[error("Upstream answer refused: it held the gateway's credentials")]
+    UpstreamTokenEcho,
     /// The token's upstream budget has no slot within `queue_timeout`.
     #[error("Too many requests: the gateway's upstream budget is used up for now")]
     BudgetExhausted {
@@ -121,7 +125,8 @@ impl GatewayError {
             GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamBody(_)
-            | GatewayError::UpstreamEncoding => StatusCode::BAD_GATEWAY,
+            | GatewayError::UpstreamEncoding
+            | GatewayError::UpstreamTokenEcho => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BudgetExhausted { .. }
@@ -264,6 +269,7 @@ mod tests {
             (GatewayError::Connect, 405),
             (GatewayError::TokenUnavailable, 503),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::UpstreamTokenEcho, 502),
         ];
         for (err, status) in cases {
             let r = err.response();

@@ -1,6 +1,7 @@
 //! Where the Joulo token comes from and the one place it is added to a request:
 //! read from a secrets file into a secret type, re-read on SIGHUP or when the file
-//! changes, and withdrawn (fail closed) when the file goes bad.
+//! changes, and withdrawn (fail closed) when the file goes bad. Joulo's answers
+//! are searched for it here too, so its bytes never leave this module.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,30 @@ impl UpstreamToken {
         Cow::Owned(text.replace(secret, replacement))
     }
 
+    /// Whether `bytes` hold the token anywhere: an upstream answer that
+    /// echoes it (a debug header, a `WWW-Authenticate` echo, an error page
+    /// quoting the request) must not reach a device or the cache. Compared
+    /// where it lies, in one pass, as [`Self::redact_from`] does.
+    pub fn appears_in(&self, bytes: &[u8]) -> bool {
+        holds(bytes, self.secret.expose_secret().as_bytes())
+    }
+
+    /// Whether any of an answer's header names or values hold the token. A
+    /// name arrives lower-cased, so it is compared ignoring case (names are
+    /// short: a window per byte costs nothing).
+    pub fn appears_in_headers(&self, headers: &http::HeaderMap) -> bool {
+        let secret = self.secret.expose_secret().as_bytes();
+        !secret.is_empty()
+            && headers.iter().any(|(name, value)| {
+                let name = name.as_str().as_bytes();
+                (name.len() >= secret.len()
+                    && name
+                        .windows(secret.len())
+                        .any(|window| window.eq_ignore_ascii_case(secret)))
+                    || holds(value.as_bytes(), secret)
+            })
+    }
+
     /// Which load of the token file this token came from.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -121,6 +146,142 @@ impl UpstreamToken {
         header.set_sensitive(true);
         header
     }
+}
+
+/// Why a streamed answer was cut: it held the token it was requested with.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's answer held the gateway's token")]
+pub struct TokenEchoed;
+
+/// Watches a streamed upstream body for the token its request carried,
+/// across chunk boundaries. What could be the beginning of the token (the
+/// longest end of what came so far that is a start of it, shorter than the
+/// token) is held back until the next chunk shows it is not, so not one byte
+/// of a token split across chunks reaches a device before the cut. No
+/// `Debug`: what it holds back is a piece of the token's start.
+pub struct TokenEcho {
+    /// The token the request was sent with; one rotated away since is still
+    /// what an echo would quote.
+    token: Arc<UpstreamToken>,
+    /// The held-back end of the body so far: a proper prefix of the token.
+    held: bytes::Bytes,
+}
+
+impl TokenEcho {
+    /// A watch for `token` over a body not yet begun.
+    pub fn new(token: Arc<UpstreamToken>) -> TokenEcho {
+        TokenEcho {
+            token,
+            held: bytes::Bytes::new(),
+        }
+    }
+
+    /// Checks the body's next `chunk` and returns what may be passed on now
+    /// (perhaps nothing), or the refusal if the token is in it or completed
+    /// by it. One search over the chunk, and one over the few bytes around
+    /// the seam when something was held back.
+    pub fn pass(&mut self, chunk: bytes::Bytes) -> Result<bytes::Bytes, TokenEchoed> {
+        let secret = self.token.secret.expose_secret().as_bytes();
+        let reach = secret.len() - 1;
+        let held = std::mem::take(&mut self.held);
+        let found = |bytes: &[u8]| holds(bytes, secret);
+        if found(&chunk) {
+            return Err(TokenEchoed);
+        }
+        if chunk.len() >= reach {
+            // A token begun in what was held ends within the chunk's first
+            // `reach` bytes.
+            if !held.is_empty() {
+                let mut seam = Vec::with_capacity(held.len() + reach);
+                seam.extend_from_slice(&held);
+                seam.extend_from_slice(&chunk[..reach]);
+                if found(&seam) {
+                    return Err(TokenEchoed);
+                }
+            }
+            let mut front = chunk;
+            self.held = front.split_off(front.len() - token_start_at_end(&front, secret));
+            if held.is_empty() {
+                return Ok(front);
+            }
+            let mut joined = bytes::BytesMut::with_capacity(held.len() + front.len());
+            joined.extend_from_slice(&held);
+            joined.extend_from_slice(&front);
+            return Ok(joined.freeze());
+        }
+        // A chunk shorter than the token: everything since the last release
+        // is short, so it is searched whole.
+        let mut all = bytes::BytesMut::with_capacity(held.len() + chunk.len());
+        all.extend_from_slice(&held);
+        all.extend_from_slice(&chunk);
+        if found(&all) {
+            return Err(TokenEchoed);
+        }
+        let mut all = all.freeze();
+        self.held = all.split_off(all.len() - token_start_at_end(&all, secret));
+        Ok(all)
+    }
+
+    /// Whether any of a header map's names or values (trailers) hold the token.
+    pub fn appears_in_headers(&self, headers: &http::HeaderMap) -> bool {
+        self.token.appears_in_headers(headers)
+    }
+
+    /// Whether bytes are held back, to be released at the body's end.
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// How many bytes are held back.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The body ended cleanly: what was held back is not the token (too
+    /// short to be it) and is passed on.
+    pub fn finish(&mut self) -> bytes::Bytes {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Whether `haystack` holds `secret`. Each byte equal to the token's first is
+/// checked in place, with no set-up: an answer holds few, and building a
+/// `memmem` searcher costs about 3,000 instructions, more than searching a
+/// typical answer this way (about 200 for 580 bytes). An answer crafted to
+/// hold many near misses gets the searcher once the checks have cost twice
+/// its length, so the search stays linear whatever Joulo sends.
+fn holds(haystack: &[u8], secret: &[u8]) -> bool {
+    let Some(last_start) = haystack.len().checked_sub(secret.len()) else {
+        return false;
+    };
+    let Some(&first) = secret.first() else {
+        return false;
+    };
+    let mut work = 2 * haystack.len() + 64;
+    for at in memchr::memchr_iter(first, &haystack[..=last_start]) {
+        let same = haystack[at..]
+            .iter()
+            .zip(secret)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if same == secret.len() {
+            return true;
+        }
+        match work.checked_sub(same + 1) {
+            Some(left) => work = left,
+            None => return memchr::memmem::find(&haystack[at..], secret).is_some(),
+        }
+    }
+    false
+}
+
+/// The length of the longest end of `bytes` that is a start of `secret`,
+/// shorter than it: what a next chunk could complete into the token.
+fn token_start_at_end(bytes: &[u8], secret: &[u8]) -> usize {
+    let from = bytes.len().saturating_sub(secret.len() - 1);
+    (from..bytes.len())
+        .find(|&i| bytes[i] == secret[0] && secret.starts_with(&bytes[i..]))
+        .map_or(0, |i| bytes.len() - i)
 }
 
 /// The current token, shared by the request path, the reloader and the log
@@ -563,6 +724,107 @@ mod tests {
                 std::fs::remove_file(&path).unwrap();
             }
         }
+    }
+
+    /// Splits `body` into chunks at `cuts` and runs them through a watch
+    /// for `token`: what was passed on, and whether it was refused.
+    fn stream(token: &str, body: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
+        let mut echo = TokenEcho::new(Arc::new(UpstreamToken::parse(token).unwrap()));
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&body.len())) {
+            match echo.pass(bytes::Bytes::copy_from_slice(&body[start..end])) {
+                Ok(safe) => out.extend_from_slice(&safe),
+                Err(TokenEchoed) => return (out, true),
+            }
+            start = end;
+        }
+        out.extend_from_slice(&echo.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn an_echoed_token_is_found_split_anywhere_and_no_byte_of_it_is_passed_on() {
+        // Not token-shaped: no literal in src/ may look like a real token.
+        let token = "joulo_t.Ab3dEf6hIj9kLm2n";
+        assert!(
+            UpstreamToken::parse(token)
+                .unwrap()
+                .appears_in(format!("x{token}y").as_bytes())
+        );
+        assert!(!UpstreamToken::parse(token).unwrap().appears_in(b"joulo_"));
+        let body = format!(r#"{{"error":"bad token {token}","jj":"joulo"}}"#);
+        let at = body.find(token).unwrap();
+        // Every split into two chunks, and every pair of cuts into three.
+        for a in 0..=body.len() {
+            let (out, refused) = stream(token, body.as_bytes(), &[a]);
+            assert!(refused, "split at {a}");
+            assert!(out.len() <= at, "split at {a}: passed on {out:?}");
+            for b in a..=body.len() {
+                let (out, refused) = stream(token, body.as_bytes(), &[a, b]);
+                assert!(refused && out.len() <= at, "cuts at {a}, {b}");
+            }
+        }
+        // One byte at a time.
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        let (out, refused) = stream(token, body.as_bytes(), &cuts);
+        assert!(refused && out.len() <= at);
+    }
+
+    #[test]
+    fn the_search_finds_the_token_among_near_misses_in_linear_time() {
+        let secret = b"joulo_t.Ab3dEf6hIj9kLm2n";
+        assert!(!holds(b"", secret) && !holds(b"joulo_t", secret));
+        assert!(holds(secret, secret));
+        // Near misses everywhere, past the point the searcher takes over,
+        // with the token at the very end, and not at all.
+        let mut crafted = secret[..secret.len() - 1].repeat(1000);
+        assert!(!holds(&crafted, secret));
+        crafted.extend_from_slice(secret);
+        assert!(holds(&crafted, secret));
+        let mut few = b"{\"j\":\"jo\"} ".repeat(50);
+        few.extend_from_slice(secret);
+        assert!(holds(&few, secret));
+    }
+
+    #[test]
+    fn a_clean_body_passes_whole_whatever_its_chunks_and_only_a_token_start_is_held() {
+        // Not token-shaped: no literal in src/ may look like a real token.
+        let token = "joulo_t.Ab3dEf6hIj9kLm2n";
+        // Near misses: the token's start, the token less its last byte.
+        let body = format!(
+            r#"{{"a":"{}","b":"{}","c":"jjoulo_"}}"#,
+            &token[..11],
+            &token[..token.len() - 1]
+        );
+        for a in 0..=body.len() {
+            for b in (a..=body.len()).step_by(7) {
+                let (out, refused) = stream(token, body.as_bytes(), &[a, b]);
+                assert!(!refused, "cuts at {a}, {b}");
+                assert_eq!(out, body.as_bytes(), "cuts at {a}, {b}");
+            }
+        }
+        // Nothing is held back unless the chunk ends in a start of the token.
+        let mut echo = TokenEcho::new(Arc::new(UpstreamToken::parse(token).unwrap()));
+        assert_eq!(
+            &echo
+                .pass(bytes::Bytes::from_static(b"{\"chargers\":"))
+                .unwrap()[..],
+            b"{\"chargers\":"
+        );
+        assert!(!echo.is_holding());
+        assert_eq!(
+            &echo
+                .pass(bytes::Bytes::from_static(b"[1], \"joul"))
+                .unwrap()[..],
+            b"[1], \""
+        );
+        assert_eq!(echo.held_len(), 4);
+        assert_eq!(
+            &echo.pass(bytes::Bytes::from_static(b"e\"")).unwrap()[..],
+            b"joule\""
+        );
+        assert!(!echo.is_holding());
     }
 
     #[test]

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,11 +20,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::budget::UpstreamBudget;
 use crate::config::{Http2, TrustRoots, UpstreamConfig};
 use crate::connections::{Connections, RequestBody, UpstreamBody};
 use crate::metrics::RouteSeries;
 use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
+use crate::routes::RouteId;
+use crate::token::{TokenEcho, TokenEchoed};
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +156,15 @@ impl Upstream {
     /// shut down with an HTTP/2 GOAWAY while it was being used) is sent once more
     /// on another connection, within the same deadline: a GET is idempotent, and
     /// a refused stream was never processed. A request with a body is not.
+    /// The retry is a call like any other: it takes a slot from `budget` (the
+    /// caller took one for the first) and is counted; with no slot it is not
+    /// made and the first failure is the answer.
     pub async fn send(
         &self,
         request: &UpstreamRequest,
         authorization: HeaderValue,
         deadline: Instant,
+        budget: &UpstreamBudget,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let started = Instant::now();
         let route = request.route;
@@ -168,6 +176,13 @@ impl Upstream {
             }
             match first.await {
                 Err(e) => {
+                    // The first attempt reached, or may have reached, Joulo:
+                    // a call with no answer.
+                    self.count_call(route, 0);
+                    if budget.acquire().await.is_err() {
+                        debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; no budget left to retry");
+                        return Err(e);
+                    }
                     debug!(route = route.config_name(), error = %e, "upstream call failed before an answer; retrying once");
                     connections
                         .send(hyper_request(request, authorization), deadline)
@@ -194,6 +209,7 @@ impl Upstream {
         };
         let name = route.config_name();
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+        self.count_call(route, status);
         match &result {
             Err(e) => self.record_failure(e.to_string()),
             Ok(r)
@@ -204,18 +220,6 @@ impl Upstream {
             }
             Ok(_) => {}
         }
-        let calls = |status| {
-            self.calls
-                .get_or_create(&CallLabels {
-                    route: name,
-                    status,
-                })
-                .clone()
-        };
-        match status {
-            200 => self.ok_calls.get(route, || calls(200)).inc(),
-            _ => calls(status).inc(),
-        };
         self.route_latency
             .get(route, || {
                 self.latency
@@ -224,6 +228,22 @@ impl Upstream {
             })
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Counts one call on `route` that Joulo answered with `status` (0: none).
+    fn count_call(&self, route: RouteId, status: u16) {
+        let calls = |status| {
+            self.calls
+                .get_or_create(&CallLabels {
+                    route: route.config_name(),
+                    status,
+                })
+                .clone()
+        };
+        match status {
+            200 => self.ok_calls.get(route, || calls(200)).inc(),
+            _ => calls(status).inc(),
+        };
     }
 
     /// Records that Joulo failed now, in `what` (never a URL or a header).
@@ -272,18 +292,19 @@ fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Reque
 
 /// An answer's body as plain bytes: a `gzip` or `deflate` coding (sent although
 /// the gateway asked for `identity`) is undone, within `limit` bytes, so a
-/// cache entry has one representation every device can read. The coding header
-/// goes with it. Any other coding cannot be served to everyone: an error.
+/// cache entry has one representation every device can read and the body can
+/// be searched for an echoed token. The coding header goes with it. Any other
+/// coding, and more than one (two fields, or a list such as `gzip, gzip`),
+/// cannot be served to everyone: an error.
 pub fn decode_content(
     headers: &mut HeaderMap,
     body: Bytes,
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
     use std::io::Read;
-    let Some(coding) = headers.get(header::CONTENT_ENCODING) else {
+    let Some(coding) = content_coding(headers)? else {
         return Ok(body);
     };
-    let coding = coding.to_str().unwrap_or("").trim().to_ascii_lowercase();
     let mut decoded = Vec::new();
     // Bounded: a small compressed answer can expand enormously.
     let read = match coding.as_str() {
@@ -307,62 +328,50 @@ pub fn decode_content(
     Ok(Bytes::from(decoded))
 }
 
-/// Whether a client whose request carried `client` headers accepts a body in
-/// `coding` (RFC 9110 section 12.5.3): no `Accept-Encoding` accepts anything;
-/// otherwise the coding, or `*`, must be listed with a weight above zero.
-pub fn accepts_coding(client: &HeaderMap, coding: &HeaderValue) -> bool {
-    let Ok(coding) = coding.to_str() else {
-        return false;
+/// The one content coding an answer declares, lower-cased, if it declares
+/// one. Two `Content-Encoding` fields, or a list of codings in one, are
+/// refused: undoing only the first would leave coded bytes labelled as JSON.
+pub fn content_coding(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+    let mut fields = headers.get_all(header::CONTENT_ENCODING).iter();
+    let Some(field) = fields.next() else {
+        return Ok(None);
     };
-    let coding = coding.trim();
-    if coding.eq_ignore_ascii_case("identity") {
-        return true;
+    if fields.next().is_some() {
+        return Err(GatewayError::UpstreamEncoding);
     }
-    let mut values = client.get_all(header::ACCEPT_ENCODING).iter().peekable();
-    if values.peek().is_none() {
-        return true;
+    let coding = field
+        .to_str()
+        .map_err(|_| GatewayError::UpstreamEncoding)?
+        .trim();
+    if coding.contains(',') {
+        return Err(GatewayError::UpstreamEncoding);
     }
-    let mut star = None;
-    for value in values {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let weight = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            if name.eq_ignore_ascii_case(coding) {
-                return weight > 0.0;
-            }
-            if name == "*" {
-                star = Some(weight > 0.0);
-            }
-        }
-    }
-    star.unwrap_or(false)
+    Ok(Some(coding.to_ascii_lowercase()))
 }
 
-/// A streamed answer's body with a bound on the pause between chunks: an
-/// upstream that sends a head and then goes silent does not hold the device's
-/// connection for ever. The device sees a body cut short.
-pub fn idle_bounded(body: UpstreamBody, idle: Duration) -> Body {
-    IdleBounded {
-        inner: body,
-        idle,
-        timer: Box::pin(tokio::time::sleep(idle)),
-    }
-    .boxed()
-}
-
-/// See [`idle_bounded`].
-struct IdleBounded {
+/// A streamed answer's body, checked as it passes: a bound on the pause
+/// between chunks (an upstream that sends a head and then goes silent does not
+/// hold the device's connection for ever), and a watch for the token the
+/// request carried, which cuts the body before any byte of it is passed on.
+/// The device sees a body cut short. Nothing is handed to the device before the
+/// first chunk has come and been checked: a failure before it is still a clean
+/// error answer (see [`StreamedBody::start`]).
+pub struct StreamedBody {
     /// The upstream's body.
     inner: UpstreamBody,
     /// The longest pause allowed between chunks.
     idle: Duration,
     /// When the current pause runs out.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The watch for an echoed token.
+    echo: TokenEcho,
+    /// The route, for the log line when a token is found.
+    route: RouteId,
+    /// A frame read ahead: the first, read before the head is handed on, or
+    /// trailers waiting behind the held-back end of the body.
+    ready: Option<Frame<Bytes>>,
+    /// Nothing more comes from the upstream: it ended, or the body was cut.
+    ended: bool,
 }
 
 /// Why a streamed body was cut.
@@ -370,37 +379,134 @@ struct IdleBounded {
 #[error("the upstream's body stalled past upstream.timeout")]
 struct BodyStalled;
 
-impl hyper::body::Body for IdleBounded {
-    type Data = bytes::Bytes;
+impl StreamedBody {
+    /// Watches `body`, an answer to a request sent with the token `echo`
+    /// looks for, pausing at most `idle` between chunks.
+    pub fn new(body: UpstreamBody, idle: Duration, echo: TokenEcho, route: RouteId) -> Self {
+        StreamedBody {
+            inner: body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            echo,
+            route,
+            ready: None,
+            ended: false,
+        }
+    }
+
+    /// Waits (at most the idle bound) for the first chunk to come and pass
+    /// the checks, and only then gives the body to be served: a body that
+    /// fails before its first byte (cut, reset, stalled, or holding the token)
+    /// is the error the device gets, as JSON, rather than a head with no body.
+    pub async fn start(mut self) -> Result<Body, GatewayError> {
+        use hyper::body::Body as _;
+        let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut self).poll_frame(cx)).await;
+        match first {
+            None => {}
+            Some(Ok(frame)) => self.ready = Some(frame),
+            Some(Err(e)) if e.is::<TokenEchoed>() => return Err(GatewayError::UpstreamTokenEcho),
+            Some(Err(e)) if e.is::<BodyStalled>() => return Err(GatewayError::UpstreamTimeout),
+            Some(Err(e)) => return Err(GatewayError::UpstreamBody(e)),
+        }
+        Ok(self.boxed())
+    }
+}
+
+impl hyper::body::Body for StreamedBody {
+    type Data = Bytes;
     type Error = crate::respond::BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         use std::task::Poll;
         let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
+        loop {
+            if let Some(frame) = this.ready.take() {
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => {
+                    // What was held back may be the token's start: dropped.
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    let tail = this.echo.finish();
+                    if tail.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                Poll::Pending => {
+                    return match this.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            this.ended = true;
+                            Poll::Ready(Some(Err(BodyStalled.into())))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            };
+            let next = Instant::now() + this.idle;
+            this.timer.as_mut().reset(next);
+            let passed = match frame.into_data() {
+                Ok(data) => this.echo.pass(data).map(Frame::data),
+                Err(frame) => match frame.trailers_ref() {
+                    Some(trailers) if this.echo.appears_in_headers(trailers) => Err(TokenEchoed),
+                    // Trailers go out after what was held back.
+                    _ => {
+                        this.ready = Some(frame);
+                        Ok(Frame::data(this.echo.finish()))
+                    }
+                },
+            };
+            match passed {
+                Ok(frame) if frame.data_ref().is_some_and(Bytes::is_empty) => continue,
+                Ok(frame) => return Poll::Ready(Some(Ok(frame))),
+                Err(echoed) => {
+                    this.ended = true;
+                    this.ready = None;
+                    warn!(
+                        route = this.route.config_name(),
+                        "Joulo's answer held the gateway's token: the streamed body was cut"
+                    );
+                    return Poll::Ready(Some(Err(echoed.into())));
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ready.is_none()
+            && (self.ended || (self.inner.is_end_stream() && !self.echo.is_holding()))
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        // What is read ahead or held back is still to come for the device.
+        let pending = self.echo.held_len() as u64
+            + self
+                .ready
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, |data| data.len() as u64);
+        let inner = if self.ended {
+            hyper::body::SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        };
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
@@ -438,27 +544,17 @@ mod tests {
 
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
         assert!(decode_content(&mut headers, Bytes::from_static(b"x"), 1024).is_err());
-    }
 
-    #[test]
-    fn accept_encoding_is_read_with_weights() {
-        let with = |value: &'static str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
-            h
-        };
-        let gzip = HeaderValue::from_static("gzip");
-        assert!(
-            accepts_coding(&HeaderMap::new(), &gzip),
-            "no header: anything"
-        );
-        assert!(accepts_coding(&with("gzip, deflate"), &gzip));
-        assert!(accepts_coding(&with("br;q=1, *;q=0.5"), &gzip));
-        assert!(!accepts_coding(&with("gzip;q=0, *"), &gzip));
-        assert!(!accepts_coding(&with("br"), &gzip));
-        assert!(accepts_coding(
-            &with("br"),
-            &HeaderValue::from_static("identity")
-        ));
+        // Coded twice, as two fields or as a list: never half undone.
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(decode_content(&mut headers, gz.clone(), 1024).is_err());
+        for list in ["gzip, gzip", "gzip,identity", "identity, gzip"] {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(list));
+            assert!(
+                decode_content(&mut headers, gz.clone(), 1024).is_err(),
+                "{list}"
+            );
+        }
     }
 }

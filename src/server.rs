@@ -310,10 +310,7 @@ impl Connection {
         let counters = state.clone();
         let service = service_fn(move |request| {
             first_head.store(true, Ordering::Relaxed);
-            ChargedAnswer {
-                handled: proxy::handle(&state, client, request),
-                answers: Some(answers.clone()),
-            }
+            ChargedAnswer::new(proxy::handle(&state, client, request), &answers)
         });
         let connection = builder.serve_connection(io, service);
         let mut connection = pin!(connection);
@@ -382,6 +379,24 @@ struct ChargedAnswer {
     answers: Option<ConnectionAnswers>,
 }
 
+impl ChargedAnswer {
+    /// An answer ready at once is charged now, before hyper starts an
+    /// HTTP/2 stream for it, so the stream executor sees what the connection
+    /// holds (see [`StreamExecutor`]).
+    fn new(handled: Handled, answers: &ConnectionAnswers) -> ChargedAnswer {
+        match handled {
+            Handled::Ready(Some(response)) => ChargedAnswer {
+                handled: Handled::Ready(Some(answers.charge(response))),
+                answers: None,
+            },
+            later => ChargedAnswer {
+                handled: later,
+                answers: Some(answers.clone()),
+            },
+        }
+    }
+}
+
 impl Future for ChargedAnswer {
     type Output = Result<Response<Body>, Infallible>;
 
@@ -390,8 +405,10 @@ impl Future for ChargedAnswer {
         let Poll::Ready(Ok(response)) = Pin::new(&mut this.handled).poll(cx) else {
             return Poll::Pending;
         };
-        let answers = this.answers.take().expect("polled after it was ready");
-        Poll::Ready(Ok(answers.charge(response)))
+        Poll::Ready(Ok(match this.answers.take() {
+            Some(answers) => answers.charge(response),
+            None => response,
+        }))
     }
 }
 

@@ -46,6 +46,15 @@ impl OpsEndpoint {
         }
     }
 
+    /// Whether it tells who uses the gateway (device names and counts, the
+    /// budget, the token file's age): `/metrics` and `/status`.
+    pub fn reveals_devices(self) -> bool {
+        match self {
+            OpsEndpoint::Health | OpsEndpoint::Ready => false,
+            OpsEndpoint::Metrics | OpsEndpoint::Status => true,
+        }
+    }
+
     /// Answers the endpoint from the gateway's state.
     pub fn respond(self, request: &Parts, state: &AppState) -> Response<Body> {
         let method = &request.method;

@@ -256,6 +256,14 @@ enum CallKind {
     },
 }
 
+/// What the checks before a device's allowance let through.
+enum Before {
+    /// One of the gateway's own endpoints.
+    Ops(OpsEndpoint),
+    /// A device's request.
+    Device(Caller),
+}
+
 /// The checks in order, up to the device's allowance.
 fn admit(
     state: &AppState,
@@ -264,21 +272,19 @@ fn admit(
     parts: &Parts,
     trace: &mut Trace,
 ) -> Result<Admitted, GatewayError> {
-    // Refused addresses get nothing else done for them.
-    policy.access.check_network(client.ip())?;
-    if head_size(parts) > state.max_header_size {
-        return Err(GatewayError::HeadersTooLarge {
-            limit: state.max_header_size,
-        });
+    let before = check_before_allowance(state, policy, client, parts, trace);
+    // Neither a refusal nor an ops request reaches a device's allowance: the
+    // address's own bounds the work a flood of them makes (past it, a 429
+    // and nothing else).
+    if !matches!(before, Ok(Before::Device(_))) {
+        state.refusals_by_address.charge(client.ip())?;
     }
-    policy.access.check_host_and_origin(parts)?;
-    // Health and metrics need no device key: a container health check or a
-    // Prometheus scraper has none, and they reveal no secret.
-    if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
-        trace.ops = Some(endpoint);
-        return Ok(Admitted::Answered(endpoint.respond(parts, state)));
-    }
-    let who = policy.access.authenticate(client.ip(), parts)?;
+    let who = match before? {
+        Before::Ops(endpoint) => {
+            return Ok(Admitted::Answered(endpoint.respond(parts, state)));
+        }
+        Before::Device(who) => who,
+    };
     // Named on every answer from here on, refusals included.
     trace.caller = Some(who.clone());
     if !policy.clients.try_acquire(&who) {
@@ -288,6 +294,39 @@ fn admit(
         Routed::Answered(response) => Admitted::Answered(response),
         Routed::Upstream(call) => Admitted::Waiting(Waiting::Upstream(call)),
     })
+}
+
+/// Who may call: the address, the head's size, Host and Origin, a browser's
+/// cross-site request, then the ops endpoints' own rule or the device key.
+fn check_before_allowance(
+    state: &AppState,
+    policy: &Policy,
+    client: SocketAddr,
+    parts: &Parts,
+    trace: &mut Trace,
+) -> Result<Before, GatewayError> {
+    // Refused addresses get nothing else done for them.
+    policy.access.check_network(client.ip())?;
+    if head_size(parts) > state.max_header_size {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: state.max_header_size,
+        });
+    }
+    policy.access.check_host_and_origin(parts)?;
+    policy.access.check_fetch_site(parts)?;
+    // Health and readiness need no device key: a container health check has
+    // none. Metrics and status name devices and the token file's age: with
+    // device keys in use they need `gateway:read` or an `[ops] allow` address.
+    if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
+        trace.ops = Some(endpoint);
+        if endpoint.reveals_devices() {
+            policy.access.check_ops(client.ip(), parts)?;
+        }
+        return Ok(Before::Ops(endpoint));
+    }
+    Ok(Before::Device(
+        policy.access.authenticate(client.ip(), parts)?,
+    ))
 }
 
 /// The checks after the device's allowance: the route, the device's scope, the
@@ -344,6 +383,12 @@ fn finish(
     result: Result<Response<Body>, GatewayError>,
 ) -> Response<Body> {
     let quiet = matches!(result, Err(GatewayError::ClientRateLimited { .. }));
+    // Refusals before a device's allowance and ops requests write a line
+    // within their address's log budget only; the rest are summarised.
+    let budgeted = match &result {
+        Err(e) => crate::refusals::RefusalKind::of(e),
+        Ok(_) => trace.ops.map(|_| crate::refusals::RefusalKind::Ops),
+    };
     let response = result.unwrap_or_else(|e| {
         if matches!(
             e,
@@ -404,6 +449,11 @@ fn finish(
     }
     if quiet {
         access_line!(debug);
+    } else if let Some(kind) = budgeted {
+        // `started` is set only when access lines are written at all.
+        if started.is_some() && state.refusals_by_address.may_log(client.ip(), kind) {
+            access_line!(info);
+        }
     } else {
         access_line!(info);
     }

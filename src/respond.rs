@@ -97,6 +97,13 @@ pub enum GatewayError {
         /// When the device may send again.
         retry_after: Duration,
     },
+    /// This address used up its allowance of refused requests and of the
+    /// gateway's own endpoints.
+    #[error("Too many refused requests from this address")]
+    AddressRateLimited {
+        /// When the address may send again.
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -106,7 +113,7 @@ impl GatewayError {
             GatewayError::Route(RouteError::BadPath(_))
             | GatewayError::Param(_)
             | GatewayError::Body(_)
-            | GatewayError::Access(AccessError::BadHost(_))
+            | GatewayError::Access(AccessError::BadHost(_) | AccessError::DuplicateOrigin)
             | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -127,7 +134,8 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. }
             | GatewayError::UpstreamBackoff { .. }
             | GatewayError::DeviceShareExhausted { .. }
-            | GatewayError::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | GatewayError::ClientRateLimited { .. }
+            | GatewayError::AddressRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -137,7 +145,8 @@ impl GatewayError {
             GatewayError::BudgetExhausted { retry_after }
             | GatewayError::UpstreamBackoff { retry_after }
             | GatewayError::DeviceShareExhausted { retry_after }
-            | GatewayError::ClientRateLimited { retry_after } => Some(*retry_after),
+            | GatewayError::ClientRateLimited { retry_after }
+            | GatewayError::AddressRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

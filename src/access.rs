@@ -793,6 +793,172 @@ mod tests {
     }
 
     #[test]
+    fn browsers_sending_for_another_site_need_a_valid_key() {
+        let ha = generate_key();
+        let keyed = policy(vec![device("ha", &ha, &[Scope::ChargersRead])]);
+        let keyless = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let bearer = format!("Bearer {ha}");
+        let wrong = format!("Bearer {}", generate_key());
+        for site in ["cross-site", "same-site", "Cross-Site"] {
+            let fetch = ("sec-fetch-site", site);
+            for p in [&keyed, &keyless] {
+                assert_eq!(
+                    p.admit(ip, &parts(Some("gw.lan"), &[fetch])),
+                    Err(AccessError::CrossSite),
+                    "{site}"
+                );
+            }
+            assert_eq!(
+                keyed.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &bearer)])
+                ),
+                Ok(Caller::Device("ha".into()))
+            );
+            assert_eq!(
+                keyed.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &wrong)])
+                ),
+                Err(AccessError::Key),
+                "an invalid key is 401, as anywhere"
+            );
+            // Without device keys, no key makes a page's request acceptable.
+            assert_eq!(
+                keyless.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &wrong)])
+                ),
+                Err(AccessError::CrossSite)
+            );
+        }
+        for site in ["same-origin", "none"] {
+            assert!(
+                keyless
+                    .admit(ip, &parts(Some("gw.lan"), &[("sec-fetch-site", site)]))
+                    .is_ok(),
+                "{site}"
+            );
+        }
+        let two = parts(
+            Some("gw.lan"),
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        );
+        assert_eq!(keyless.admit(ip, &two), Err(AccessError::CrossSite));
+    }
+
+    #[test]
+    fn more_than_one_origin_is_a_bad_request() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let own = ("origin", "http://gateway.lan:8080");
+        assert!(
+            p.admit(ip, &parts(Some("gateway.lan:8080"), &[own]))
+                .is_ok()
+        );
+        for second in ["http://gateway.lan:8080", "http://evil.com"] {
+            assert_eq!(
+                p.admit(
+                    ip,
+                    &parts(Some("gateway.lan:8080"), &[own, ("origin", second)])
+                ),
+                Err(AccessError::DuplicateOrigin),
+                "{second}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_must_name_the_host_it_is_sent_with() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let absolute = |target: &str, host: &str| {
+            Request::get(target)
+                .header("host", host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        for (target, host) in [
+            ("http://gateway.lan:8080/chargers", "gateway.lan:8080"),
+            ("http://Gateway.LAN:8080/chargers", "gateway.lan:8080"),
+        ] {
+            assert!(p.admit(ip, &absolute(target, host)).is_ok(), "{target}");
+        }
+        for (target, host) in [
+            ("http://evil.example/chargers", "gateway.lan:8080"),
+            ("http://gateway.lan/chargers", "gateway.lan:8080"),
+            ("http://gateway.lan:8080/chargers", "nas.lan:8080"),
+        ] {
+            assert!(
+                matches!(
+                    p.admit(ip, &absolute(target, host)),
+                    Err(AccessError::BadHost(_))
+                ),
+                "{target} with Host {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_and_status_need_gateway_read_or_an_ops_address_once_keys_exist() {
+        let reader = generate_key();
+        let other = generate_key();
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let prometheus: IpAddr = "192.168.1.20".parse().unwrap();
+        let mut config = AccessConfig {
+            clients: vec![
+                device("grafana", &reader, &[Scope::GatewayRead]),
+                device("ha", &other, &[Scope::ChargersRead]),
+            ],
+            ops_allow: vec!["192.168.1.16/28".parse().unwrap()],
+            ..AccessConfig::default()
+        };
+        let p = AccessPolicy::new(config.clone(), false);
+        let with = |key: &str| {
+            let bearer = format!("Bearer {key}");
+            p.check_ops(ip, &parts(Some("gw.lan"), &[("authorization", &bearer)]))
+        };
+        assert_eq!(
+            p.check_ops(ip, &parts(Some("gw.lan"), &[])),
+            Err(AccessError::Key)
+        );
+        assert_eq!(with(&generate_key()), Err(AccessError::Key));
+        assert_eq!(with(&other), Err(AccessError::Scope(Scope::GatewayRead)));
+        assert_eq!(with(&reader), Ok(()));
+        assert_eq!(p.check_ops(prometheus, &parts(Some("gw.lan"), &[])), Ok(()));
+        let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
+        assert_eq!(p.check_ops(mapped, &parts(Some("gw.lan"), &[])), Ok(()));
+        // Without device keys, nothing changes (yet).
+        config.clients.clear();
+        let keyless = AccessPolicy::new(config, false);
+        assert_eq!(keyless.check_ops(ip, &parts(Some("gw.lan"), &[])), Ok(()));
+    }
+
+    #[test]
+    fn addresses_are_kept_by_ipv4_address_or_ipv6_64() {
+        for (ip, key) in [
+            ("192.168.1.5", "192.168.1.5"),
+            ("::ffff:192.168.1.5", "192.168.1.5"),
+            ("fd00:1:2:3:4:5:6:7", "fd00:1:2:3::"),
+            ("fd00:1:2:3::1", "fd00:1:2:3::"),
+            ("::1", "::"),
+            ("fe80::abcd", "fe80::"),
+        ] {
+            assert_eq!(
+                address_key(ip.parse().unwrap()),
+                key.parse::<IpAddr>().unwrap(),
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
     fn gen_key_round_trips_through_the_config() {
         let text = gen_key_text(
             "homeassistant",
@@ -818,6 +984,12 @@ mod tests {
         assert!(p.check_scope(&caller, RouteId::Sessions).is_err());
         assert!(gen_key_text("bad name", &[]).is_err());
         assert!(gen_key_text("ok", &["admin".into()]).is_err());
+        let text = gen_key_text("prometheus", &["gateway:read".into()]).unwrap();
+        assert!(text.contains("scopes = [\"gateway:read\"]"), "{text}");
+        let toml_part = &text[text.find("[[clients]]").unwrap()..];
+        let config =
+            crate::config::Config::from_toml(toml_part, std::path::Path::new("g.toml")).unwrap();
+        assert_eq!(config.access.clients[0].scopes, [Scope::GatewayRead]);
     }
 
     #[test]

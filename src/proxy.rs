@@ -68,10 +68,26 @@ pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incomi
             return Handled::later(state, policy, client, parts, body, trace, started, waiting);
         }
     };
-    Handled::Ready(Some(finish(
-        state, &policy, client, &parts, &trace, started, result,
-    )))
+    // An address past its allowance of refusals gets its 429 when its next
+    // slot is due, not at once: a client looping on a connection then waits
+    // instead of making the gateway answer as fast as it can send, and a
+    // waiting answer costs a timer, not work.
+    let hold = match &result {
+        Err(GatewayError::AddressRateLimited { retry_after }) => Some((*retry_after).min(MAX_HOLD)),
+        _ => None,
+    };
+    let response = finish(state, &policy, client, &parts, &trace, started, result);
+    match hold {
+        None => Handled::Ready(Some(response)),
+        Some(wait) => Handled::Later(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            response
+        })),
+    }
 }
+
+/// The longest a 429 past an address's allowance of refusals is held.
+const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// A request's answer: ready at once, or a wait under way.
 pub enum Handled {

@@ -401,7 +401,10 @@ fn finish(
     let quiet = matches!(result, Err(GatewayError::ClientRateLimited { .. }));
     // Refusals before a device's allowance and ops requests write a line
     // within their address's log budget only; the rest are summarised.
+    // A device's own refusals (a scope, a parameter) are bounded by its
+    // allowance instead, and keep their lines.
     let budgeted = match &result {
+        _ if trace.caller.is_some() => None,
         Err(e) => crate::refusals::RefusalKind::of(e),
         Ok(_) => trace.ops.map(|_| crate::refusals::RefusalKind::Ops),
     };

@@ -310,6 +310,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_address_past_its_allowance_of_refusals_gets_a_plain_429() {
+        let r = GatewayError::AddressRateLimited {
+            retry_after: Duration::from_millis(50),
+        }
+        .response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"error": "Too many refused requests from this address; retry in 1 s"})
+        );
+        for (error, status) in [
+            (AccessError::DuplicateOrigin, StatusCode::BAD_REQUEST),
+            (AccessError::CrossSite, StatusCode::FORBIDDEN),
+        ] {
+            assert_eq!(GatewayError::Access(error).response().status(), status);
+        }
+    }
+
+    #[tokio::test]
     async fn access_refusals_use_joulos_words() {
         let r = GatewayError::Access(AccessError::Key).response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

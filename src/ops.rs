@@ -1,7 +1,9 @@
 //! The gateway's own endpoints, never forwarded: `/healthz` (the process is
 //! alive), `/readyz` (a token is loaded and Joulo has not rejected it),
 //! `/metrics` (Prometheus text or OpenMetrics) and `/status` (the same state
-//! as JSON, for people and Home Assistant).
+//! as JSON, for people and Home Assistant). Who may ask is decided before:
+//! once device keys exist, `/metrics` and `/status` need `gateway:read` or an
+//! `[ops] allow` address (see `access`).
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;

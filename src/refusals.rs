@@ -249,17 +249,6 @@ impl RefusalGuard {
         logged
     }
 
-    /// Writes the summaries of an interval that has ended, if any: the task
-    /// that normally does it may not have run yet.
-    pub fn flush(&self) {
-        let summaries = self
-            .book
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .roll(Instant::now());
-        write_summaries(summaries);
-    }
-
     /// Starts the task that writes this interval's summaries when it ends,
     /// so they are written even if the refusals stop; false without a tokio
     /// runtime (the next refusal writes them then).

@@ -44,15 +44,19 @@ pub enum Scope {
     SessionsRead,
     /// GET /energy (and, by default, /ere-position and /me).
     EnergyRead,
+    /// The gateway's own `/metrics` and `/status` (not a Joulo scope): they
+    /// name the devices, their counts, the budget and the token file's age.
+    GatewayRead,
 }
 
 impl Scope {
     /// Every scope, in the order they are listed to users.
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::ChargersRead,
         Scope::ChargersWrite,
         Scope::SessionsRead,
         Scope::EnergyRead,
+        Scope::GatewayRead,
     ];
 
     /// Joulo's name for the scope.
@@ -62,6 +66,7 @@ impl Scope {
             Scope::ChargersWrite => "chargers:write",
             Scope::SessionsRead => "sessions:read",
             Scope::EnergyRead => "energy:read",
+            Scope::GatewayRead => "gateway:read",
         }
     }
 
@@ -116,6 +121,9 @@ pub struct AccessConfig {
     pub clients: Vec<DeviceKey>,
     /// Route scopes set in `[routes.<name>] scope`.
     pub route_scopes: HashMap<RouteId, Scope>,
+    /// `[ops] allow`: networks that may read `/metrics` and `/status` without
+    /// a key (a Prometheus host) when device keys are in use.
+    pub ops_allow: Vec<IpNet>,
 }
 
 impl Default for AccessConfig {
@@ -128,6 +136,7 @@ impl Default for AccessConfig {
             allowed_hosts: Vec::new(),
             clients: Vec::new(),
             route_scopes: HashMap::new(),
+            ops_allow: Vec::new(),
         }
     }
 }
@@ -168,6 +177,14 @@ pub enum AccessError {
     /// A browser page from another origin.
     #[error("Forbidden: cross-origin requests are refused")]
     Origin,
+    /// More than one `Origin` field: a check of the first could be undone by
+    /// whatever reads another.
+    #[error("Bad request: more than one Origin header")]
+    DuplicateOrigin,
+    /// A request a browser marks `Sec-Fetch-Site: cross-site` or `same-site`
+    /// (a page elsewhere on the LAN or the internet) without a device key.
+    #[error("Forbidden: requests a browser sends for another site are refused")]
+    CrossSite,
     /// No key, or one that matches no device.
     #[error("Missing or invalid API token")]
     Key,
@@ -202,9 +219,11 @@ impl AccessPolicy {
         }
     }
 
-    /// Host and Origin checks, then the device key. Returns who is calling.
+    /// Host, Origin and browser checks, then the device key. Returns who is
+    /// calling.
     pub fn admit(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
         self.check_host_and_origin(parts)?;
+        self.check_fetch_site(parts)?;
         self.authenticate(client, parts)
     }
 
@@ -218,7 +237,12 @@ impl AccessPolicy {
         {
             return Err(AccessError::Host(host.to_owned()));
         }
-        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        let mut origins = parts.headers.get_all(header::ORIGIN).iter();
+        let origin = origins.next();
+        if origins.next().is_some() {
+            return Err(AccessError::DuplicateOrigin);
+        }
+        if let Some(origin) = origin {
             let scheme = if self.https { "https://" } else { "http://" };
             let same = origin
                 .to_str()
@@ -231,6 +255,52 @@ impl AccessPolicy {
             }
         }
         Ok(())
+    }
+
+    /// Refuses what a browser marks as sent for another site (`Sec-Fetch-Site:
+    /// cross-site` or `same-site`: a page on another LAN host or the internet,
+    /// which may send no `Origin` on a simple GET) unless it carries a valid
+    /// device key: a page cannot spend the household's budget with the
+    /// ambient access every LAN address has. An invalid key is 401 as
+    /// anywhere; without device keys no key can be valid, so the page is
+    /// refused.
+    pub fn check_fetch_site(&self, parts: &Parts) -> Result<(), AccessError> {
+        let other_site = parts.headers.get_all("sec-fetch-site").iter().any(|v| {
+            v.as_bytes().eq_ignore_ascii_case(b"cross-site")
+                || v.as_bytes().eq_ignore_ascii_case(b"same-site")
+        });
+        if !other_site {
+            return Ok(());
+        }
+        if self.config.clients.is_empty() {
+            return Err(AccessError::CrossSite);
+        }
+        let key = presented_key(&parts.headers).ok_or(AccessError::CrossSite)?;
+        self.device_for(&key).map(|_| ()).ok_or(AccessError::Key)
+    }
+
+    /// Whether the client may read `/metrics` and `/status`: anyone while no
+    /// device keys are configured; else an address in `[ops] allow` or a key
+    /// holding `gateway:read` (401 without a valid key, 403 with one that
+    /// lacks the scope).
+    pub fn check_ops(&self, client: IpAddr, parts: &Parts) -> Result<(), AccessError> {
+        let client = client.to_canonical();
+        if self.config.clients.is_empty()
+            || self
+                .config
+                .ops_allow
+                .iter()
+                .any(|net| net.contains(&client))
+        {
+            return Ok(());
+        }
+        let key = presented_key(&parts.headers).ok_or(AccessError::Key)?;
+        let device = self.device_for(&key).ok_or(AccessError::Key)?;
+        if device.scopes.contains(&Scope::GatewayRead) {
+            Ok(())
+        } else {
+            Err(AccessError::Scope(Scope::GatewayRead))
+        }
     }
 
     /// Who is calling: the device whose key the request carries, or, when no keys
@@ -336,7 +406,7 @@ fn valid_host(host: &str) -> bool {
 }
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`, and
-/// it is a valid authority; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
+/// it is a valid authority, the same as an absolute-form target's; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
 /// a `Host` sent beside it agree. A request that names its target two ways
 /// could be routed by one reading and checked by the other.
 pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
@@ -358,6 +428,15 @@ pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
     match (parts.version, parts.uri.authority(), host) {
         (http::Version::HTTP_11, _, None) => Err(AccessError::BadHost(
             "missing Host header (HTTP/1.1 requires one)",
+        )),
+        // An absolute-form target (RFC 9112 section 3.2.2) names its own
+        // authority; one that disagrees with Host asks for two places at once.
+        (
+            http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11,
+            Some(authority),
+            Some(host),
+        ) if !authority.as_str().eq_ignore_ascii_case(host) => Err(AccessError::BadHost(
+            "the request target's authority and Host disagree",
         )),
         (http::Version::HTTP_2, Some(authority), Some(host))
             if !authority.as_str().eq_ignore_ascii_case(host) =>
@@ -392,6 +471,19 @@ fn request_host(parts: &Parts) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+}
+
+/// The address a client's allowances and log budget are kept under: an IPv4
+/// address as it is (IPv4-mapped IPv6 counted as IPv4), an IPv6 address's /64,
+/// since one host is routinely handed a whole /64 and can use any address in
+/// it.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -465,7 +557,7 @@ pub enum GenKeyError {
     Name(String),
     /// An unknown scope.
     #[error(
-        "--scopes: `{0}` is not a scope; known: chargers:read, chargers:write, sessions:read, energy:read"
+        "--scopes: `{0}` is not a scope; known: chargers:read, chargers:write, sessions:read, energy:read, gateway:read"
     )]
     Scope(String),
 }
@@ -701,6 +793,172 @@ mod tests {
     }
 
     #[test]
+    fn browsers_sending_for_another_site_need_a_valid_key() {
+        let ha = generate_key();
+        let keyed = policy(vec![device("ha", &ha, &[Scope::ChargersRead])]);
+        let keyless = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let bearer = format!("Bearer {ha}");
+        let wrong = format!("Bearer {}", generate_key());
+        for site in ["cross-site", "same-site", "Cross-Site"] {
+            let fetch = ("sec-fetch-site", site);
+            for p in [&keyed, &keyless] {
+                assert_eq!(
+                    p.admit(ip, &parts(Some("gw.lan"), &[fetch])),
+                    Err(AccessError::CrossSite),
+                    "{site}"
+                );
+            }
+            assert_eq!(
+                keyed.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &bearer)])
+                ),
+                Ok(Caller::Device("ha".into()))
+            );
+            assert_eq!(
+                keyed.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &wrong)])
+                ),
+                Err(AccessError::Key),
+                "an invalid key is 401, as anywhere"
+            );
+            // Without device keys, no key makes a page's request acceptable.
+            assert_eq!(
+                keyless.admit(
+                    ip,
+                    &parts(Some("gw.lan"), &[fetch, ("authorization", &wrong)])
+                ),
+                Err(AccessError::CrossSite)
+            );
+        }
+        for site in ["same-origin", "none"] {
+            assert!(
+                keyless
+                    .admit(ip, &parts(Some("gw.lan"), &[("sec-fetch-site", site)]))
+                    .is_ok(),
+                "{site}"
+            );
+        }
+        let two = parts(
+            Some("gw.lan"),
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        );
+        assert_eq!(keyless.admit(ip, &two), Err(AccessError::CrossSite));
+    }
+
+    #[test]
+    fn more_than_one_origin_is_a_bad_request() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let own = ("origin", "http://gateway.lan:8080");
+        assert!(
+            p.admit(ip, &parts(Some("gateway.lan:8080"), &[own]))
+                .is_ok()
+        );
+        for second in ["http://gateway.lan:8080", "http://evil.com"] {
+            assert_eq!(
+                p.admit(
+                    ip,
+                    &parts(Some("gateway.lan:8080"), &[own, ("origin", second)])
+                ),
+                Err(AccessError::DuplicateOrigin),
+                "{second}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_must_name_the_host_it_is_sent_with() {
+        let p = policy(vec![]);
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let absolute = |target: &str, host: &str| {
+            Request::get(target)
+                .header("host", host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        for (target, host) in [
+            ("http://gateway.lan:8080/chargers", "gateway.lan:8080"),
+            ("http://Gateway.LAN:8080/chargers", "gateway.lan:8080"),
+        ] {
+            assert!(p.admit(ip, &absolute(target, host)).is_ok(), "{target}");
+        }
+        for (target, host) in [
+            ("http://evil.example/chargers", "gateway.lan:8080"),
+            ("http://gateway.lan/chargers", "gateway.lan:8080"),
+            ("http://gateway.lan:8080/chargers", "nas.lan:8080"),
+        ] {
+            assert!(
+                matches!(
+                    p.admit(ip, &absolute(target, host)),
+                    Err(AccessError::BadHost(_))
+                ),
+                "{target} with Host {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_and_status_need_gateway_read_or_an_ops_address_once_keys_exist() {
+        let reader = generate_key();
+        let other = generate_key();
+        let ip: IpAddr = "192.168.1.5".parse().unwrap();
+        let prometheus: IpAddr = "192.168.1.20".parse().unwrap();
+        let mut config = AccessConfig {
+            clients: vec![
+                device("grafana", &reader, &[Scope::GatewayRead]),
+                device("ha", &other, &[Scope::ChargersRead]),
+            ],
+            ops_allow: vec!["192.168.1.16/28".parse().unwrap()],
+            ..AccessConfig::default()
+        };
+        let p = AccessPolicy::new(config.clone(), false);
+        let with = |key: &str| {
+            let bearer = format!("Bearer {key}");
+            p.check_ops(ip, &parts(Some("gw.lan"), &[("authorization", &bearer)]))
+        };
+        assert_eq!(
+            p.check_ops(ip, &parts(Some("gw.lan"), &[])),
+            Err(AccessError::Key)
+        );
+        assert_eq!(with(&generate_key()), Err(AccessError::Key));
+        assert_eq!(with(&other), Err(AccessError::Scope(Scope::GatewayRead)));
+        assert_eq!(with(&reader), Ok(()));
+        assert_eq!(p.check_ops(prometheus, &parts(Some("gw.lan"), &[])), Ok(()));
+        let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
+        assert_eq!(p.check_ops(mapped, &parts(Some("gw.lan"), &[])), Ok(()));
+        // Without device keys, nothing changes (yet).
+        config.clients.clear();
+        let keyless = AccessPolicy::new(config, false);
+        assert_eq!(keyless.check_ops(ip, &parts(Some("gw.lan"), &[])), Ok(()));
+    }
+
+    #[test]
+    fn addresses_are_kept_by_ipv4_address_or_ipv6_64() {
+        for (ip, key) in [
+            ("192.168.1.5", "192.168.1.5"),
+            ("::ffff:192.168.1.5", "192.168.1.5"),
+            ("fd00:1:2:3:4:5:6:7", "fd00:1:2:3::"),
+            ("fd00:1:2:3::1", "fd00:1:2:3::"),
+            ("::1", "::"),
+            ("fe80::abcd", "fe80::"),
+        ] {
+            assert_eq!(
+                address_key(ip.parse().unwrap()),
+                key.parse::<IpAddr>().unwrap(),
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
     fn gen_key_round_trips_through_the_config() {
         let text = gen_key_text(
             "homeassistant",
@@ -726,6 +984,12 @@ mod tests {
         assert!(p.check_scope(&caller, RouteId::Sessions).is_err());
         assert!(gen_key_text("bad name", &[]).is_err());
         assert!(gen_key_text("ok", &["admin".into()]).is_err());
+        let text = gen_key_text("prometheus", &["gateway:read".into()]).unwrap();
+        assert!(text.contains("scopes = [\"gateway:read\"]"), "{text}");
+        let toml_part = &text[text.find("[[clients]]").unwrap()..];
+        let config =
+            crate::config::Config::from_toml(toml_part, std::path::Path::new("g.toml")).unwrap();
+        assert_eq!(config.access.clients[0].scopes, [Scope::GatewayRead]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 use tracing::debug;
 
-use crate::access::AccessError;
+use crate::access::{AccessError, address_key};
 
 /// How long a connection asked to close may take to finish what it is doing
 /// (an answer under way, an HTTP/2 stream draining after GOAWAY, a TLS
@@ -38,19 +38,6 @@ const MAX_REFUSED_HEAD: usize = 16 * 1024;
 /// unanswered, so a flood of them costs a bounded number of tasks.
 const MAX_REFUSALS_IN_FLIGHT: usize = 32;
 
-/// The address a client's connections are counted under: an IPv4 address
-/// (IPv4-mapped IPv6 included, as `[access] allow` sees it) or an IPv6 /64,
-/// since one IPv6 device on a LAN can use any address of its /64 at no cost.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    }
-}
-
 /// Open connections, for the connection limits and for choosing which
 /// connection makes room.
 #[derive(Clone)]
@@ -63,7 +50,8 @@ pub struct Admission {
     /// Connections admitted past `max` while the ones asked to make room
     /// finish; past `max + reserve` newcomers are refused.
     reserve: usize,
-    /// `server.max_connections_per_ip`, per [`address_key`].
+    /// `server.max_connections_per_ip`, per [`address_key`] (an IPv6 client
+    /// counts as its /64: one device can use any address of its /64).
     per_address: usize,
     /// Woken whenever the last connection ends, for the drain on shutdown.
     drained: Arc<Notify>,

@@ -40,7 +40,8 @@ pub enum Command {
         #[arg(long)]
         name: String,
         /// Comma-separated Joulo scopes: chargers:read, chargers:write,
-        /// sessions:read, energy:read.
+        /// sessions:read, energy:read; and gateway:read for the gateway's own
+        /// /metrics and /status.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },

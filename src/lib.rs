@@ -14,8 +14,10 @@
 //!   total, and how long an HTTP/2 stream may go without progress.
 //! - [`proxy`]: one request end to end, and its access-log line.
 //! - [`state`]: what every request shares, built once from the config.
-//! - [`access`]: who may call: the network allowlist, Host and Origin checks,
-//!   per-device keys and their scopes.
+//! - [`access`]: who may call: the network allowlist, Host, Origin and
+//!   browser checks, per-device keys and their scopes.
+//! - [`refusals`]: what is refused before a device's allowance, and the
+//!   gateway's own endpoints: an allowance per address and a bounded log.
 //! - [`routes`]: which route it is: strict path normalisation and the allowlist
 //!   (404 / 405 with `Allow`).
 //! - [`params`]: what it may carry: each route's query parameters checked
@@ -74,6 +76,7 @@ pub mod ops;
 pub mod outbound;
 pub mod params;
 pub mod proxy;
+pub mod refusals;
 pub mod reload;
 pub mod respond;
 pub mod routes;

@@ -1,7 +1,9 @@
 //! The gateway's own endpoints, never forwarded: `/healthz` (the process is
 //! alive), `/readyz` (a token is loaded and Joulo has not rejected it),
 //! `/metrics` (Prometheus text or OpenMetrics) and `/status` (the same state
-//! as JSON, for people and Home Assistant).
+//! as JSON, for people and Home Assistant). Who may ask is decided before:
+//! once device keys exist, `/metrics` and `/status` need `gateway:read` or an
+//! `[ops] allow` address (see `access`).
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -43,6 +45,15 @@ impl OpsEndpoint {
             OpsEndpoint::Ready => "readyz",
             OpsEndpoint::Metrics => "metrics",
             OpsEndpoint::Status => "status",
+        }
+    }
+
+    /// Whether it tells who uses the gateway (device names and counts, the
+    /// budget, the token file's age): `/metrics` and `/status`.
+    pub fn reveals_devices(self) -> bool {
+        match self {
+            OpsEndpoint::Health | OpsEndpoint::Ready => false,
+            OpsEndpoint::Metrics | OpsEndpoint::Status => true,
         }
     }
 

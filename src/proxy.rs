@@ -68,10 +68,26 @@ pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incomi
             return Handled::later(state, policy, client, parts, body, trace, started, waiting);
         }
     };
-    Handled::Ready(Some(finish(
-        state, &policy, client, &parts, &trace, started, result,
-    )))
+    // An address past its allowance of refusals gets its 429 when its next
+    // slot is due, not at once: a client looping on a connection then waits
+    // instead of making the gateway answer as fast as it can send, and a
+    // waiting answer costs a timer, not work.
+    let hold = match &result {
+        Err(GatewayError::AddressRateLimited { retry_after }) => Some((*retry_after).min(MAX_HOLD)),
+        _ => None,
+    };
+    let response = finish(state, &policy, client, &parts, &trace, started, result);
+    match hold {
+        None => Handled::Ready(Some(response)),
+        Some(wait) => Handled::Later(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            response
+        })),
+    }
 }
+
+/// The longest a 429 past an address's allowance of refusals is held.
+const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// A request's answer: ready at once, or a wait under way.
 pub enum Handled {
@@ -256,6 +272,14 @@ enum CallKind {
     },
 }
 
+/// What the checks before a device's allowance let through.
+enum Before {
+    /// One of the gateway's own endpoints.
+    Ops(OpsEndpoint),
+    /// A device's request.
+    Device(Caller),
+}
+
 /// The checks in order, up to the device's allowance.
 fn admit(
     state: &AppState,
@@ -264,21 +288,19 @@ fn admit(
     parts: &Parts,
     trace: &mut Trace,
 ) -> Result<Admitted, GatewayError> {
-    // Refused addresses get nothing else done for them.
-    policy.access.check_network(client.ip())?;
-    if head_size(parts) > state.max_header_size {
-        return Err(GatewayError::HeadersTooLarge {
-            limit: state.max_header_size,
-        });
+    let before = check_before_allowance(state, policy, client, parts, trace);
+    // Neither a refusal nor an ops request reaches a device's allowance: the
+    // address's own bounds the work a flood of them makes (past it, a 429
+    // and nothing else).
+    if !matches!(before, Ok(Before::Device(_))) {
+        state.refusals_by_address.charge(client.ip())?;
     }
-    policy.access.check_host_and_origin(parts)?;
-    // Health and metrics need no device key: a container health check or a
-    // Prometheus scraper has none, and they reveal no secret.
-    if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
-        trace.ops = Some(endpoint);
-        return Ok(Admitted::Answered(endpoint.respond(parts, state)));
-    }
-    let who = policy.access.authenticate(client.ip(), parts)?;
+    let who = match before? {
+        Before::Ops(endpoint) => {
+            return Ok(Admitted::Answered(endpoint.respond(parts, state)));
+        }
+        Before::Device(who) => who,
+    };
     // Named on every answer from here on, refusals included.
     trace.caller = Some(who.clone());
     if !policy.clients.try_acquire(&who) {
@@ -288,6 +310,39 @@ fn admit(
         Routed::Answered(response) => Admitted::Answered(response),
         Routed::Upstream(call) => Admitted::Waiting(Waiting::Upstream(call)),
     })
+}
+
+/// Who may call: the address, the head's size, Host and Origin, a browser's
+/// cross-site request, then the ops endpoints' own rule or the device key.
+fn check_before_allowance(
+    state: &AppState,
+    policy: &Policy,
+    client: SocketAddr,
+    parts: &Parts,
+    trace: &mut Trace,
+) -> Result<Before, GatewayError> {
+    // Refused addresses get nothing else done for them.
+    policy.access.check_network(client.ip())?;
+    if head_size(parts) > state.max_header_size {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: state.max_header_size,
+        });
+    }
+    policy.access.check_host_and_origin(parts)?;
+    policy.access.check_fetch_site(parts)?;
+    // Health and readiness need no device key: a container health check has
+    // none. Metrics and status name devices and the token file's age: with
+    // device keys in use they need `gateway:read` or an `[ops] allow` address.
+    if let Some(endpoint) = OpsEndpoint::at(parts.uri.path()) {
+        trace.ops = Some(endpoint);
+        if endpoint.reveals_devices() {
+            policy.access.check_ops(client.ip(), parts)?;
+        }
+        return Ok(Before::Ops(endpoint));
+    }
+    Ok(Before::Device(
+        policy.access.authenticate(client.ip(), parts)?,
+    ))
 }
 
 /// The checks after the device's allowance: the route, the device's scope, the
@@ -344,6 +399,15 @@ fn finish(
     result: Result<Response<Body>, GatewayError>,
 ) -> Response<Body> {
     let quiet = matches!(result, Err(GatewayError::ClientRateLimited { .. }));
+    // Refusals before a device's allowance and ops requests write a line
+    // within their address's log budget only; the rest are summarised.
+    // A device's own refusals (a scope, a parameter) are bounded by its
+    // allowance instead, and keep their lines.
+    let budgeted = match &result {
+        _ if trace.caller.is_some() => None,
+        Err(e) => crate::refusals::RefusalKind::of(e),
+        Ok(_) => trace.ops.map(|_| crate::refusals::RefusalKind::Ops),
+    };
     let response = result.unwrap_or_else(|e| {
         if matches!(
             e,
@@ -404,6 +468,11 @@ fn finish(
     }
     if quiet {
         access_line!(debug);
+    } else if let Some(kind) = budgeted {
+        // `started` is set only when access lines are written at all.
+        if started.is_some() && state.refusals_by_address.may_log(client.ip(), kind) {
+            access_line!(info);
+        }
     } else {
         access_line!(info);
     }

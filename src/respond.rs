@@ -101,6 +101,13 @@ pub enum GatewayError {
         /// When the device may send again.
         retry_after: Duration,
     },
+    /// This address used up its allowance of refused requests and of the
+    /// gateway's own endpoints.
+    #[error("Too many refused requests from this address")]
+    AddressRateLimited {
+        /// When the address may send again.
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -110,7 +117,7 @@ impl GatewayError {
             GatewayError::Route(RouteError::BadPath(_))
             | GatewayError::Param(_)
             | GatewayError::Body(_)
-            | GatewayError::Access(AccessError::BadHost(_))
+            | GatewayError::Access(AccessError::BadHost(_) | AccessError::DuplicateOrigin)
             | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -132,7 +139,8 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. }
             | GatewayError::UpstreamBackoff { .. }
             | GatewayError::DeviceShareExhausted { .. }
-            | GatewayError::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | GatewayError::ClientRateLimited { .. }
+            | GatewayError::AddressRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -142,7 +150,8 @@ impl GatewayError {
             GatewayError::BudgetExhausted { retry_after }
             | GatewayError::UpstreamBackoff { retry_after }
             | GatewayError::DeviceShareExhausted { retry_after }
-            | GatewayError::ClientRateLimited { retry_after } => Some(*retry_after),
+            | GatewayError::ClientRateLimited { retry_after }
+            | GatewayError::AddressRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -304,6 +313,27 @@ mod tests {
             v["error"].as_str().unwrap().ends_with("retry in 3 s"),
             "{v}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_address_past_its_allowance_of_refusals_gets_a_plain_429() {
+        let r = GatewayError::AddressRateLimited {
+            retry_after: Duration::from_millis(50),
+        }
+        .response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"error": "Too many refused requests from this address; retry in 1 s"})
+        );
+        for (error, status) in [
+            (AccessError::DuplicateOrigin, StatusCode::BAD_REQUEST),
+            (AccessError::CrossSite, StatusCode::FORBIDDEN),
+        ] {
+            assert_eq!(GatewayError::Access(error).response().status(), status);
+        }
     }
 
     #[tokio::test]

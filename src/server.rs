@@ -336,14 +336,21 @@ impl Connection {
                 // gets its line, with no path (none was parsed).
                 Some((status, reason)) => {
                     counters.requests.count(None, "none", status);
-                    info!(
-                        target: "joulo_gateway::access",
-                        client = %client,
-                        route = "none",
-                        status,
-                        reason,
-                        "request refused by the HTTP parser"
-                    );
+                    // Within the address's log budget; past it, summarised.
+                    if tracing::enabled!(target: "joulo_gateway::access", tracing::Level::INFO)
+                        && counters
+                            .refusals_by_address
+                            .may_log(client.ip(), crate::refusals::RefusalKind::Unparsable)
+                    {
+                        info!(
+                            target: "joulo_gateway::access",
+                            client = %client,
+                            route = "none",
+                            status,
+                            reason,
+                            "request refused by the HTTP parser"
+                        );
+                    }
                 }
                 // A device going away mid-request is routine, not a gateway fault.
                 None => debug!(client = %client, error = %e, "connection ended with an error"),

@@ -80,6 +80,9 @@ pub struct AppState {
     /// Bound on receiving a request body (`server.header_timeout`): a device
     /// dripping a POST body a byte at a time cannot hold its request open.
     pub body_timeout: Duration,
+    /// Each address's allowance of refusals and ops requests, and its log
+    /// budget.
+    pub refusals_by_address: crate::refusals::RefusalGuard,
     /// Every metric, as `/metrics` shows them.
     pub registry: Registry,
     /// When the gateway started, for its uptime.
@@ -192,6 +195,7 @@ impl AppState {
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
             body_timeout: config.server.header_timeout,
+            refusals_by_address: crate::refusals::RefusalGuard::new(),
             registry,
             started: tokio::time::Instant::now(),
             refusals,

@@ -381,3 +381,150 @@ async fn https_spends_no_handshake_on_refused_addresses_and_times_the_first_head
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(upstream.received().is_empty());
 }
+
+#[tokio::test]
+async fn metrics_and_status_need_gateway_read_or_an_ops_address_once_keys_exist() {
+    let upstream = MockUpstream::start();
+    let reader = generate_key();
+    let ha = generate_key();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        &format!(
+            "{}[ops]\nallow = [\"127.0.0.9\"]\n",
+            clients_toml(&[
+                ("grafana", &reader, &["gateway:read"]),
+                ("homeassistant", &ha, &["chargers:read"]),
+            ])
+        ),
+    )
+    .await;
+    for path in ["/metrics", "/status"] {
+        let (status, headers, body) = gateway.get(path).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(!body.contains("homeassistant"), "{body}");
+        let wrong = generate_key();
+        let (status, _, _) = gateway
+            .send(Method::GET, path, &[("x-gateway-key", &wrong)], "")
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _, body) = gateway
+            .send(Method::GET, path, &[("x-gateway-key", &ha)], "")
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            body,
+            r#"{"error":"Insufficient scope","required_scope":"gateway:read"}"#
+        );
+        let bearer = format!("Bearer {reader}");
+        let (status, _, body) = gateway
+            .send(Method::GET, path, &[("authorization", &bearer)], "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(body.contains("homeassistant"), "{path}: {body}");
+        // A Prometheus host listed in [ops] allow needs no key.
+        let (status, body) = support::get_from("127.0.0.9", gateway.addr, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Container health checks have no key.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(gateway.get(path).await.0, StatusCode::OK, "{path}");
+    }
+    assert_no_leak(&[&gateway.token, &reader, &ha], &[]);
+}
+
+#[tokio::test]
+async fn browsers_sending_for_another_site_are_refused_without_a_valid_key() {
+    let upstream = MockUpstream::start();
+    let key = generate_key();
+    let keyed = TestGateway::start_on(
+        &upstream,
+        &clients_toml(&[("ha", &key, &["chargers:read"])]),
+    )
+    .await;
+    let keyless = TestGateway::start(&upstream).await;
+    for site in ["cross-site", "same-site"] {
+        for gateway in [&keyed, &keyless] {
+            let (status, headers, body) = gateway
+                .send(Method::GET, "/chargers", &[("sec-fetch-site", site)], "")
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{site}: {body}");
+            assert_eq!(headers["content-type"], "application/json");
+            assert!(
+                json(&body)["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("another site"),
+                "{body}"
+            );
+        }
+        let (status, _, body) = keyed
+            .send(
+                Method::GET,
+                "/chargers",
+                &[("sec-fetch-site", site), ("x-gateway-key", &key)],
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{site} with a key: {body}");
+        let wrong = generate_key();
+        let (status, _, _) = keyed
+            .send(
+                Method::GET,
+                "/chargers",
+                &[("sec-fetch-site", site), ("x-gateway-key", &wrong)],
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{site} with a wrong key");
+    }
+    // The gateway's own page (same-origin) and tools that send none are served.
+    for headers in [vec![("sec-fetch-site", "same-origin")], vec![]] {
+        assert_eq!(
+            keyless.send(Method::GET, "/chargers", &headers, "").await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        upstream.received().len(),
+        2,
+        "one call per gateway, then hits"
+    );
+}
+
+#[tokio::test]
+async fn two_origins_or_an_absolute_target_naming_another_host_are_400() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let port = gateway.addr.port();
+    let status_of = |answer: String| {
+        answer
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let two_origins = format!(
+        "GET /chargers HTTP/1.1\r\nHost: gateway.lan:{port}\r\n\
+         Origin: http://gateway.lan:{port}\r\nOrigin: http://evil.example\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = gateway.raw(two_origins.as_bytes()).await;
+    assert_eq!(status_of(answer.clone()), "400", "{answer}");
+    assert!(answer.contains("more than one Origin header"), "{answer}");
+
+    for (target, host, expected) in [
+        ("http://evil.example/chargers", "gateway.lan", "400"),
+        ("http://gateway.lan:1/chargers", "gateway.lan", "400"),
+        ("http://gateway.lan/chargers", "gateway.lan", "200"),
+        ("http://GATEWAY.lan/chargers", "gateway.lan", "200"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = gateway.raw(request.as_bytes()).await;
+        assert_eq!(status_of(answer.clone()), expected, "{target}: {answer}");
+        if expected == "400" {
+            assert!(answer.contains("authority and Host disagree"), "{answer}");
+        }
+    }
+    assert_eq!(upstream.received().len(), 1, "no refused request went out");
+}

@@ -373,6 +373,7 @@ async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
         &upstream,
         &format!(
             "[limits]\nclient_burst = 5\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n\
+             [ops]\nallow = [\"127.0.0.1\"]\n\
              [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n\
              [[clients]]\nname = \"meter\"\nkey_sha256 = \"{}\"\nscopes = [\"energy:read\"]\n",
             joulo_gateway::access::key_sha256_hex(&key),
@@ -519,6 +520,7 @@ async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
         &upstream,
         &format!(
             "timeout = \"300ms\"\n\
+             [ops]\nallow = [\"127.0.0.1\"]\n\
              [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\n\
              scopes = [\"chargers:read\", \"energy:read\"]\n",
             joulo_gateway::access::key_sha256_hex(&key)
@@ -533,7 +535,7 @@ async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
     let (status, _, _) = gateway.send(Method::GET, "/energy", &with_key, "").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
 
-    // No key needed, like /metrics.
+    // No key needed from an [ops] allow address, like /metrics.
     let (status, headers, body) = gateway.get("/status").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "application/json");

@@ -35,7 +35,8 @@ async fn a_revoked_key_is_refused_at_once_while_other_devices_keep_working() {
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
-            "{}{}[limits]\nclient_per_minute = 6000\nclient_burst = 1000\n",
+            "{}{}[limits]\nclient_per_minute = 6000\nclient_burst = 1000\n\
+             [ops]\nallow = [\"127.0.0.1\"]\n",
             client("homeassistant", &kept),
             client("old-tablet", &revoked)
         ),

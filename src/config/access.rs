@@ -1,5 +1,6 @@
 //! Who may call, as configured: the `[access]` network allowlist, `[server]
-//! allowed_hosts`, the `[[clients]]` device keys and each route's `scope`,
+//! allowed_hosts`, the `[[clients]]` device keys, each route's `scope` and
+//! the `[ops]` networks that may read `/metrics` and `/status` without a key,
 //! checked into one [`AccessConfig`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,15 @@ pub(super) struct RawAccess {
     pub(super) allow: Option<Vec<String>>,
 }
 
+/// `[ops]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOps {
+    /// Networks or addresses that may read `/metrics` and `/status` without a
+    /// `gateway:read` key; unset means none.
+    pub(super) allow: Option<Vec<String>>,
+}
+
 /// One `[[clients]]` entry as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +47,7 @@ pub(super) struct RawClient {
 /// reported by `config::routes`).
 pub(super) fn validate(
     access: &RawAccess,
+    ops: &RawOps,
     allowed_hosts: Option<&[String]>,
     raw_clients: &[RawClient],
     routes: &BTreeMap<String, RawRoute>,
@@ -48,20 +59,9 @@ pub(super) fn validate(
             .iter()
             .map(|n| n.parse().expect("defaults parse"))
             .collect(),
-        Some(list) => list
-            .iter()
-            .map(|n| {
-                n.parse::<ipnet::IpNet>()
-                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        parse_err(
-                            "access.allow".to_owned(),
-                            format!("`{n}` is not a network like \"192.168.1.0/24\" or an address"),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(list) => networks(list, "access.allow", path)?,
     };
+    let ops_allow = networks(ops.allow.as_deref().unwrap_or_default(), "ops.allow", path)?;
     let mut hosts = Vec::new();
     for host in allowed_hosts.into_iter().flatten() {
         let name = host.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -142,6 +142,13 @@ pub(super) fn validate(
             })?;
             // An account-changing route is chargers:write, always: a lower
             // scope here would let a read-only key reboot the charger.
+            if scope == Scope::GatewayRead {
+                return Err(parse_err(
+                    format!("routes.{name}.scope"),
+                    "\"gateway:read\" is for the gateway's own /metrics and /status, not a route"
+                        .to_owned(),
+                ));
+            }
             if id.changes_account() && scope != Scope::ChargersWrite {
                 return Err(parse_err(
                     format!("routes.{name}.scope"),
@@ -156,7 +163,25 @@ pub(super) fn validate(
         allowed_hosts: hosts,
         clients,
         route_scopes,
+        ops_allow,
     })
+}
+
+/// Networks (`192.168.1.0/24`) or single addresses, as `key` lists them.
+fn networks(list: &[String], key: &str, path: &Path) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::at_key(
+                        path,
+                        key.to_owned(),
+                        format!("`{n}` is not a network like \"192.168.1.0/24\" or an address"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn scope_list() -> String {
@@ -176,9 +201,12 @@ mod tests {
             "[access]\nallow = [\"192.168.1.0/24\", \"10.0.0.7\"]\n\
              [server]\nallowed_hosts = [\"Joulo.Example.com\"]\n\
              [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{hash}\"\nscopes = [\"chargers:read\"]\n\
-             [routes.me]\nscope = \"chargers:read\""
+             [routes.me]\nscope = \"chargers:read\"\n\
+             [ops]\nallow = [\"192.168.1.10\", \"fd00::/64\"]"
         ))
         .unwrap();
+        assert_eq!(c.access.ops_allow.len(), 2);
+        assert!(parse("").unwrap().access.ops_allow.is_empty());
         assert_eq!(c.access.allow.len(), 2);
         assert_eq!(c.access.allowed_hosts, ["joulo.example.com"]);
         assert_eq!(&*c.access.clients[0].name, "homeassistant");
@@ -202,6 +230,8 @@ mod tests {
                 "clients[0].scopes",
             ),
             ("[routes.me]\nscope = \"me:read\"", "routes.me.scope"),
+            ("[routes.me]\nscope = \"gateway:read\"", "routes.me.scope"),
+            ("[ops]\nallow = [\"prometheus\"]", "ops.allow"),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");

@@ -6,7 +6,7 @@
 //! Each table has its own module holding its raw and validated types side by
 //! side and its checks: `server`, `upstream`, `log`, `limits`, `cache`,
 //! `routes` (`[routes.<name>]`) and `access` (`[access]`, `[[clients]]`,
-//! `allowed_hosts` and route scopes). This module reads the file, runs those
+//! `allowed_hosts`, route scopes and `[ops]`). This module reads the file, runs those
 //! checks and the ones that span tables.
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,6 +114,9 @@ struct RawConfig {
     /// `[access]`.
     #[serde(default)]
     access: access::RawAccess,
+    /// `[ops]`.
+    #[serde(default)]
+    ops: access::RawOps,
     /// `[[clients]]`, one entry per device key.
     #[serde(default)]
     clients: Vec<access::RawClient>,
@@ -195,6 +198,7 @@ fn validate(
 ) -> Result<Config, ConfigError> {
     let access = access::validate(
         &raw.access,
+        &raw.ops,
         raw.server.allowed_hosts.as_deref(),
         &raw.clients,
         &raw.routes,
@@ -486,6 +490,7 @@ mod tests {
         assert_eq!(s.access.allow, d.access.allow);
         assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);
         assert!(s.access.clients.is_empty());
+        assert_eq!(s.access.ops_allow, d.access.ops_allow);
         assert_eq!(s.upstream.base_url, d.upstream.base_url);
         assert_eq!(s.upstream.connect_timeout, d.upstream.connect_timeout);
         assert_eq!(s.upstream.roots, d.upstream.roots);

@@ -1,0 +1,408 @@
+//! What the gateway refuses before a device's allowance (no key or a wrong
+//! one, a foreign Host or Origin, a browser page, an unparsable request) and
+//! its own endpoints: an allowance per address, so a flood of them costs
+//! little work, and a log budget per address, so it cannot flood the log
+//! either: past a few lines per interval, refusals are counted and
+//! summarised in one line per address and kind.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::access::{AccessError, address_key};
+use crate::budget::TokioClock;
+use crate::respond::GatewayError;
+
+/// Refusals and ops requests an address may make per second past its burst;
+/// beyond, each gets a 429 and nothing else. A Prometheus scrape and a
+/// container health check ask a few times a minute.
+const ALLOWANCE_PER_SECOND: u32 = 20;
+/// How many an address may make at once.
+const ALLOWANCE_BURST: u32 = 100;
+/// How many allowance checks pass between sweeps of idle addresses' state.
+const SWEEP_EVERY: u64 = 1024;
+/// The log budget's interval, and how often summaries are written.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Lines an address may write per interval before its refusals are only
+/// counted.
+pub const LINES_PER_ADDRESS: u32 = 5;
+/// Lines all addresses together may write per interval.
+const LINES_PER_INTERVAL: u32 = 100;
+/// Addresses counted one by one per interval; refusals from any further ones
+/// are counted together (as `others`), so many addresses (IPv6 /64s) cannot
+/// grow the map or the summaries without bound.
+pub const MAX_TRACKED: usize = 64;
+
+/// What was refused, as the summary line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The address is outside `[access] allow`.
+    Network,
+    /// A malformed or ambiguous Host, Origin or request target (400).
+    BadRequest,
+    /// A Host that is not the gateway's (421).
+    Host,
+    /// A cross-origin `Origin` (403).
+    Origin,
+    /// A browser's cross-site or same-site request without a key (403).
+    CrossSite,
+    /// No key, or a wrong one (401).
+    Key,
+    /// A key without the scope `/metrics` or `/status` needs (403).
+    Scope,
+    /// A request head over `server.max_header_size` (431).
+    HeadTooLarge,
+    /// A request hyper could not parse (400, or 431 for a head too large).
+    Unparsable,
+    /// `/healthz`, `/readyz`, `/metrics`, `/status`.
+    Ops,
+    /// Past the address's allowance: answered 429, never logged one by one.
+    OverAllowance,
+}
+
+impl RefusalKind {
+    /// Every kind, in the order of a tally's counts.
+    const ALL: [RefusalKind; 11] = [
+        RefusalKind::Network,
+        RefusalKind::BadRequest,
+        RefusalKind::Host,
+        RefusalKind::Origin,
+        RefusalKind::CrossSite,
+        RefusalKind::Key,
+        RefusalKind::Scope,
+        RefusalKind::HeadTooLarge,
+        RefusalKind::Unparsable,
+        RefusalKind::Ops,
+        RefusalKind::OverAllowance,
+    ];
+
+    /// The name in the summary line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Network => "network",
+            RefusalKind::BadRequest => "bad_request",
+            RefusalKind::Host => "host",
+            RefusalKind::Origin => "origin",
+            RefusalKind::CrossSite => "cross_site",
+            RefusalKind::Key => "key",
+            RefusalKind::Scope => "scope",
+            RefusalKind::HeadTooLarge => "head_too_large",
+            RefusalKind::Unparsable => "unparsable",
+            RefusalKind::Ops => "ops",
+            RefusalKind::OverAllowance => "over_allowance",
+        }
+    }
+
+    /// The kind of a refusal made before a device's allowance; `None` for
+    /// anything else (a device's own request, whatever its answer).
+    pub fn of(error: &GatewayError) -> Option<RefusalKind> {
+        Some(match error {
+            GatewayError::Access(access) => match access {
+                AccessError::Network => RefusalKind::Network,
+                AccessError::BadHost(_) | AccessError::DuplicateOrigin => RefusalKind::BadRequest,
+                AccessError::Host(_) => RefusalKind::Host,
+                AccessError::Origin => RefusalKind::Origin,
+                AccessError::CrossSite => RefusalKind::CrossSite,
+                AccessError::Key => RefusalKind::Key,
+                AccessError::Scope(_) => RefusalKind::Scope,
+            },
+            GatewayError::HeadersTooLarge { .. } => RefusalKind::HeadTooLarge,
+            GatewayError::AddressRateLimited { .. } => RefusalKind::OverAllowance,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+type Keyed = RateLimiter<
+    IpAddr,
+    HashMapStateStore<IpAddr, foldhash::fast::RandomState>,
+    TokioClock,
+    NoOpMiddleware<std::time::Instant>,
+>;
+
+/// Each address's allowance of refusals and ops requests, and its log budget.
+/// Built once; it outlives config reloads.
+#[derive(Debug)]
+pub struct RefusalGuard {
+    /// One GCRA state per address (IPv6: per /64).
+    limiter: Keyed,
+    /// Allowance checks since the last sweep of idle addresses.
+    checks: AtomicU64,
+    /// This interval's lines and counts; shared with the task that writes
+    /// the summaries when no refusal comes to write them.
+    book: Arc<Mutex<LogBook>>,
+}
+
+/// The log budget's state for the current interval.
+#[derive(Debug)]
+struct LogBook {
+    /// When the interval began.
+    started: Instant,
+    /// Lines written this interval, all addresses together.
+    lines: u32,
+    /// Lines and unlogged counts by address, at most [`MAX_TRACKED`].
+    by_address: HashMap<IpAddr, Tally, foldhash::fast::RandomState>,
+    /// Unlogged counts of the addresses past [`MAX_TRACKED`].
+    others: Tally,
+    /// Whether a task is waiting to write this interval's summaries.
+    flusher: bool,
+}
+
+/// One address's lines and unlogged refusals in an interval.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    /// Lines written.
+    lines: u32,
+    /// Refusals not logged, by kind.
+    unlogged: [u64; RefusalKind::ALL.len()],
+}
+
+impl Tally {
+    fn any_unlogged(&self) -> bool {
+        self.unlogged.iter().any(|&n| n > 0)
+    }
+}
+
+impl Default for RefusalGuard {
+    fn default() -> Self {
+        RefusalGuard::new()
+    }
+}
+
+impl RefusalGuard {
+    /// A guard with the built-in allowance and log budget.
+    pub fn new() -> RefusalGuard {
+        let quota = Quota::per_second(ALLOWANCE_PER_SECOND.try_into().expect("above zero"))
+            .allow_burst(ALLOWANCE_BURST.try_into().expect("above zero"));
+        RefusalGuard {
+            limiter: RateLimiter::hashmap_with_clock_and_hasher(
+                quota,
+                TokioClock,
+                foldhash::fast::RandomState::default(),
+            ),
+            checks: AtomicU64::new(0),
+            book: Arc::new(Mutex::new(LogBook {
+                started: Instant::now(),
+                lines: 0,
+                by_address: HashMap::default(),
+                others: Tally::default(),
+                flusher: false,
+            })),
+        }
+    }
+
+    /// Takes one refusal or ops request from `client`'s allowance; past it,
+    /// the 429 to answer instead.
+    pub fn charge(&self, client: IpAddr) -> Result<(), GatewayError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&address_key(client))
+            .map_err(|refusal| GatewayError::AddressRateLimited {
+                retry_after: refusal.wait_time_from(TokioClock.now()),
+            })
+    }
+
+    /// Whether a line about `client`'s refusal of `kind` may be written now;
+    /// if not, it is counted for the interval's summary. A refusal past the
+    /// allowance is never logged one by one.
+    pub fn may_log(&self, client: IpAddr, kind: RefusalKind) -> bool {
+        let now = Instant::now();
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let summaries = book.roll(now);
+        let address = address_key(client);
+        let tracked = book.by_address.len() < MAX_TRACKED || book.by_address.contains_key(&address);
+        let room = book.lines < LINES_PER_INTERVAL;
+        let logged = if tracked {
+            let tally = book.by_address.entry(address).or_default();
+            if room && tally.lines < LINES_PER_ADDRESS && kind != RefusalKind::OverAllowance {
+                tally.lines += 1;
+                true
+            } else {
+                tally.unlogged[kind.index()] += 1;
+                false
+            }
+        } else {
+            book.others.unlogged[kind.index()] += 1;
+            false
+        };
+        if logged {
+            book.lines += 1;
+        } else if !book.flusher {
+            book.flusher = self.start_flusher();
+        }
+        drop(book);
+        write_summaries(summaries);
+        logged
+    }
+
+    /// Starts the task that writes this interval's summaries when it ends,
+    /// so they are written even if the refusals stop; false without a tokio
+    /// runtime (the next refusal writes them then).
+    fn start_flusher(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let book = Arc::downgrade(&self.book);
+        runtime.spawn(flush_at_interval_end(book));
+        true
+    }
+}
+
+/// Sleeps to the end of the current interval and writes its summaries, until
+/// an interval ends with nothing left to summarise; ends with the guard.
+async fn flush_at_interval_end(book: Weak<Mutex<LogBook>>) {
+    loop {
+        let Some(end) = book
+            .upgrade()
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).started + LOG_INTERVAL)
+        else {
+            return;
+        };
+        tokio::time::sleep_until(end).await;
+        let Some(book) = book.upgrade() else {
+            return;
+        };
+        let mut guard = book.lock().unwrap_or_else(|e| e.into_inner());
+        let summaries = guard.roll(Instant::now());
+        let pending =
+            guard.others.any_unlogged() || guard.by_address.values().any(Tally::any_unlogged);
+        if !pending {
+            guard.flusher = false;
+        }
+        drop(guard);
+        write_summaries(summaries);
+        if !pending {
+            return;
+        }
+    }
+}
+
+/// One interval's unlogged refusals: (address, or `None` for the others,
+/// kind, count).
+type Summaries = Vec<(Option<IpAddr>, RefusalKind, u64)>;
+
+impl LogBook {
+    /// If the interval has ended, starts a new one and returns the old one's
+    /// unlogged counts.
+    fn roll(&mut self, now: Instant) -> Summaries {
+        if now.saturating_duration_since(self.started) < LOG_INTERVAL {
+            return Vec::new();
+        }
+        let mut summaries = Vec::new();
+        let tallies = self
+            .by_address
+            .drain()
+            .map(|(a, t)| (Some(a), t))
+            .chain(std::iter::once((None, std::mem::take(&mut self.others))));
+        for (address, tally) in tallies {
+            for kind in RefusalKind::ALL {
+                let count = tally.unlogged[kind.index()];
+                if count > 0 {
+                    summaries.push((address, kind, count));
+                }
+            }
+        }
+        self.started = now;
+        self.lines = 0;
+        // The map was drained: its capacity is kept, its entries are not.
+        summaries
+    }
+}
+
+/// One line per address and kind, outside the book's lock.
+fn write_summaries(summaries: Summaries) {
+    for (address, kind, count) in summaries {
+        let address = match address {
+            Some(IpAddr::V6(v6)) => format!("{v6}/64"),
+            Some(IpAddr::V4(v4)) => v4.to_string(),
+            None => "others".to_owned(),
+        };
+        tracing::info!(
+            target: "joulo_gateway::access",
+            client = %address,
+            kind = kind.as_str(),
+            count,
+            interval_s = LOG_INTERVAL.as_secs(),
+            "refused requests not logged one by one"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_allowance_is_per_address_and_refills() {
+        let guard = RefusalGuard::new();
+        for _ in 0..ALLOWANCE_BURST {
+            assert!(guard.charge(ip("192.168.1.9")).is_ok());
+        }
+        let Err(GatewayError::AddressRateLimited { retry_after }) = guard.charge(ip("192.168.1.9"))
+        else {
+            panic!("past the burst")
+        };
+        assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+        // Another address, and the same one as IPv4-mapped IPv6, counted apart / alike.
+        assert!(guard.charge(ip("192.168.1.10")).is_ok());
+        assert!(guard.charge(ip("::ffff:192.168.1.9")).is_err());
+        // One /64 is one address.
+        for i in 0..ALLOWANCE_BURST {
+            assert!(guard.charge(ip(&format!("fd00:1:2:3::{i:x}"))).is_ok());
+        }
+        assert!(guard.charge(ip("fd00:1:2:3:ffff::1")).is_err());
+        assert!(guard.charge(ip("fd00:1:2:4::1")).is_ok());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(guard.charge(ip("192.168.1.9")).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_lines_an_address_is_counted_and_the_map_is_bounded() {
+        let guard = RefusalGuard::new();
+        let a = ip("192.168.1.9");
+        let logged = (0..50)
+            .filter(|_| guard.may_log(a, RefusalKind::Key))
+            .count();
+        assert_eq!(logged, LINES_PER_ADDRESS as usize);
+        assert!(!guard.may_log(a, RefusalKind::Host));
+        assert!(!guard.may_log(ip("192.168.1.10"), RefusalKind::OverAllowance));
+        // Many /64s: the map stops at MAX_TRACKED, the rest go to `others`.
+        for i in 0..1000u32 {
+            guard.may_log(ip(&format!("fd00:0:0:{i:x}::1")), RefusalKind::Key);
+        }
+        {
+            let book = guard.book.lock().unwrap();
+            assert_eq!(book.by_address.len(), MAX_TRACKED);
+            assert_eq!(book.by_address[&a].unlogged[RefusalKind::Key.index()], 45);
+            assert_eq!(book.by_address[&a].unlogged[RefusalKind::Host.index()], 1);
+            assert!(book.others.unlogged[RefusalKind::Key.index()] > 0);
+            assert!(book.lines <= LINES_PER_INTERVAL);
+        }
+        // The next interval: summaries out, map emptied, lines allowed again.
+        tokio::time::advance(LOG_INTERVAL).await;
+        let summaries = guard.book.lock().unwrap().roll(Instant::now());
+        assert!(summaries.contains(&(Some(a), RefusalKind::Key, 45)));
+        assert!(summaries.contains(&(Some(a), RefusalKind::Host, 1)));
+        assert!(summaries.iter().any(|(addr, _, _)| addr.is_none()));
+        assert!(guard.book.lock().unwrap().by_address.is_empty());
+        assert!(guard.may_log(a, RefusalKind::Key));
+    }
+}

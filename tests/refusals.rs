@@ -1,0 +1,192 @@
+//! A flood of refusals from one address (issue 21 item 3): past its allowance
+//! it gets quick 429s, the log keeps a few of its lines and one summary per
+//! kind with the right count, and a device with its key on another address
+//! is served all along.
+
+mod support;
+
+use std::time::Duration;
+
+use joulo_gateway::access::{generate_key, key_sha256_hex};
+use joulo_gateway::refusals::{LINES_PER_ADDRESS, LOG_INTERVAL};
+use support::{MockUpstream, TestGateway, connect_from, eventually, json, jump_clock, logs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `raw` on a fresh connection from the loopback address `source` and
+/// returns the answer's status, headers and body, as text.
+async fn raw_from(source: &str, gateway: std::net::SocketAddr, raw: &str) -> (u16, String) {
+    let mut stream = connect_from(source, gateway).await;
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The captured INFO lines that name `client` (an access line names its
+/// port too, a summary only the address).
+fn info_lines_of(client: &str) -> Vec<String> {
+    let (address, with_port) = (format!("client={client} "), format!("client={client}:"));
+    logs()
+        .lines()
+        .filter(|l| l.contains(" INFO ") && (l.contains(&address) || l.contains(&with_port)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The count of the summary line for `client` and `kind`, if there is one.
+fn summary_count(client: &str, kind: &str) -> Option<u64> {
+    let kind_field = format!("kind=\"{kind}\"");
+    info_lines_of(client)
+        .iter()
+        .find(|l| l.contains("not logged one by one") && l.contains(&kind_field))
+        .and_then(|l| l.split("count=").nth(1))
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|c| c.parse().ok())
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_keys_is_answered_429_and_summarised_and_a_device_is_still_served() {
+    let upstream = MockUpstream::start();
+    let key = generate_key();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        &format!(
+            "[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+            key_sha256_hex(&key)
+        ),
+    )
+    .await;
+    let attacker = "127.0.0.7";
+    let flood = 300;
+    let (mut refused, mut limited) = (0u64, 0u64);
+    for i in 0..flood {
+        // Keyless, then a wrong key: both are 401 "key" refusals.
+        let wrong = if i % 2 == 0 {
+            String::new()
+        } else {
+            format!("X-Gateway-Key: {}\r\n", generate_key())
+        };
+        let (status, text) = raw_from(
+            attacker,
+            gateway.addr,
+            &format!(
+                "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\n{wrong}Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        match status {
+            401 => refused += 1,
+            429 => {
+                limited += 1;
+                assert!(text.contains("\r\nretry-after: "), "{text}");
+                let body = text.split_once("\r\n\r\n").unwrap().1;
+                assert!(
+                    json(body)["error"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("Too many refused requests from this address")
+                );
+            }
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!(limited > 0, "past its allowance the address gets 429s");
+    // The ops endpoints come out of the same allowance: of a few at once, at
+    // most the one slot that came free while the last 429 was held is served.
+    let healthz = || {
+        raw_from(
+            attacker,
+            gateway.addr,
+            "GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let (a, b, c) = tokio::join!(healthz(), healthz(), healthz());
+    let ops_served = [&a, &b, &c].iter().filter(|(s, _)| *s == 200).count() as u64;
+    let ops_limited = [&a, &b, &c].iter().filter(|(s, _)| *s == 429).count() as u64;
+    assert_eq!(ops_served + ops_limited, 3);
+    assert!(ops_limited >= 2, "{a:?} {b:?} {c:?}");
+    limited += ops_limited;
+
+    // A device with its key, from another address, is served.
+    let (status, text) = raw_from(
+        "127.0.0.2",
+        gateway.addr,
+        &format!(
+            "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nX-Gateway-Key: {key}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+
+    // During the interval: a few lines, whatever the flood's size.
+    let lines = info_lines_of(attacker);
+    assert_eq!(lines.len(), LINES_PER_ADDRESS as usize, "{lines:#?}");
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert!(bytes < 2048, "{bytes} bytes of log for {flood} refusals");
+
+    // The attacker stops; when the interval ends the counts are written,
+    // with no further request to write them.
+    jump_clock(LOG_INTERVAL).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            summary_count(attacker, "over_allowance").is_some()
+        })
+        .await,
+        "{:#?}",
+        info_lines_of(attacker)
+    );
+    assert_eq!(
+        summary_count(attacker, "key"),
+        Some(refused - u64::from(LINES_PER_ADDRESS))
+    );
+    assert_eq!(summary_count(attacker, "over_allowance"), Some(limited));
+    assert_eq!(
+        summary_count(attacker, "ops"),
+        (ops_served > 0).then_some(ops_served)
+    );
+    let lines = info_lines_of(attacker);
+    let summaries = 2 + usize::from(ops_served > 0);
+    assert_eq!(
+        lines.len(),
+        LINES_PER_ADDRESS as usize + summaries,
+        "{lines:#?}"
+    );
+    assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() < 4096);
+    support::assert_no_leak(&[&gateway.token, &key], &[]);
+}
+
+#[tokio::test]
+async fn requests_the_parser_refuses_are_logged_within_the_budget_then_summarised() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let attacker = "127.0.0.8";
+    for _ in 0..20 {
+        let (status, _) = raw_from(attacker, gateway.addr, "GARBAGE\r\n\r\n").await;
+        assert_eq!(status, 400);
+    }
+    let parser_lines = || {
+        info_lines_of(attacker)
+            .into_iter()
+            .filter(|l| l.contains("request refused by the HTTP parser"))
+            .count()
+    };
+    assert_eq!(parser_lines(), LINES_PER_ADDRESS as usize);
+    jump_clock(LOG_INTERVAL).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            summary_count(attacker, "unparsable").is_some()
+        })
+        .await
+    );
+    assert_eq!(
+        summary_count(attacker, "unparsable"),
+        Some(20 - u64::from(LINES_PER_ADDRESS))
+    );
+    assert_eq!(parser_lines(), LINES_PER_ADDRESS as usize);
+}

@@ -103,6 +103,13 @@ impl UpstreamToken {
         Cow::Owned(text.replace(secret, replacement))
     }
 
+    /// Whether `other` holds the same token, compared in constant time.
+    fn same_secret(&self, other: &UpstreamToken) -> bool {
+        use subtle::ConstantTimeEq;
+        let (a, b) = (self.secret.expose_secret(), other.secret.expose_secret());
+        bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    }
+
     /// Which load of the token file this token came from.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -187,6 +194,23 @@ impl TokenSource {
     /// The token file's path.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The file an admin edits: the credential's source when known.
+    fn shown_path(&self) -> &Path {
+        self.inner.origin.as_deref().unwrap_or(&self.inner.path)
+    }
+
+    /// Whether the token is a systemd credential (a copy of
+    /// `upstream.token_file`, or any file in `$CREDENTIALS_DIRECTORY`),
+    /// which systemd writes at start only.
+    fn is_credential(&self) -> bool {
+        self.inner.origin.is_some()
+            || std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(PathBuf::from)
+                .is_some_and(|dir| {
+                    dir.is_absolute() && dir != Path::new("/") && self.inner.path.starts_with(&dir)
+                })
     }
 
     /// Whether a token is loaded; when not, requests fail closed. Cheaper than
@@ -321,9 +345,28 @@ impl TokenSource {
     ) -> impl Future<Output = ()> {
         let path = self.inner.path.clone();
         let loaded = self.inner.loaded.baseline();
+        let credential = self.is_credential();
         crate::watch::watch_files(vec![path], loaded, interval, shutdown, move |trigger| {
-            let had_token = self.current().is_some();
+            let before = self.current();
+            let had_token = before.is_some();
             match self.reload() {
+                // systemd copies a credential at start only: a SIGHUP finds
+                // the same copy, and "token reloaded" would tell an operator
+                // who edited the source file that the new token is in use.
+                Ok(())
+                    if credential && trigger == Trigger::Hangup && {
+                        let after = self.current();
+                        before.zip(after).is_some_and(|(b, a)| b.same_secret(&a))
+                    } =>
+                {
+                    warn!(
+                        credential = %self.inner.path.display(),
+                        file = %self.shown_path().display(),
+                        "SIGHUP: the token credential is the copy systemd made at start and has \
+                         not changed; a new token written to the file needs a restart \
+                         (systemctl restart joulo-gateway)"
+                    )
+                }
                 Ok(()) => info!(
                     path = %self.inner.path.display(),
                     trigger = trigger.as_str(),

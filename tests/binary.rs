@@ -982,3 +982,90 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
         }
     }
 }
+
+/// Under systemd the token is a credential, copied by systemd at start only:
+/// a SIGHUP after the admin edited the source file finds the same copy, and
+/// says a restart is needed rather than "token reloaded".
+#[test]
+fn sighup_under_systemd_says_a_new_token_needs_a_restart() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "token_poll_interval = \"1h\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[upstream]\n",
+        "[upstream]\ntoken_credential = \"joulo_token\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let first = canary();
+    write_private(&dir.path().join("joulo_token"), &first).unwrap();
+    write_private(&credentials.join("joulo_token"), &first).unwrap();
+
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let next_token_line = || -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("token") => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no token line: {e}"),
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !lines
+        .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        .expect("the gateway starts listening")
+        .contains("listening")
+    {}
+
+    // The admin writes a new token into the source file and sends SIGHUP:
+    // the credential copy is unchanged.
+    let second = canary();
+    write_private(&dir.path().join("joulo_token"), &second).unwrap();
+    signal(child.id(), "HUP");
+    let line = next_token_line();
+    assert!(
+        line.contains("needs a restart") && !line.contains("token reloaded"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&dir.path().join("joulo_token").display().to_string()),
+        "{line}"
+    );
+
+    // A copy that did change (systemd restarted it, or someone wrote it) is
+    // reloaded as before.
+    write_private(&credentials.join("joulo_token"), &second).unwrap();
+    signal(child.id(), "HUP");
+    let line = next_token_line();
+    assert!(line.contains("token reloaded"), "{line}");
+
+    signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = reader.join().unwrap();
+    for secret in [&first, &second] {
+        assert!(!log.contains(secret.as_str()), "{log}");
+    }
+}

@@ -1069,3 +1069,56 @@ fn sighup_under_systemd_says_a_new_token_needs_a_restart() {
         assert!(!log.contains(secret.as_str()), "{log}");
     }
 }
+
+/// A token others can read in a platform secrets mount: Compose bind-mounts
+/// the host file, whose mode is then every host user's, so `check` refuses it
+/// with the fix; on the tmpfs a platform makes for its secrets (Swarm's
+/// 0444) it is only warned about.
+#[test]
+fn a_world_readable_platform_secret_is_refused_unless_on_a_tmpfs() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = MockUpstream::start();
+    let check = |credentials: &Path| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &upstream, "");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("token_file = \"joulo_token\"\n", "");
+        std::fs::write(&config, text).unwrap();
+        let token = canary();
+        let file = credentials.join("joulo_token");
+        write_private(&file, &token).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("CREDENTIALS_DIRECTORY", credentials)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains(&token), "{err}");
+        (out.status.code(), err)
+    };
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let is_tmpfs = |p: &Path| {
+        Command::new("stat")
+            .args(["-f", "-c", "%t"])
+            .arg(p)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1021994")
+    };
+    if !is_tmpfs(on_disk.path()) {
+        let (code, err) = check(on_disk.path());
+        assert_eq!(code, Some(64), "{err}");
+        assert!(
+            err.contains("mode 0444") && err.contains("chmod 600") && err.contains("65532"),
+            "{err}"
+        );
+    }
+    if is_tmpfs(Path::new("/dev/shm")) {
+        let on_tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (code, err) = check(on_tmpfs.path());
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.contains("open to others"), "{err}");
+    }
+}

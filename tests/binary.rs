@@ -1122,3 +1122,86 @@ fn a_world_readable_platform_secret_is_refused_unless_on_a_tmpfs() {
         assert!(err.contains("open to others"), "{err}");
     }
 }
+
+/// A token of an unusual shape (31 characters, or holding `-`: no token
+/// shape matches it) pasted into another field of the config is still never
+/// printed by `check` or a start: errors are scrubbed of what the token file
+/// holds, values the parser quotes in backticks included.
+#[test]
+fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
+    let upstream = MockUpstream::start();
+    let whole = canary();
+    let short = whole[..31].to_owned();
+    let dashed = format!("{}-{}", &whole[..18], &whole[18..30]);
+    for token in [&short, &dashed] {
+        let fields = [
+            format!("[access]\nallow = [\"{token}\"]\n"),
+            format!("[server]\nallowed_hosts = [\"{token}\"]\n"),
+            format!("[server]\nlisten = \"{token}\"\n"),
+            format!("[log]\nformat = \"{token}\"\n"),
+            format!("[cache]\nttl = \"{token}\"\n"),
+            format!("http2 = \"{token}\"\n"),
+            format!("ca_file = \"{token}.pem\"\n"),
+            format!("[routes.{token}]\nenabled = true\n"),
+            // The same name twice.
+            format!(
+                "[[clients]]\nname = \"{token}\"\nkey_sha256 = \"{0}\"\nscopes = []\n\
+                 [[clients]]\nname = \"{token}\"\nkey_sha256 = \"{0}\"\nscopes = []\n",
+                "0".repeat(64)
+            ),
+        ];
+        for extra in &fields {
+            let dir = tempfile::tempdir().unwrap();
+            let config = write_config(dir.path(), &upstream, extra);
+            write_private(&dir.path().join("joulo_token"), &format!("{token}\n")).unwrap();
+            for command in [&["check"][..], &[]] {
+                let out = Command::new(BIN)
+                    .args(command)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "trace")
+                    .env_remove("CREDENTIALS_DIRECTORY")
+                    .output()
+                    .unwrap();
+                let printed = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(out.status.code(), Some(64), "{extra}: {printed}");
+                assert!(!printed.contains(token.as_str()), "{extra}: {printed}");
+                assert!(
+                    printed.contains("[REDACTED]") || printed.contains("..."),
+                    "{extra}: {printed}"
+                );
+            }
+        }
+        // Valid, and the token is the upstream's host: `check` passes, and
+        // neither its warning about the host nor its summary shows it.
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &upstream, "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let base = upstream.base_url();
+        let at_token = base.replace("localhost", &token.to_ascii_lowercase());
+        std::fs::write(&config, text.replace(&base, &at_token)).unwrap();
+        write_private(&dir.path().join("joulo_token"), &token.to_ascii_lowercase()).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{printed}");
+        assert!(printed.contains("[REDACTED]"), "{printed}");
+        assert!(
+            !printed
+                .to_ascii_lowercase()
+                .contains(&token.to_ascii_lowercase()),
+            "{printed}"
+        );
+    }
+}

@@ -389,3 +389,34 @@ fn purge_removes_the_token_and_its_copies_and_names_what_it_leaves() {
         .collect();
     assert_eq!(left, ["notes.txt"], "only the admin's own file stays");
 }
+
+/// CI checks the supply chain: cargo-deny offline with a deny.toml that
+/// takes crates from crates.io only, and hadolint on both Dockerfiles.
+#[test]
+fn ci_checks_licences_sources_and_dockerfiles() {
+    let ci = read(".ci/run");
+    assert!(ci.contains("cargo deny --offline --locked check licenses bans sources"));
+    assert!(ci.contains("cargo install cargo-deny --version \"$CARGO_DENY_VERSION\" --locked"));
+    for dockerfile in [
+        "deploy/docker/Dockerfile",
+        "deploy/homeassistant/addon/joulo_gateway/Dockerfile",
+    ] {
+        assert!(ci.contains(dockerfile), "{dockerfile} is not linted");
+        assert!(repo(dockerfile).is_file());
+    }
+    let deny: toml::Table = read("deny.toml").parse().unwrap();
+    let sources = &deny["sources"];
+    assert_eq!(sources["unknown-registry"].as_str(), Some("deny"));
+    assert_eq!(sources["unknown-git"].as_str(), Some("deny"));
+    assert_eq!(
+        sources["allow-registry"].as_array().unwrap(),
+        &[toml::Value::from(
+            "https://github.com/rust-lang/crates.io-index"
+        )]
+    );
+    assert!(sources["allow-git"].as_array().unwrap().is_empty());
+    assert_eq!(
+        deny["licenses"]["unused-allowed-license"].as_str(),
+        Some("deny")
+    );
+}

@@ -33,12 +33,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The same redaction as every log line, and by what the token
-            // files hold: a token pasted where a path or URL belongs must not
-            // be echoed to a terminal or journal, whatever its shape.
+            // files hold and the device keys' hashes: a secret pasted where a
+            // path or URL belongs must not be echoed to a terminal or
+            // journal, whatever its shape.
             let text = describe(&e);
             let candidates = config::token_file_candidates(&config_path);
             let paths: Vec<&Path> = candidates.iter().map(PathBuf::as_path).collect();
             let text = TokenFileText::read(&paths).redact(&text, REDACTED);
+            let text = config::DeviceKeyHashes::read(&config_path).redact(&text, REDACTED);
             eprintln!("joulo-gateway: {}", logging::redact(&text, None));
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()

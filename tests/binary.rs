@@ -1176,6 +1176,29 @@ fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
                 );
             }
         }
+        // A device key of the operator's own making (any shape: only its
+        // hash is in the config) pasted into another field.
+        let dir = tempfile::tempdir().unwrap();
+        let key = format!("{}-key", &token[6..]);
+        let config = write_config(
+            dir.path(),
+            &upstream,
+            &format!(
+                "[access]\nallow = [\"{key}\"]\n[[clients]]\nname = \"ha\"\n\
+                 key_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+                joulo_gateway::access::key_sha256_hex(&key)
+            ),
+        );
+        write_private(&dir.path().join("joulo_token"), &whole).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("access.allow") && !err.contains(&key), "{err}");
+
         // Valid, and the token is the upstream's host: `check` passes, and
         // neither its warning about the host nor its summary shows it.
         let dir = tempfile::tempdir().unwrap();

@@ -213,6 +213,53 @@ pub fn token_file_candidates(path: &Path) -> Vec<PathBuf> {
     candidates
 }
 
+/// The device keys the config at `path` names, known only by their
+/// `key_sha256` (read from the raw TOML, so even a config that does not
+/// validate counts): a word of a message whose SHA-256 is one of them is a
+/// device key pasted where it does not belong, whatever its shape.
+#[derive(Debug, Default)]
+pub struct DeviceKeyHashes(Vec<String>);
+
+impl DeviceKeyHashes {
+    /// The `[[clients]]` hashes in the file at `path`; none if it cannot be
+    /// read or parsed.
+    pub fn read(path: &Path) -> DeviceKeyHashes {
+        let table: toml::Table = files::read_regular(path, FILE_LIMIT)
+            .ok()
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or_default();
+        let clients = table.get("clients").and_then(toml::Value::as_array);
+        DeviceKeyHashes(
+            clients
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("key_sha256")?.as_str())
+                .map(|hash| hash.trim().to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    /// `text` with every word (between spaces, quotes, backticks, commas and
+    /// brackets) that hashes to a configured key replaced by `replacement`.
+    pub fn redact<'t>(&self, text: &'t str, replacement: &str) -> std::borrow::Cow<'t, str> {
+        if self.0.is_empty() {
+            return text.into();
+        }
+        let separator = |c: char| {
+            c.is_whitespace() || matches!(c, '`' | '"' | '\'' | ',' | '[' | ']' | '(' | ')')
+        };
+        let mut out = text.to_owned();
+        let mut changed = false;
+        for word in text.split(separator).filter(|w| !w.is_empty()) {
+            if self.0.contains(&crate::access::key_sha256_hex(word)) {
+                out = out.replace(word, replacement);
+                changed = true;
+            }
+        }
+        if changed { out.into() } else { text.into() }
+    }
+}
+
 /// Validates each section, then what spans sections. `base_dir` is the config
 /// file's folder, for relative paths in it; `credentials_dir` is systemd's
 /// `$CREDENTIALS_DIRECTORY`, if set.
@@ -430,6 +477,31 @@ mod tests {
             without_quoted_values("invalid type: string \"s3cret\", expected `a` or \"b\""),
             "invalid type: string \"...\", expected `a` or \"...\""
         );
+    }
+
+    #[test]
+    fn a_device_key_is_recognised_by_its_hash_whatever_its_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        let hash = crate::access::key_sha256_hex("own-key-of-any-shape");
+        // Not a valid config (the scope is unknown): still read.
+        std::fs::write(
+            &path,
+            format!(
+                "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\nscopes = [\"x\"]\n",
+                hash.to_uppercase()
+            ),
+        )
+        .unwrap();
+        let keys = DeviceKeyHashes::read(&path);
+        assert_eq!(
+            keys.redact("`own-key-of-any-shape` is not a network, own-key", "[R]"),
+            "`[R]` is not a network, own-key"
+        );
+        assert!(matches!(
+            keys.redact("nothing", "[R]"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -108,8 +108,13 @@ dpkg -r joulo-gateway
 [ -f /etc/joulo-gateway/gateway.toml ] || fail "dpkg -r removed the conffile"
 [ -f /etc/joulo-gateway/joulo_token ] || fail "dpkg -r removed the token"
 
-# Purge: everything goes, the token included.
-dpkg -P joulo-gateway
+# Purge: everything goes, the token included, and the copies of it a
+# rotation or an editor left beside it.
+for copy in joulo_token.new 'joulo_token~' .joulo_token.swp; do
+  (umask 077 && printf '%s\n' "$token" >"/etc/joulo-gateway/$copy")
+done
+dpkg -P joulo-gateway 2>&1 | tee "$work/purge.out"
+grep -q 'left in place' "$work/purge.out" && fail "purge left something: $(cat "$work/purge.out")"
 [ -e /etc/joulo-gateway ] && fail "dpkg -P left /etc/joulo-gateway: $(ls -A /etc/joulo-gateway)"
 [ -e /etc/systemd/system/multi-user.target.wants/joulo-gateway.service ] &&
   fail "dpkg -P left the enable link"

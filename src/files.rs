@@ -70,7 +70,8 @@ pub struct Exposure {
 /// owns it and nobody else may read or write it. A file failing that is
 /// refused, unless `platform_protected` (a secrets mount the platform itself
 /// guards, such as systemd credentials or Docker secrets): then it is read and
-/// its [`Exposure`] returned for a warning.
+/// its [`Exposure`] returned for a warning, except when others may read it
+/// and it does not lie on a memory file system (see [`platform_mount_refuses`]).
 pub fn read_private(
     path: &Path,
     limit: u64,
@@ -95,8 +96,57 @@ pub fn read_private(
             problem: problem.clone(),
         });
     }
+    if platform_protected && let Some(problem) = platform_mount_exposure(&file)? {
+        return Err(FileError::Exposed { problem });
+    }
     let exposure = mode.map(|problem| Exposure { problem });
     Ok((read_bounded(file, size_hint, limit)?, exposure))
+}
+
+/// `statfs` magic of tmpfs (Linux `TMPFS_MAGIC`).
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `statfs` magic of ramfs (Linux `RAMFS_MAGIC`).
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// Whether a secret in a platform secrets mount, with permission bits `mode`
+/// and lying on a file system of `statfs` type `fs_magic` (`None`: unknown),
+/// is refused. A loose mode is the platform's own choice only on the memory
+/// file system it made for its secrets (Swarm's and systemd's are tmpfs,
+/// 0444 in Swarm): a file others can read anywhere else is a host file
+/// bind-mounted in (Compose's `secrets: file:`), and its mode is what every
+/// local user of the host gets. Group bits alone stay a warning: the group
+/// is the platform's, not every user's.
+pub fn platform_mount_refuses(mode: u32, fs_magic: Option<u64>) -> bool {
+    let memory = fs_magic.is_some_and(|m| m == TMPFS_MAGIC || m == RAMFS_MAGIC);
+    mode & 0o004 != 0 && !memory
+}
+
+/// The refusal, with the fix, of the opened `file` in a platform mount, if
+/// [`platform_mount_refuses`] it.
+#[cfg(unix)]
+fn platform_mount_exposure(file: &std::fs::File) -> Result<Option<String>, FileError> {
+    let mode = rustix::fs::fstat(file).map_err(io::Error::from)?.st_mode & 0o7777;
+    #[cfg(target_os = "linux")]
+    let fs_magic = rustix::fs::fstatfs(file)
+        .ok()
+        // Signed or not depending on the platform: the magic is 32 bits.
+        .map(|s| (s.f_type as u64) & 0xffff_ffff);
+    #[cfg(not(target_os = "linux"))]
+    let fs_magic = None;
+    Ok(platform_mount_refuses(mode, fs_magic).then(|| {
+        format!(
+            "it is readable by others (mode {mode:04o}) and is not on the memory file system a \
+             platform makes for its secrets: it is a host file mounted in (Docker Compose \
+             `secrets: file:`), readable by every user of the host; on the host, give the file \
+             to the container's user and make it private: \
+             `chown 65532:65532 FILE && chmod 600 FILE` (see the README, Docker)"
+        )
+    }))
+}
+
+#[cfg(not(unix))]
+fn platform_mount_exposure(_file: &std::fs::File) -> Result<Option<String>, FileError> {
+    Ok(None)
 }
 
 /// Whether `path` leads to a file in a secrets mount the platform itself
@@ -463,10 +513,23 @@ mod tests {
                 }
                 other => panic!("{mode:o}: {other:?}"),
             }
-            // A platform-guarded mount: read, with the exposure for a warning.
-            let (bytes, exposure) = read_private(&path, 64, true).unwrap();
-            assert_eq!(&bytes[..], b"s3cret");
-            assert_eq!(exposure.is_some(), refused, "{mode:o}");
+            // A platform-guarded mount: read, with the exposure for a
+            // warning, unless others can read it off a memory file system.
+            let on_memory = rustix::fs::statfs(dir.path()).is_ok_and(|s| {
+                [TMPFS_MAGIC, RAMFS_MAGIC].contains(&((s.f_type as u64) & 0xffff_ffff))
+            });
+            match read_private(&path, 64, true) {
+                Ok((bytes, exposure)) => {
+                    assert!(on_memory || mode & 0o004 == 0, "{mode:o}");
+                    assert_eq!(&bytes[..], b"s3cret");
+                    assert_eq!(exposure.is_some(), refused, "{mode:o}");
+                }
+                Err(FileError::Exposed { problem }) => {
+                    assert!(!on_memory && mode & 0o004 != 0, "{mode:o}: {problem}");
+                    assert!(problem.contains("chmod 600") && problem.contains("65532"));
+                }
+                Err(e) => panic!("{mode:o}: {e}"),
+            }
         }
         // A link to a loose file is judged by the file, not the link.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -489,6 +552,37 @@ mod tests {
             );
             // Not even in a platform mount.
             assert!(read_private(&path, 64, true).is_err());
+        }
+    }
+
+    #[test]
+    fn a_platform_secret_others_can_read_is_refused_off_a_memory_file_system() {
+        const EXT4: u64 = 0xef53;
+        const OVERLAY: u64 = 0x794c_7630;
+        // Swarm's 0444 on its tmpfs, systemd's credentials on ramfs/tmpfs.
+        assert!(!platform_mount_refuses(0o444, Some(TMPFS_MAGIC)));
+        assert!(!platform_mount_refuses(0o444, Some(RAMFS_MAGIC)));
+        // Compose bind-mounts the host file: its 0644 is every host user's.
+        assert!(platform_mount_refuses(0o644, Some(EXT4)));
+        assert!(platform_mount_refuses(0o444, Some(OVERLAY)));
+        assert!(platform_mount_refuses(0o604, None), "unknown: refused");
+        // Private to others: group bits stay a warning, wherever it lies.
+        for fs in [Some(EXT4), Some(TMPFS_MAGIC), None] {
+            assert!(!platform_mount_refuses(0o640, fs));
+            assert!(!platform_mount_refuses(0o600, fs));
+        }
+        // A real tmpfs, where the machine has one (/dev/shm usually is).
+        let on_tmpfs = |p: &Path| {
+            rustix::fs::statfs(p).is_ok_and(|s| (s.f_type as u64) & 0xffff_ffff == TMPFS_MAGIC)
+        };
+        if on_tmpfs(Path::new("/dev/shm")) {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+            let path = dir.path().join("secret");
+            std::fs::write(&path, "s3cret").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+            let (_, exposure) = read_private(&path, 64, true).unwrap();
+            assert!(exposure.is_some(), "read, with a warning");
         }
     }
 

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use joulo_gateway::cli::{Cli, Command};
-use joulo_gateway::config::{Config, ConfigError};
+use joulo_gateway::config::{self, Config, ConfigError};
+use joulo_gateway::sanitize::REDACTED;
 use joulo_gateway::state::{AppState, StartError};
-use joulo_gateway::token::{TokenError, TokenSource};
+use joulo_gateway::token::{TokenError, TokenFileText, TokenSource};
 use joulo_gateway::{access, demo, hardening, healthcheck, logging, reload, server};
+use std::path::{Path, PathBuf};
 
 /// The static binary (the .deb's and Docker's) allocates through mimalloc:
 /// with musl's own allocator it ran pass-through calls at 0.95x nginx's rate
@@ -26,12 +28,19 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config_path = cli.config.clone();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The same redaction as every log line: a token pasted where a
-            // path or URL belongs must not be echoed to a terminal or journal.
+            // The same redaction as every log line, and by what the token
+            // files hold and the device keys' hashes: a secret pasted where a
+            // path or URL belongs must not be echoed to a terminal or
+            // journal, whatever its shape.
             let text = describe(&e);
+            let candidates = config::token_file_candidates(&config_path);
+            let paths: Vec<&Path> = candidates.iter().map(PathBuf::as_path).collect();
+            let text = TokenFileText::read(&paths).redact(&text, REDACTED);
+            let text = config::DeviceKeyHashes::read(&config_path).redact(&text, REDACTED);
             eprintln!("joulo-gateway: {}", logging::redact(&text, None));
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()
@@ -95,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.upstream.base_url,
                 config.upstream.token_file.display()
             );
+            let line = token_file_text(&config).redact(&line, REDACTED);
             println!("{}", logging::redact(&line, None));
             Ok(())
         }
@@ -169,11 +179,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn warn_if_not_joulo(config: &Config) {
     let host = config.upstream.base_url.host().unwrap_or("");
     if !host.eq_ignore_ascii_case("api.joulo.nl") {
+        // Logged before the token is loaded, so the log writer does not know
+        // it yet: a token pasted as the host is scrubbed here.
+        let host = token_file_text(config).redact(host, REDACTED);
         tracing::warn!(
-            host,
+            host = %host,
             "upstream.base_url points at {host}, not api.joulo.nl: the Joulo token is sent there"
         );
     }
+}
+
+/// What `config`'s token files hold, to scrub from what is printed.
+fn token_file_text(config: &Config) -> TokenFileText {
+    let upstream = &config.upstream;
+    let paths: Vec<&Path> = std::iter::once(upstream.token_file.as_path())
+        .chain(upstream.token_origin.as_deref())
+        .collect();
+    TokenFileText::read(&paths)
 }
 
 /// A single-threaded runtime: tokio's current-thread scheduler skips the

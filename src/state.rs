@@ -5,7 +5,7 @@
 //! [`Policy`], swapped whole on a reload: a request holds the policy it
 //! started with to its end.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -93,8 +93,10 @@ pub struct AppState {
     device_families: DeviceFamilies,
     /// Config reloads by result.
     reloads: Family<ReloadLabels, Counter>,
-    /// The config in force, to tell what a reload changes.
-    config: Mutex<Config>,
+    /// The config the process started with: the restart-only settings in
+    /// force are its, whatever reloads came since, so a reload compares with
+    /// it (a setting changed twice is still named; one changed back is not).
+    started_with: Config,
 }
 
 /// Metric labels for a config reload.
@@ -201,16 +203,17 @@ impl AppState {
             refusals,
             device_families,
             reloads,
-            config: Mutex::new(config.clone()),
+            started_with: config.clone(),
         })
     }
 
     /// Applies a reloaded, validated config to new requests, all at once:
     /// device keys, access, limits, cache ttls and bounds, routes. Requests
     /// already under way finish under the policy they started with. Returns
-    /// the keys that changed but need a restart (they are not applied).
+    /// the keys that differ from the running (start-up) values and need a
+    /// restart: they are not applied, and are named on every reload until
+    /// the gateway restarts or they are changed back.
     pub fn reload(&self, config: &Config) -> Vec<&'static str> {
-        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.policy.load();
         // The budget's state (a back-off Joulo asked for, the last minute's
         // calls) outlives the reload; its limiter is new only if its limits are.
@@ -224,9 +227,7 @@ impl AppState {
         let policy = Policy::new(config, &self.refusals, &self.device_families, budget);
         self.cache.set_limits(&config.cache);
         self.policy.store(Arc::new(policy));
-        let restart = restart_needed(&current, config);
-        *current = config.clone();
-        restart
+        restart_needed(&self.started_with, config)
     }
 
     /// Counts a reload by its result.

@@ -128,6 +128,13 @@ impl UpstreamToken {
             })
     }
 
+    /// Whether `other` holds the same token, compared in constant time.
+    fn same_secret(&self, other: &UpstreamToken) -> bool {
+        use subtle::ConstantTimeEq;
+        let (a, b) = (self.secret.expose_secret(), other.secret.expose_secret());
+        bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    }
+
     /// Which load of the token file this token came from.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -284,6 +291,66 @@ fn token_start_at_end(bytes: &[u8], secret: &[u8]) -> usize {
         .map_or(0, |i| bytes.len() - i)
 }
 
+/// What the token files hold right now, whatever it is (a usable token or
+/// not), read only to scrub it from a start-up or `check` error: a token
+/// pasted into another field of the config is recognised by its value, not
+/// only by Joulo's token shape (a 31-character one, or one holding `-`, does
+/// not have it). Debug prints a placeholder; the text never leaves this type.
+pub struct TokenFileText {
+    /// The file's trimmed text, and each whitespace-separated piece of it
+    /// (a token torn in two), longest first.
+    words: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for TokenFileText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenFileText([REDACTED])")
+    }
+}
+
+impl TokenFileText {
+    /// Pieces shorter than this are not scrubbed: they would blank ordinary
+    /// words of the message, and hide nothing worth a credential.
+    const MIN_LEN: usize = 8;
+
+    /// Reads each of `paths` the safe way (regular files only, bounded,
+    /// never blocking), whatever its mode: a file the gateway would refuse
+    /// still holds what must not be printed. Files that cannot be read add
+    /// nothing.
+    pub fn read(paths: &[&Path]) -> TokenFileText {
+        let mut words: Vec<SecretString> = Vec::new();
+        for path in paths {
+            let Ok(bytes) = files::read_regular(path, TOKEN_FILE_LIMIT) else {
+                continue;
+            };
+            let text = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
+            let trimmed = text.trim();
+            for word in std::iter::once(trimmed).chain(trimmed.split_whitespace()) {
+                let known = words.iter().any(|w| w.expose_secret() == word);
+                if word.len() >= Self::MIN_LEN && !known {
+                    words.push(SecretString::from(word));
+                }
+            }
+        }
+        // The whole before its pieces, so a token is replaced in one go.
+        words.sort_by_key(|w| std::cmp::Reverse(w.expose_secret().len()));
+        TokenFileText { words }
+    }
+
+    /// `text` with every occurrence of what the files hold replaced by
+    /// `replacement`.
+    pub fn redact<'t>(&self, text: &'t str, replacement: &str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for word in &self.words {
+            let word = word.expose_secret();
+            if out.contains(word) {
+                out = Cow::Owned(out.replace(word, replacement));
+            }
+        }
+        out
+    }
+}
+
 /// The current token, shared by the request path, the reloader and the log
 /// redactor. Cloning is cheap.
 #[derive(Debug, Clone)]
@@ -348,6 +415,23 @@ impl TokenSource {
     /// The token file's path.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The file an admin edits: the credential's source when known.
+    fn shown_path(&self) -> &Path {
+        self.inner.origin.as_deref().unwrap_or(&self.inner.path)
+    }
+
+    /// Whether the token is a systemd credential (a copy of
+    /// `upstream.token_file`, or any file in `$CREDENTIALS_DIRECTORY`),
+    /// which systemd writes at start only.
+    fn is_credential(&self) -> bool {
+        self.inner.origin.is_some()
+            || std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(PathBuf::from)
+                .is_some_and(|dir| {
+                    dir.is_absolute() && dir != Path::new("/") && self.inner.path.starts_with(&dir)
+                })
     }
 
     /// Whether a token is loaded; when not, requests fail closed. Cheaper than
@@ -482,9 +566,28 @@ impl TokenSource {
     ) -> impl Future<Output = ()> {
         let path = self.inner.path.clone();
         let loaded = self.inner.loaded.baseline();
+        let credential = self.is_credential();
         crate::watch::watch_files(vec![path], loaded, interval, shutdown, move |trigger| {
-            let had_token = self.current().is_some();
+            let before = self.current();
+            let had_token = before.is_some();
             match self.reload() {
+                // systemd copies a credential at start only: a SIGHUP finds
+                // the same copy, and "token reloaded" would tell an operator
+                // who edited the source file that the new token is in use.
+                Ok(())
+                    if credential && trigger == Trigger::Hangup && {
+                        let after = self.current();
+                        before.zip(after).is_some_and(|(b, a)| b.same_secret(&a))
+                    } =>
+                {
+                    warn!(
+                        credential = %self.inner.path.display(),
+                        file = %self.shown_path().display(),
+                        "SIGHUP: the token credential is the copy systemd made at start and has \
+                         not changed; a new token written to the file needs a restart \
+                         (systemctl restart joulo-gateway)"
+                    )
+                }
                 Ok(()) => info!(
                     path = %self.inner.path.display(),
                     trigger = trigger.as_str(),
@@ -583,6 +686,30 @@ mod tests {
         let source = TokenSource::new("x".into());
         *source.inner.current.write().unwrap() = Some(Arc::new(t));
         assert!(!format!("{source:?}").contains("visible"));
+    }
+
+    #[test]
+    fn token_file_text_scrubs_what_the_file_holds_whatever_its_shape_or_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("odd");
+        crate::files::write_private(&odd, "  abc-defghij-klm\n").unwrap();
+        // Torn in two, and open to others: still scrubbed, halves included.
+        let torn = dir.path().join("torn");
+        crate::files::write_private(&torn, "firsthalf12 secondhalf34 x").unwrap();
+        std::fs::set_permissions(&torn, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let missing = dir.path().join("missing");
+        let text = TokenFileText::read(&[&odd, &torn, &missing]);
+        assert_eq!(
+            text.redact(
+                "`abc-defghij-klm`, firsthalf12 secondhalf34 x, x secondhalf34",
+                "[R]"
+            ),
+            "`[R]`, [R], x [R]",
+            "the whole first, then its pieces; short ones are left"
+        );
+        assert!(matches!(text.redact("nothing", "[R]"), Cow::Borrowed(_)));
+        assert!(!format!("{text:?}").contains("abc"));
     }
 
     #[test]

@@ -982,3 +982,249 @@ fn the_manual_and_completions_come_from_the_command_line_itself() {
         }
     }
 }
+
+/// Under systemd the token is a credential, copied by systemd at start only:
+/// a SIGHUP after the admin edited the source file finds the same copy, and
+/// says a restart is needed rather than "token reloaded".
+#[test]
+fn sighup_under_systemd_says_a_new_token_needs_a_restart() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "token_poll_interval = \"1h\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[upstream]\n",
+        "[upstream]\ntoken_credential = \"joulo_token\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let first = canary();
+    write_private(&dir.path().join("joulo_token"), &first).unwrap();
+    write_private(&credentials.join("joulo_token"), &first).unwrap();
+
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let next_token_line = || -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("token") => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no token line: {e}"),
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !lines
+        .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        .expect("the gateway starts listening")
+        .contains("listening")
+    {}
+
+    // The admin writes a new token into the source file and sends SIGHUP:
+    // the credential copy is unchanged.
+    let second = canary();
+    write_private(&dir.path().join("joulo_token"), &second).unwrap();
+    signal(child.id(), "HUP");
+    let line = next_token_line();
+    assert!(
+        line.contains("needs a restart") && !line.contains("token reloaded"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&dir.path().join("joulo_token").display().to_string()),
+        "{line}"
+    );
+
+    // A copy that did change (systemd restarted it, or someone wrote it) is
+    // reloaded as before.
+    write_private(&credentials.join("joulo_token"), &second).unwrap();
+    signal(child.id(), "HUP");
+    let line = next_token_line();
+    assert!(line.contains("token reloaded"), "{line}");
+
+    signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = reader.join().unwrap();
+    for secret in [&first, &second] {
+        assert!(!log.contains(secret.as_str()), "{log}");
+    }
+}
+
+/// A token others can read in a platform secrets mount: Compose bind-mounts
+/// the host file, whose mode is then every host user's, so `check` refuses it
+/// with the fix; on the tmpfs a platform makes for its secrets (Swarm's
+/// 0444) it is only warned about.
+#[test]
+fn a_world_readable_platform_secret_is_refused_unless_on_a_tmpfs() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = MockUpstream::start();
+    let check = |credentials: &Path| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &upstream, "");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("token_file = \"joulo_token\"\n", "");
+        std::fs::write(&config, text).unwrap();
+        let token = canary();
+        let file = credentials.join("joulo_token");
+        write_private(&file, &token).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("CREDENTIALS_DIRECTORY", credentials)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains(&token), "{err}");
+        (out.status.code(), err)
+    };
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let is_tmpfs = |p: &Path| {
+        Command::new("stat")
+            .args(["-f", "-c", "%t"])
+            .arg(p)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1021994")
+    };
+    if !is_tmpfs(on_disk.path()) {
+        let (code, err) = check(on_disk.path());
+        assert_eq!(code, Some(64), "{err}");
+        assert!(
+            err.contains("mode 0444") && err.contains("chmod 600") && err.contains("65532"),
+            "{err}"
+        );
+    }
+    if is_tmpfs(Path::new("/dev/shm")) {
+        let on_tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (code, err) = check(on_tmpfs.path());
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.contains("open to others"), "{err}");
+    }
+}
+
+/// A token of an unusual shape (31 characters, or holding `-`: no token
+/// shape matches it) pasted into another field of the config is still never
+/// printed by `check` or a start: errors are scrubbed of what the token file
+/// holds, values the parser quotes in backticks included.
+#[test]
+fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
+    let upstream = MockUpstream::start();
+    let whole = canary();
+    let short = whole[..31].to_owned();
+    let dashed = format!("{}-{}", &whole[..18], &whole[18..30]);
+    for token in [&short, &dashed] {
+        let fields = [
+            format!("[access]\nallow = [\"{token}\"]\n"),
+            format!("[server]\nallowed_hosts = [\"{token}\"]\n"),
+            format!("[server]\nlisten = \"{token}\"\n"),
+            format!("[log]\nformat = \"{token}\"\n"),
+            format!("[cache]\nttl = \"{token}\"\n"),
+            format!("http2 = \"{token}\"\n"),
+            format!("ca_file = \"{token}.pem\"\n"),
+            format!("[routes.{token}]\nenabled = true\n"),
+            // The same name twice.
+            format!(
+                "[[clients]]\nname = \"{token}\"\nkey_sha256 = \"{0}\"\nscopes = []\n\
+                 [[clients]]\nname = \"{token}\"\nkey_sha256 = \"{0}\"\nscopes = []\n",
+                "0".repeat(64)
+            ),
+        ];
+        for extra in &fields {
+            let dir = tempfile::tempdir().unwrap();
+            let config = write_config(dir.path(), &upstream, extra);
+            write_private(&dir.path().join("joulo_token"), &format!("{token}\n")).unwrap();
+            for command in [&["check"][..], &[]] {
+                let out = Command::new(BIN)
+                    .args(command)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "trace")
+                    .env_remove("CREDENTIALS_DIRECTORY")
+                    .output()
+                    .unwrap();
+                let printed = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(out.status.code(), Some(64), "{extra}: {printed}");
+                assert!(!printed.contains(token.as_str()), "{extra}: {printed}");
+                assert!(
+                    printed.contains("[REDACTED]") || printed.contains("..."),
+                    "{extra}: {printed}"
+                );
+            }
+        }
+        // A device key of the operator's own making (any shape: only its
+        // hash is in the config) pasted into another field.
+        let dir = tempfile::tempdir().unwrap();
+        let key = format!("{}-key", &token[6..]);
+        let config = write_config(
+            dir.path(),
+            &upstream,
+            &format!(
+                "[access]\nallow = [\"{key}\"]\n[[clients]]\nname = \"ha\"\n\
+                 key_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+                joulo_gateway::access::key_sha256_hex(&key)
+            ),
+        );
+        write_private(&dir.path().join("joulo_token"), &whole).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("access.allow") && !err.contains(&key), "{err}");
+
+        // Valid, and the token is the upstream's host: `check` passes, and
+        // neither its warning about the host nor its summary shows it.
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &upstream, "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let base = upstream.base_url();
+        let at_token = base.replace("localhost", &token.to_ascii_lowercase());
+        std::fs::write(&config, text.replace(&base, &at_token)).unwrap();
+        write_private(&dir.path().join("joulo_token"), &token.to_ascii_lowercase()).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{printed}");
+        assert!(printed.contains("[REDACTED]"), "{printed}");
+        assert!(
+            !printed
+                .to_ascii_lowercase()
+                .contains(&token.to_ascii_lowercase()),
+            "{printed}"
+        );
+    }
+}

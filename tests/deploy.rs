@@ -257,6 +257,29 @@ fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
     assert!(dockerfile.contains("adduser -S -D -H -u 65532"));
     let build = read("deploy/homeassistant/addon/joulo_gateway/build.yaml");
     assert!(!build.contains(":latest"), "base image pinned to a release");
+    // Pinned by digest, for every architecture the add-on lists.
+    let build = build_from(&build);
+    for arch in ["aarch64", "amd64"] {
+        let image = &build[arch];
+        let (tagged, digest) = image
+            .split_once("@sha256:")
+            .unwrap_or_else(|| panic!("{arch}: {image} is not pinned by digest"));
+        assert!(tagged.contains(':'), "{arch}: the tag is named: {image}");
+        assert_eq!(digest.len(), 64, "{image}");
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{image}");
+    }
+}
+
+/// build.yaml's `build_from:` map, by architecture: just enough YAML for
+/// its `  arch: image` lines (no YAML crate for one test).
+fn build_from(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("build_from:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// The Debian package's metadata points at files that exist, its maintainer
@@ -307,5 +330,93 @@ fn the_debian_package_is_complete() {
     assert!(
         read("deploy/debian/changelog")
             .starts_with(&format!("joulo-gateway ({}-1) ", env!("CARGO_PKG_VERSION")))
+    );
+}
+
+/// `apt purge`'s postrm, run on a fake root (its path rewritten into a
+/// temporary folder): the token and every copy an editor or a rotation left
+/// beside it go; what the package never made is named, not left silently.
+#[test]
+fn purge_removes_the_token_and_its_copies_and_names_what_it_leaves() {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/joulo-gateway");
+    let script = root.path().join("postrm");
+    std::fs::write(
+        &script,
+        read("deploy/debian/postrm").replace("/etc/joulo-gateway", &etc.display().to_string()),
+    )
+    .unwrap();
+    let purge = |action: &str| {
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(action)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let copies = [
+        "joulo_token",
+        "joulo_token.new",
+        "joulo_token~",
+        "joulo_token.bak",
+        ".joulo_token.swp",
+        "#joulo_token#",
+    ];
+    let make = |extra: &[&str]| {
+        std::fs::create_dir_all(&etc).unwrap();
+        for name in copies.iter().chain(extra) {
+            std::fs::write(etc.join(name), "joulo_x").unwrap();
+        }
+        std::os::unix::fs::symlink("/nonexistent", etc.join(".#joulo_token")).unwrap();
+    };
+
+    make(&[]);
+    assert_eq!(purge("remove"), "", "a plain remove keeps everything");
+    assert!(etc.join("joulo_token.new").exists());
+    assert_eq!(purge("purge"), "");
+    assert!(!etc.exists(), "every copy and the folder went");
+
+    make(&["notes.txt"]);
+    let said = purge("purge");
+    assert!(
+        said.contains("left in place") && said.contains("notes.txt"),
+        "{said}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"], "only the admin's own file stays");
+}
+
+/// CI checks the supply chain: cargo-deny offline with a deny.toml that
+/// takes crates from crates.io only, and hadolint on both Dockerfiles.
+#[test]
+fn ci_checks_licences_sources_and_dockerfiles() {
+    let ci = read(".ci/run");
+    assert!(ci.contains("cargo deny --offline --locked check licenses bans sources"));
+    assert!(ci.contains("cargo install cargo-deny --version \"$CARGO_DENY_VERSION\" --locked"));
+    for dockerfile in [
+        "deploy/docker/Dockerfile",
+        "deploy/homeassistant/addon/joulo_gateway/Dockerfile",
+    ] {
+        assert!(ci.contains(dockerfile), "{dockerfile} is not linted");
+        assert!(repo(dockerfile).is_file());
+    }
+    let deny: toml::Table = read("deny.toml").parse().unwrap();
+    let sources = &deny["sources"];
+    assert_eq!(sources["unknown-registry"].as_str(), Some("deny"));
+    assert_eq!(sources["unknown-git"].as_str(), Some("deny"));
+    assert_eq!(
+        sources["allow-registry"].as_array().unwrap(),
+        &[toml::Value::from(
+            "https://github.com/rust-lang/crates.io-index"
+        )]
+    );
+    assert!(sources["allow-git"].as_array().unwrap().is_empty());
+    assert_eq!(
+        deny["licenses"]["unused-allowed-license"].as_str(),
+        Some("deny")
     );
 }

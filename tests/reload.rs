@@ -161,3 +161,39 @@ async fn an_invalid_config_changes_nothing_and_restart_only_keys_are_named() {
     assert!(metrics.contains("joulo_gateway_config_reloads_total{result=\"failed\"} 1"));
     assert!(metrics.contains("joulo_gateway_config_reloads_total{result=\"ok\"} 1"));
 }
+
+/// What needs a restart is judged against the settings the gateway started
+/// with, not the last reload: a changed listen address is named on every
+/// reload until the restart, and no longer once it is changed back.
+#[tokio::test]
+async fn a_restart_only_change_is_named_until_restart_and_not_once_undone() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start(&upstream).await;
+    let path = gateway.dir.path().join("gateway.toml");
+    let started = std::fs::read_to_string(&path).unwrap();
+    let reload = || reload_once(&path, &gateway.state, &LogLevel::fixed());
+    let named = |keys: Vec<&'static str>| Reloaded::Applied {
+        restart_needed: keys,
+    };
+
+    rewrite(&gateway, |table| {
+        let server = table["server"].as_table_mut().unwrap();
+        server.insert("listen".into(), "127.0.0.1:1".into());
+    });
+    assert_eq!(reload(), named(vec!["server.listen"]));
+    // The same file again: still not in force, still named.
+    assert_eq!(reload(), named(vec!["server.listen"]));
+    // Another change on top: both named.
+    rewrite(&gateway, |table| {
+        let server = table["server"].as_table_mut().unwrap();
+        server.insert("worker_threads".into(), 2.into());
+    });
+    assert_eq!(
+        reload(),
+        named(vec!["server.listen", "server.worker_threads"])
+    );
+    // Back to what the gateway runs with: nothing to restart for.
+    std::fs::write(&path, &started).unwrap();
+    assert_eq!(reload(), named(vec![]));
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
+}

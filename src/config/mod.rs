@@ -187,6 +187,82 @@ impl Config {
     }
 }
 
+/// The token files the config at `path` leads to, as far as they can be
+/// told from a file that may not validate (only `upstream.token_file` and
+/// `upstream.token_credential` are looked at, as written) plus the
+/// platform's places: what a start-up error must be scrubbed of.
+pub fn token_file_candidates(path: &Path) -> Vec<PathBuf> {
+    let table: toml::Table = files::read_regular(path, FILE_LIMIT)
+        .ok()
+        .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+        .unwrap_or_default();
+    let upstream = table.get("upstream").and_then(toml::Value::as_table);
+    let text = |key: &str| upstream.and_then(|u| u.get(key)?.as_str());
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut candidates = Vec::new();
+    if let Some(file) = text("token_file") {
+        candidates.push(base_dir.join(file));
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
+        && dir.is_absolute()
+    {
+        let name = text("token_credential").unwrap_or(CREDENTIAL_NAME);
+        // A name with a `/` would lead out of the folder: not a credential.
+        if !name.contains('/') {
+            candidates.push(dir.join(name));
+        }
+    }
+    candidates.push(PathBuf::from(DOCKER_SECRET_PATH));
+    candidates
+}
+
+/// The device keys the config at `path` names, known only by their
+/// `key_sha256` (read from the raw TOML, so even a config that does not
+/// validate counts): a word of a message whose SHA-256 is one of them is a
+/// device key pasted where it does not belong, whatever its shape.
+#[derive(Debug, Default)]
+pub struct DeviceKeyHashes(Vec<String>);
+
+impl DeviceKeyHashes {
+    /// The `[[clients]]` hashes in the file at `path`; none if it cannot be
+    /// read or parsed.
+    pub fn read(path: &Path) -> DeviceKeyHashes {
+        let table: toml::Table = files::read_regular(path, FILE_LIMIT)
+            .ok()
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or_default();
+        let clients = table.get("clients").and_then(toml::Value::as_array);
+        DeviceKeyHashes(
+            clients
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("key_sha256")?.as_str())
+                .map(|hash| hash.trim().to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    /// `text` with every word (between spaces, quotes, backticks, commas and
+    /// brackets) that hashes to a configured key replaced by `replacement`.
+    pub fn redact<'t>(&self, text: &'t str, replacement: &str) -> std::borrow::Cow<'t, str> {
+        if self.0.is_empty() {
+            return text.into();
+        }
+        let separator = |c: char| {
+            c.is_whitespace() || matches!(c, '`' | '"' | '\'' | ',' | '[' | ']' | '(' | ')')
+        };
+        let mut out = text.to_owned();
+        let mut changed = false;
+        for word in text.split(separator).filter(|w| !w.is_empty()) {
+            if self.0.contains(&crate::access::key_sha256_hex(word)) {
+                out = out.replace(word, replacement);
+                changed = true;
+            }
+        }
+        if changed { out.into() } else { text.into() }
+    }
+}
+
 /// Validates each section, then what spans sections. `base_dir` is the config
 /// file's folder, for relative paths in it; `credentials_dir` is systemd's
 /// `$CREDENTIALS_DIRECTORY`, if set.
@@ -290,20 +366,29 @@ fn parse_error(e: toml::de::Error, text: &str, path: &Path) -> ConfigError {
     }
 }
 
-/// A parser message with the values it quotes (`invalid type: string
-/// "..."`) left out: a value may be a secret pasted in the wrong place.
-/// Key names, which it quotes with backticks, stay.
+/// A parser message with the values it quotes left out: in double quotes
+/// (`invalid type: string "..."`), and in backticks before its `expected`
+/// part (`unknown variant `...``, `invalid type: integer `...``, `unknown
+/// field `...``): a value may be a secret pasted in the wrong place, and the
+/// key is named beside the message anyway. What follows `expected` is the
+/// gateway's own list of names, kept.
 fn without_quoted_values(message: &str) -> String {
+    let own_names = message.find("expected").unwrap_or(message.len());
     let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
-    for c in message.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"...\"");
+    let mut quote = None;
+    for (at, c) in message.char_indices() {
+        match (quote, c) {
+            (None, '"') | (None, '`') if c == '"' || at < own_names => {
+                out.push(c);
+                out.push_str("...");
+                quote = Some(c);
             }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
+            (Some(open), c) if c == open => {
+                out.push(c);
+                quote = None;
+            }
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
         }
     }
     out
@@ -374,6 +459,53 @@ mod tests {
         assert!(msg.contains("server.listn"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn parser_messages_never_quote_a_value_only_the_expected_names() {
+        for (text, value) in [
+            ("[log]\nformat = \"hunter2-value\"", "hunter2-value"),
+            ("[upstream]\nhttp2 = \"hunter2-value\"", "hunter2-value"),
+            ("[server]\nlisten = 123456789", "123456789"),
+            ("[server]\nhunter2-key = 1", "unknown field `hunter2-key`"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(!msg.contains(value), "{text}: {msg}");
+        }
+        let msg = parse("[log]\nformat = \"x\"").unwrap_err().to_string();
+        assert!(
+            msg.contains("unknown variant `...`") && msg.contains("`text`"),
+            "{msg}"
+        );
+        assert_eq!(
+            without_quoted_values("invalid type: string \"s3cret\", expected `a` or \"b\""),
+            "invalid type: string \"...\", expected `a` or \"...\""
+        );
+    }
+
+    #[test]
+    fn a_device_key_is_recognised_by_its_hash_whatever_its_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        let hash = crate::access::key_sha256_hex("own-key-of-any-shape");
+        // Not a valid config (the scope is unknown): still read.
+        std::fs::write(
+            &path,
+            format!(
+                "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\nscopes = [\"x\"]\n",
+                hash.to_uppercase()
+            ),
+        )
+        .unwrap();
+        let keys = DeviceKeyHashes::read(&path);
+        assert_eq!(
+            keys.redact("`own-key-of-any-shape` is not a network, own-key", "[R]"),
+            "`[R]` is not a network, own-key"
+        );
+        assert!(matches!(
+            keys.redact("nothing", "[R]"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

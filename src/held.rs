@@ -123,6 +123,46 @@ impl ConnectionAnswers {
     }
 }
 
+impl ConnectionAnswers {
+    /// Holds [`ANSWER_OVERHEAD`] for a request whose answer is not ready yet
+    /// (a wait for its allowance, for Joulo, a held 429): its stream's state
+    /// costs memory meanwhile, and the stream executor must see that the
+    /// connection holds something before it starts the next stream.
+    pub fn reserve(&self) -> Reservation {
+        let account = &self.0;
+        account.held.fetch_add(ANSWER_OVERHEAD, Ordering::Relaxed);
+        account
+            .total
+            .held
+            .fetch_add(ANSWER_OVERHEAD, Ordering::Relaxed);
+        Reservation(self.clone())
+    }
+}
+
+/// [`ANSWER_OVERHEAD`] held for an answer under way; given back on drop.
+#[derive(Debug)]
+pub struct Reservation(ConnectionAnswers);
+
+impl Reservation {
+    /// Gives the reservation back and charges the answer in its place.
+    pub fn charge(self, response: Response<Body>) -> Response<Body> {
+        let answers = self.0.clone();
+        drop(self);
+        answers.charge(response)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let account = &(self.0).0;
+        account.held.fetch_sub(ANSWER_OVERHEAD, Ordering::Relaxed);
+        account
+            .total
+            .held
+            .fetch_sub(ANSWER_OVERHEAD, Ordering::Relaxed);
+    }
+}
+
 /// The bytes an answer is charged.
 fn charge_for(hint: SizeHint) -> usize {
     let body = hint
@@ -295,6 +335,23 @@ mod tests {
         assert_eq!(third.status(), StatusCode::OK);
         drop((held, refused, first_of_second, past_total, third));
         assert_eq!(total.held(), 0, "every charge is given back");
+    }
+
+    #[test]
+    fn an_answer_under_way_holds_its_overhead_until_charged_or_dropped() {
+        let total = HeldAnswers::new(1 << 20, 1 << 20);
+        let account = total.connection();
+        let waiting = account.reserve();
+        assert_eq!(total.held(), ANSWER_OVERHEAD);
+        let answer = waiting.charge(answer(100));
+        assert_eq!(
+            total.held(),
+            ANSWER_OVERHEAD + 100,
+            "charged once, not twice"
+        );
+        drop(answer);
+        drop(account.reserve());
+        assert_eq!(total.held(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, EVICTION_GRACE, Refusal, Refuser, Ticket};
 use crate::config::Config;
-use crate::held::{ConnectionAnswers, HeldAnswers, StreamExecutor};
+use crate::held::{ConnectionAnswers, HeldAnswers, Reservation, StreamExecutor};
 use crate::proxy::{self, Handled};
 use crate::respond::Body;
 use crate::state::AppState;
@@ -382,14 +382,15 @@ fn refused_by_parser(error: &(dyn std::error::Error + 'static)) -> Option<(u16, 
 struct ChargedAnswer {
     /// The answer under way.
     handled: Handled,
-    /// Where it is charged; taken when it is.
-    answers: Option<ConnectionAnswers>,
+    /// What it holds until it is ready, and is charged from; taken then.
+    answers: Option<Reservation>,
 }
 
 impl ChargedAnswer {
-    /// An answer ready at once is charged now, before hyper starts an
-    /// HTTP/2 stream for it, so the stream executor sees what the connection
-    /// holds (see [`StreamExecutor`]).
+    /// An answer ready at once is charged now, one under way holds its
+    /// overhead meanwhile: both before hyper starts an HTTP/2 stream for it,
+    /// so the stream executor sees what the connection holds (see
+    /// [`StreamExecutor`]).
     fn new(handled: Handled, answers: &ConnectionAnswers) -> ChargedAnswer {
         match handled {
             Handled::Ready(Some(response)) => ChargedAnswer {
@@ -398,7 +399,7 @@ impl ChargedAnswer {
             },
             later => ChargedAnswer {
                 handled: later,
-                answers: Some(answers.clone()),
+                answers: Some(answers.reserve()),
             },
         }
     }
@@ -413,7 +414,7 @@ impl Future for ChargedAnswer {
             return Poll::Pending;
         };
         Poll::Ready(Ok(match this.answers.take() {
-            Some(answers) => answers.charge(response),
+            Some(reserved) => reserved.charge(response),
             None => response,
         }))
     }

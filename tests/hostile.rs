@@ -218,3 +218,29 @@ async fn answers_a_client_never_reads_are_bounded_per_connection_and_in_total() 
         driver.abort();
     }
 }
+
+#[tokio::test]
+async fn answers_still_under_way_count_too() {
+    let upstream = MockUpstream::start();
+    let gateway =
+        TestGateway::start_on(&upstream, "[server]\nmax_answer_memory = \"96KiB\"\n").await;
+    // Past its allowance of ops requests (100 at once), an address's 429s are
+    // held up to a second before they are answered: once it is spent, every
+    // one of these streams waits, none has an answer to charge yet.
+    for _ in 0..110 {
+        get_from("127.0.0.2", gateway.addr, "/healthz").await;
+    }
+    let mut drivers = Vec::new();
+    let mut heads = 0;
+    for _ in 0..3 {
+        let (answered, driver) = stuck_h2("127.0.0.2", gateway.addr, "/metrics", 60).await;
+        heads += answered.len();
+        drivers.push(driver);
+    }
+    // Each waiting stream holds its overhead meanwhile, so past 96 KiB the
+    // streams of connections holding some are reset, not all 180 kept.
+    assert!(heads < 120, "{heads} of 180 streams kept");
+    for driver in drivers {
+        driver.abort();
+    }
+}

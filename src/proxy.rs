@@ -699,6 +699,10 @@ async fn forward(
     }
     // The upstream may have spoken HTTP/2; the device's connection decides its own.
     head.version = Version::HTTP_11;
+    // Nothing of the upstream's head beyond its status and cleaned headers:
+    // hyper keeps an HTTP/1.1 reason phrase in the extensions and would send
+    // it on as it came (it can hold anything, the token included).
+    head.extensions.clear();
     head.extensions.insert(UpstreamStatus(head.status));
     let coded = upstream::content_coding(&head.headers)?
         .is_some_and(|coding| !coding.is_empty() && coding != "identity");

@@ -656,3 +656,91 @@ async fn over_http2_an_echo_in_a_header_or_split_across_data_frames_never_reache
     let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
     assert_no_leak(&[&token], &seen);
 }
+
+/// A chunked 200 head with `transfer-encoding: gzip, chunked`, its one chunk
+/// `data` gzipped.
+fn gzip_chunked(data: &[u8]) -> Vec<Vec<u8>> {
+    let coded = gzip(data);
+    let mut chunk = format!("{:x}\r\n", coded.len()).into_bytes();
+    chunk.extend_from_slice(&coded);
+    chunk.extend_from_slice(b"\r\n0\r\n\r\n");
+    vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+            .to_vec(),
+        chunk,
+    ]
+}
+
+#[tokio::test]
+async fn a_transfer_coding_beside_chunked_is_refused_and_not_cached() {
+    let upstream = RawUpstream::start().await;
+    // /chargers streamed, /sessions cached.
+    let gateway = upstream
+        .gateway(&format!("{ROOMY}[routes.chargers]\nttl = \"0s\"\n"))
+        .await;
+    let token = gateway.token.clone();
+    upstream.set(Answer::Pieces(gzip_chunked(
+        format!("{{\"debug\":\"{token}\"}}").as_bytes(),
+    )));
+    let mut seen = Vec::new();
+    for target in ["/chargers", "/sessions", "/sessions"] {
+        let before = upstream.heads();
+        let (status, headers, body) = gateway.get(target).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{target}: {body}");
+        assert_eq!(
+            json(&body)["error"],
+            "Upstream answered in a content encoding the gateway cannot serve"
+        );
+        assert_eq!(
+            upstream.heads(),
+            before + 1,
+            "{target}: asked again, nothing cached"
+        );
+        seen.push(format!("{headers:?} {body}"));
+    }
+    // Chunked framing alone is served as before.
+    upstream.set(Answer::Pieces(chunked(&["{\"chargers\":[]}"])));
+    assert_eq!(gateway.get("/chargers").await.0, StatusCode::OK);
+    let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+    assert_no_leak(&[&token], &seen);
+}
+
+#[tokio::test]
+async fn the_upstreams_reason_phrase_never_reaches_a_device() {
+    let upstream = RawUpstream::start().await;
+    let gateway = upstream
+        .gateway(&format!("{ROOMY}[routes.chargers]\nttl = \"0s\"\n"))
+        .await;
+    let token = gateway.token.clone();
+    let head = format!(
+        "HTTP/1.1 200 {token}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    upstream.set(Answer::Pieces(vec![head.into_bytes()]));
+    let response = raw_get(&gateway, "/chargers").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert_no_leak(&[&token], &[&response]);
+}
+
+#[tokio::test]
+async fn the_upstreams_trailers_are_never_passed_on() {
+    let upstream = RawUpstream::start().await;
+    let gateway = upstream
+        .gateway(&format!("{ROOMY}[routes.chargers]\nttl = \"0s\"\n"))
+        .await;
+    let token = gateway.token.clone();
+    let mut pieces = chunked(&["{\"chargers\":[]}"]);
+    pieces.pop();
+    pieces.push(format!("0\r\nx-debug: {token}\r\n\r\n").into_bytes());
+    upstream.set(Answer::Pieces(pieces));
+    let response = gateway
+        .raw(b"GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("{\"chargers\":[]}"), "{response}");
+    assert!(
+        response.ends_with("0\r\n\r\n"),
+        "ended whole, not cut: {response:?}"
+    );
+    assert!(!response.contains("x-debug"), "{response}");
+    assert_no_leak(&[&token], &[&response]);
+}

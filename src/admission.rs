@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +84,8 @@ pub enum Refusal {
     Network,
     /// The address already has `server.max_connections_per_ip` connections.
     PerIpQuota,
-    /// Every slot and every spare one is taken while connections make room.
+    /// Every slot and every spare one is taken while connections make room,
+    /// and the client's address holds about as many as any other.
     Full,
 }
 
@@ -125,7 +126,17 @@ impl Admission {
             return Err(Refusal::PerIpQuota);
         }
         if registry.open.len() >= self.max + self.reserve {
-            return Err(Refusal::Full);
+            // A client that reconnects as fast as its connections are
+            // dropped would otherwise keep every spare place to itself: a
+            // newcomer from an address holding fewer connections than the
+            // busiest takes the busiest's oldest at once, without its grace.
+            // Past twice the spare places (the dropped ones not yet gone),
+            // no one is admitted.
+            if registry.open.len() >= self.max + 2 * self.reserve
+                || !registry.drop_one_busier_than(count)
+            {
+                return Err(Refusal::Full);
+            }
         }
         let id = registry.next;
         registry.next += 1;
@@ -170,6 +181,33 @@ impl Admission {
 }
 
 impl Registry {
+    /// Drops at once the oldest connection of the address holding the most,
+    /// if it holds at least two more than `count`; whether it did.
+    fn drop_one_busier_than(&mut self, count: usize) -> bool {
+        let Some((&busiest, &held)) = self.per_address.iter().max_by_key(|(_, held)| **held) else {
+            return false;
+        };
+        if held < count + 2 {
+            return false;
+        }
+        let oldest = self
+            .open
+            .values()
+            .find(|open| open.address == busiest && !open.close.is_dropped());
+        let Some(open) = oldest else {
+            return false;
+        };
+        if !open.close.is_asked() {
+            self.asked += 1;
+        }
+        open.close.drop_now();
+        debug!(
+            address = %busiest,
+            "every connection slot and spare place taken: a connection of the busiest address was dropped"
+        );
+        true
+    }
+
     /// Asks one connection to close: among those not yet asked, the oldest of
     /// the address with the most open connections.
     fn ask_one(&mut self) {
@@ -235,32 +273,56 @@ impl Drop for Ticket {
     }
 }
 
-/// A request to one connection to finish: set once, seen by every waiter.
+/// A request to one connection to finish (within [`EVICTION_GRACE`]) or to
+/// go at once: set once each, seen by every waiter.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
-    /// Whether it was asked.
-    asked: AtomicBool,
-    /// Wakes the waiters when it is.
+    /// 0: open; [`ASKED`]: asked to finish; [`DROPPED`]: to go at once.
+    state: AtomicU8,
+    /// Wakes the waiters when it changes.
     notify: Notify,
 }
 
+/// [`CloseSignal`]'s state once asked to finish.
+const ASKED: u8 = 1;
+/// [`CloseSignal`]'s state once told to go at once.
+const DROPPED: u8 = 2;
+
 impl CloseSignal {
     fn ask(&self) {
-        self.asked.store(true, Ordering::Release);
+        self.state.fetch_max(ASKED, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    fn drop_now(&self) {
+        self.state.store(DROPPED, Ordering::Release);
         self.notify.notify_waiters();
     }
 
     fn is_asked(&self) -> bool {
-        self.asked.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) >= ASKED
     }
 
-    /// Resolves once the connection is asked to close.
+    fn is_dropped(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DROPPED
+    }
+
+    /// Resolves once the connection is asked to close (or to go at once).
     pub async fn asked(&self) {
+        self.reached(ASKED).await;
+    }
+
+    /// Resolves once the connection is to go at once.
+    pub async fn dropped(&self) {
+        self.reached(DROPPED).await;
+    }
+
+    async fn reached(&self, state: u8) {
         loop {
             let notified = self.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if self.is_asked() {
+            if self.state.load(Ordering::Acquire) >= state {
                 return;
             }
             notified.await;
@@ -444,16 +506,47 @@ mod tests {
         let newcomer = admission.admit(ip("10.0.0.3")).unwrap();
         assert!(attacker[0].close.is_asked());
         assert!(!victim.close.is_asked() && !newcomer.close.is_asked());
-        // The spare places (2 for 4) fill, then newcomers are refused at once.
+        // The spare places (2 for 4) fill, then the busiest address is
+        // refused at once (a lighter one is the next test's case).
         let next = admission.admit(ip("10.0.0.4")).unwrap();
         assert!(attacker[1].close.is_asked());
-        assert_eq!(admission.admit(ip("10.0.0.5")).err(), Some(Refusal::Full));
+        assert_eq!(admission.admit(ip("10.0.0.2")).err(), Some(Refusal::Full));
         // As the asked connections go, there is room again.
         drop(attacker);
         assert_eq!(admission.open(), 3);
         let _more = admission.admit(ip("10.0.0.5")).unwrap();
         assert_eq!(lock(&admission.registry).asked, 0);
         drop((victim, newcomer, next));
+    }
+
+    #[test]
+    fn when_even_the_spare_places_are_taken_a_lighter_address_drops_the_busiest() {
+        let admission = Admission::new(4, 6);
+        // Two addresses hold every slot and both spare places.
+        let heavy: Vec<_> = (0..4)
+            .map(|_| admission.admit(ip("10.0.0.2")).unwrap())
+            .collect();
+        let other: Vec<_> = (0..2)
+            .map(|_| admission.admit(ip("10.0.0.4")).unwrap())
+            .collect();
+        // The busiest address cannot take more, nor can one as busy.
+        assert_eq!(admission.admit(ip("10.0.0.2")).err(), Some(Refusal::Full));
+        let third = admission.admit(ip("10.0.0.4")).unwrap();
+        assert!(
+            heavy[0].close.is_dropped(),
+            "4 against 2: the busiest's oldest goes"
+        );
+        drop(third);
+        // A device with no connection gets in, the busiest's next oldest
+        // dropped at once.
+        let victim = admission.admit(ip("10.0.0.3")).unwrap();
+        assert!(heavy[1].close.is_dropped());
+        assert!(!victim.close.is_asked() && other.iter().all(|t| !t.close.is_dropped()));
+        // Past twice the spare places, no one.
+        let _more = admission.admit(ip("10.0.0.5")).unwrap();
+        assert_eq!(admission.open(), 8);
+        assert_eq!(admission.admit(ip("10.0.0.6")).err(), Some(Refusal::Full));
+        drop((heavy, other, victim));
     }
 
     #[tokio::test]

@@ -257,8 +257,11 @@ impl Connection {
             },
             () = async {
                 close.asked().await;
-                tokio::time::sleep(EVICTION_GRACE).await;
-            } => debug!(client = %client, "asked to make room and not finished within the grace; dropped"),
+                tokio::select! {
+                    () = tokio::time::sleep(EVICTION_GRACE) => {}
+                    () = close.dropped() => {}
+                }
+            } => debug!(client = %client, "made to make room for a newcomer; dropped"),
         }
     }
 

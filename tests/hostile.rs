@@ -244,3 +244,83 @@ async fn answers_still_under_way_count_too() {
         driver.abort();
     }
 }
+
+#[tokio::test]
+async fn an_attacker_reconnecting_as_fast_as_it_is_dropped_locks_no_one_out() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[server]\nmax_connections = 4\nmax_connections_per_ip = 4\n",
+    )
+    .await;
+    // Two addresses, each keeping four zero-window connections open and
+    // opening a new one the moment one is closed, for as long as the test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.4"] {
+        for _ in 0..4 {
+            let stop = stop.clone();
+            let addr = gateway.addr;
+            attackers.push(tokio::spawn(async move {
+                // Bounded: at most 500 connections each.
+                for _ in 0..500 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    held_until_closed(source, addr).await;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..5 {
+        let (status, body) = tokio::time::timeout(
+            SERVED_WITHIN,
+            get_from("127.0.0.3", gateway.addr, "/healthz"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("victim {round} hung"));
+        assert_eq!(status, 200, "victim {round}: {body}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for attacker in attackers {
+        attacker.abort();
+    }
+}
+
+/// One zero-window HTTP/2 connection from `source` with a request it can
+/// never be answered, PINGing, held until the gateway closes or refuses it
+/// (at most 5 s).
+async fn held_until_closed(source: &str, gateway: SocketAddr) {
+    let tcp = connect_from(source, gateway).await;
+    let Ok((client, mut connection)) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+    else {
+        return;
+    };
+    let Some(mut ping) = connection.ping_pong() else {
+        return;
+    };
+    let held = async {
+        let mut client = client.ready().await.ok()?;
+        let request = http::Request::get("http://gateway.lan/metrics")
+            .body(())
+            .ok()?;
+        let (answer, _) = client.send_request(request, true).ok()?;
+        let body = answer.await.ok()?.into_body();
+        while ping.ping(h2::Ping::opaque()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(body);
+        Some(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            _ = connection => {}
+            _ = held => {}
+        }
+    })
+    .await;
+}

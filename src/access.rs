@@ -231,6 +231,19 @@ impl AccessPolicy {
     /// an Origin that is not the gateway's own (a cross-site page).
     pub fn check_host_and_origin(&self, parts: &Parts) -> Result<(), AccessError> {
         check_host_framing(parts)?;
+        // An absolute-form target (or HTTP/2's :scheme) names the scheme it
+        // was sent over; `https://` on the plain listener is a request meant
+        // for somewhere else.
+        let scheme = if self.https { "https" } else { "http" };
+        if parts
+            .uri
+            .scheme_str()
+            .is_some_and(|s| !s.eq_ignore_ascii_case(scheme))
+        {
+            return Err(AccessError::BadHost(
+                "the request target's scheme is not this listener's",
+            ));
+        }
         let host = request_host(parts);
         if let Some(host) = host
             && !self.host_allowed(host)
@@ -679,6 +692,28 @@ mod tests {
                 "{no}"
             );
         }
+    }
+
+    #[test]
+    fn an_absolute_target_must_name_this_listeners_scheme() {
+        let plain = policy(vec![]);
+        let request = |target: &str| {
+            let (parts, ()) = Request::get(target)
+                .header(header::HOST, "gateway.lan")
+                .body(())
+                .unwrap()
+                .into_parts();
+            parts
+        };
+        assert!(
+            plain
+                .check_host_and_origin(&request("http://gateway.lan/chargers"))
+                .is_ok()
+        );
+        assert!(matches!(
+            plain.check_host_and_origin(&request("https://gateway.lan/chargers")),
+            Err(AccessError::BadHost(_))
+        ));
     }
 
     #[test]

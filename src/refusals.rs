@@ -62,6 +62,9 @@ pub enum RefusalKind {
     HeadTooLarge,
     /// A request hyper could not parse (400, or 431 for a head too large).
     Unparsable,
+    /// A connection closed with no request head within
+    /// `server.header_timeout` (a silent or slowloris client).
+    SlowHead,
     /// `/healthz`, `/readyz`, `/metrics`, `/status`.
     Ops,
     /// Past the address's allowance: answered 429, never logged one by one.
@@ -70,7 +73,7 @@ pub enum RefusalKind {
 
 impl RefusalKind {
     /// Every kind, in the order of a tally's counts.
-    const ALL: [RefusalKind; 11] = [
+    const ALL: [RefusalKind; 12] = [
         RefusalKind::Network,
         RefusalKind::BadRequest,
         RefusalKind::Host,
@@ -80,6 +83,7 @@ impl RefusalKind {
         RefusalKind::Scope,
         RefusalKind::HeadTooLarge,
         RefusalKind::Unparsable,
+        RefusalKind::SlowHead,
         RefusalKind::Ops,
         RefusalKind::OverAllowance,
     ];
@@ -96,6 +100,7 @@ impl RefusalKind {
             RefusalKind::Scope => "scope",
             RefusalKind::HeadTooLarge => "head_too_large",
             RefusalKind::Unparsable => "unparsable",
+            RefusalKind::SlowHead => "slow_head",
             RefusalKind::Ops => "ops",
             RefusalKind::OverAllowance => "over_allowance",
         }

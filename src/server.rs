@@ -31,6 +31,7 @@ use crate::admission::{Admission, EVICTION_GRACE, Refusal, Refuser, Ticket};
 use crate::config::Config;
 use crate::held::{ConnectionAnswers, HeldAnswers, Reservation, StreamExecutor};
 use crate::proxy::{self, Handled};
+use crate::refusals::RefusalKind;
 use crate::respond::Body;
 use crate::state::AppState;
 
@@ -250,10 +251,20 @@ impl Connection {
         let deadline = self.accepted + self.header_timeout;
         let first_head = Arc::new(AtomicBool::new(false));
         let close = self.ticket.close_signal().clone();
+        let state = self.state.clone();
         let serving = self.handshake_and_http(stream, first_head.clone());
         tokio::select! {
             served = until_first_head(serving, &first_head, deadline) => if !served {
-                debug!(client = %client, "no request head within server.header_timeout; closed");
+                // Within the address's log budget, like any refusal: a
+                // slowloris flood is seen, summarised past the budget.
+                if state.refusals_by_address.may_log(client.ip(), RefusalKind::SlowHead) {
+                    info!(
+                        target: "joulo_gateway::access",
+                        client = %client,
+                        route = "none",
+                        "connection closed: no request head within server.header_timeout"
+                    );
+                }
             },
             () = async {
                 close.asked().await;
@@ -343,7 +354,7 @@ impl Connection {
                     if tracing::enabled!(target: "joulo_gateway::access", tracing::Level::INFO)
                         && counters
                             .refusals_by_address
-                            .may_log(client.ip(), crate::refusals::RefusalKind::Unparsable)
+                            .may_log(client.ip(), RefusalKind::Unparsable)
                     {
                         info!(
                             target: "joulo_gateway::access",

@@ -190,3 +190,49 @@ async fn requests_the_parser_refuses_are_logged_within_the_budget_then_summarise
     );
     assert_eq!(parser_lines(), LINES_PER_ADDRESS as usize);
 }
+
+#[tokio::test]
+async fn silent_connections_cut_at_the_header_timeout_are_logged_within_the_budget_and_summarised()
+{
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(&upstream, "[server]\nheader_timeout = \"300ms\"\n").await;
+    let attacker = "127.0.0.11";
+    // Twelve connections that never send a byte: each is cut at the
+    // header timeout.
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        silent.push(connect_from(attacker, gateway.addr).await);
+    }
+    for stream in &mut silent {
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink))
+            .await
+            .expect("cut at the header timeout")
+            .unwrap();
+    }
+    let slow_lines = || {
+        info_lines_of(attacker)
+            .iter()
+            .filter(|l| l.contains("no request head within server.header_timeout"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            slow_lines() == LINES_PER_ADDRESS as usize
+        })
+        .await,
+        "{} lines",
+        slow_lines()
+    );
+    jump_clock(LOG_INTERVAL).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            summary_count(attacker, "slow_head").is_some()
+        })
+        .await
+    );
+    assert_eq!(
+        summary_count(attacker, "slow_head"),
+        Some(12 - u64::from(LINES_PER_ADDRESS))
+    );
+}

@@ -175,6 +175,9 @@ impl Upstream {
                 return first.await;
             }
             match first.await {
+                // An answer came, malformed (a head past 16 KiB, garbage):
+                // asking again would spend a second slot on the same answer.
+                Err(e) if answered_malformed(&*e) => Err(e),
                 Err(e) => {
                     // The first attempt reached, or may have reached, Joulo:
                     // a call with no answer.
@@ -332,6 +335,19 @@ pub fn decode_content(
     }
     headers.remove(header::CONTENT_ENCODING);
     Ok(Bytes::from(decoded))
+}
+
+/// Whether a failed call failed on an answer hyper could not parse, rather
+/// than on a connection that went away before any answer.
+fn answered_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            return e.is_parse() || e.is_parse_too_large() || e.is_parse_status();
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether an answer's `Transfer-Encoding`, if any, is chunked framing alone.

@@ -443,10 +443,13 @@ async fn an_http1_head_over_16_kib_is_a_502_and_the_next_call_is_served() {
         &[("x-fill", &fill)],
         b"{}",
     )]));
+    let before = upstream.heads();
     let (status, headers, body) = gateway.get("/chargers").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(json(&body)["error"], "Upstream unreachable");
+    // An answer came, malformed: not asked for again (one budget slot).
+    assert_eq!(upstream.heads(), before + 1);
     // The pool is not poisoned: the next answer is served.
     upstream.set(Answer::Pieces(vec![ok(b"{\"chargers\":[]}")]));
     for _ in 0..3 {

@@ -46,6 +46,8 @@
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
 //!   being dumped or traced, before the token is read.
+//! - [`gen_key`]: `joulo-gateway gen-key`, a new device key and its
+//!   `[[clients]]` entry.
 //! - [`healthcheck`]: `joulo-gateway healthcheck`, asking a running
 //!   gateway's `/healthz` over HTTP or HTTPS.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
@@ -66,6 +68,7 @@ pub mod connections;
 pub mod demo;
 pub mod event_loop;
 pub mod files;
+pub mod gen_key;
 pub mod hardening;
 pub mod healthcheck;
 pub mod held;

@@ -12,7 +12,7 @@ use joulo_gateway::config::{self, Config, ConfigError};
 use joulo_gateway::sanitize::REDACTED;
 use joulo_gateway::state::{AppState, StartError};
 use joulo_gateway::token::{TokenError, TokenFileText, TokenSource};
-use joulo_gateway::{access, demo, hardening, healthcheck, logging, reload, server};
+use joulo_gateway::{demo, gen_key, hardening, healthcheck, logging, reload, server};
 use std::path::{Path, PathBuf};
 
 /// The static binary (the .deb's and Docker's) allocates through mimalloc:
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<TokenError>().is_some()
                 || e.downcast_ref::<StartError>().is_some()
-                || e.downcast_ref::<access::GenKeyError>().is_some()
+                || e.downcast_ref::<gen_key::GenKeyError>().is_some()
             {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -109,7 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::GenKey { name, scopes } => {
-            print!("{}", access::gen_key_text(&name, &scopes)?);
+            print!("{}", gen_key::gen_key_text(&name, &scopes)?);
             Ok(())
         }
         Command::Healthcheck { url, ca } => {

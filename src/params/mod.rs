@@ -1,19 +1,22 @@
 //! What a request may carry to Joulo besides its route: each route's query
 //! parameters as Joulo documents them, checked value by value and written back
-//! in one canonical order and encoding, and the JSON bodies of the opt-in POST
-//! routes, parsed against their schema and serialised anew.
+//! in one canonical order and encoding. The JSON bodies of the opt-in POST
+//! routes are in [`body`], the query as the access log shows it in [`logged`].
+
+mod body;
+mod logged;
+
+pub use body::{BodyError, canonical_body};
+pub use logged::LoggedQuery;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode};
-use serde::{Deserialize, Serialize};
 
 use crate::routes::RouteId;
-use crate::sanitize::{self, REDACTED};
+use crate::sanitize;
 
 /// What the gateway percent-encodes when it writes a value upstream: everything
 /// but the unreserved characters of RFC 3986 section 2.3, so every value has one
@@ -378,175 +381,11 @@ fn unknown_message(route: RouteId, name: Option<&str>, allowed: &[Cow<'static, s
     }
 }
 
-/// A request's query as the access log shows it: the parameters the route
-/// takes as sent, every other parameter's value replaced by [`REDACTED`]
-/// (credentials, and whatever a misconfigured client put in a parameter the
-/// gateway does not know). Written out only when a log line is.
-#[derive(Debug, Clone, Copy)]
-pub struct LoggedQuery<'a> {
-    /// The query as sent.
-    pub raw: &'a str,
-    /// The parameters whose values may be shown.
-    pub shown: &'a [ParamSpec],
-}
-
-impl fmt::Display for LoggedQuery<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, piece) in self.raw.split('&').enumerate() {
-            if i > 0 {
-                f.write_str("&")?;
-            }
-            let (name, value) = piece
-                .split_once('=')
-                .map_or((piece, None), |(n, v)| (n, Some(v)));
-            let shown = !sanitize::is_credential_param(piece)
-                && decode(name).is_some_and(|n| self.shown.iter().any(|s| s.name == n));
-            // An unknown name is shown only when it is short and plain: a
-            // secret pasted as a name must not reach the log either.
-            let name = if shown || shown_name(name).is_some() {
-                name
-            } else {
-                REDACTED
-            };
-            match value {
-                _ if shown => f.write_str(piece)?,
-                Some(_) => write!(f, "{name}={REDACTED}")?,
-                None => f.write_str(name)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Bodies of the POST routes.
-
-/// `POST /chargers`: adds an OCPP charger.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct AddCharger {
-    /// 1-100 characters, no control characters.
-    nickname: String,
-    /// Only `ocpp` is documented.
-    connection_type: ConnectionType,
-    /// `[A-Za-z0-9_-]{1,64}`, optional.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ocpp_identity: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum ConnectionType {
-    Ocpp,
-}
-
-/// `POST /chargers/reboot`: reboots a charger.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct RebootCharger {
-    /// The charger's UUID.
-    charger_id: uuid::Uuid,
-    /// `Soft` or `Hard`.
-    #[serde(rename = "type")]
-    kind: RebootKind,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-enum RebootKind {
-    Soft,
-    Hard,
-}
-
-/// Why a POST body was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
-    /// Not JSON, or not the route's fields and types.
-    #[error("Invalid request body for {route}: {problem}")]
-    Schema {
-        /// The route's method and path.
-        route: &'static str,
-        /// What was expected; never the client's values.
-        problem: &'static str,
-    },
-    /// A field within its type but out of its documented range.
-    #[error("Invalid request body for {route}: `{field}` must be {expected}")]
-    Field {
-        /// The route's method and path.
-        route: &'static str,
-        /// The field.
-        field: &'static str,
-        /// What it takes.
-        expected: &'static str,
-    },
-}
-
-/// The body sent upstream for a POST route: the client's JSON parsed against
-/// the route's schema and written anew, so no unknown field, duplicate key or
-/// odd encoding reaches Joulo. `None` for routes that take no body.
-pub fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, BodyError> {
-    let label = match route {
-        RouteId::AddCharger => "POST /chargers",
-        RouteId::RebootCharger => "POST /chargers/reboot",
-        _ => return Ok(None),
-    };
-    // serde's own messages can quote the client's values; these never do.
-    let schema = |e: serde_json::Error| BodyError::Schema {
-        route: label,
-        problem: match e.classify() {
-            serde_json::error::Category::Data => match route {
-                RouteId::AddCharger => {
-                    "expected {\"nickname\": string, \"connection_type\": \"ocpp\", \"ocpp_identity\"?: string} and no other field"
-                }
-                _ => {
-                    "expected {\"charger_id\": UUID, \"type\": \"Soft\" or \"Hard\"} and no other field"
-                }
-            },
-            _ => "not valid JSON",
-        },
-    };
-    let field = |field, expected| BodyError::Field {
-        route: label,
-        field,
-        expected,
-    };
-    let json = match route {
-        RouteId::AddCharger => {
-            let add: AddCharger = serde_json::from_slice(body).map_err(schema)?;
-            let chars = add.nickname.chars().count();
-            if !(1..=100).contains(&chars) || add.nickname.chars().any(char::is_control) {
-                return Err(field(
-                    "nickname",
-                    "1-100 characters without control characters",
-                ));
-            }
-            if add.ocpp_identity.as_ref().is_some_and(|id| {
-                id.is_empty()
-                    || id.len() > 64
-                    || !id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
-            }) {
-                return Err(field(
-                    "ocpp_identity",
-                    "1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
-                ));
-            }
-            serde_json::to_vec(&add)
-        }
-        _ => {
-            let reboot: RebootCharger = serde_json::from_slice(body).map_err(schema)?;
-            serde_json::to_vec(&reboot)
-        }
-    }
-    .expect("these types always serialise");
-    Ok(Some(Bytes::from(json)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn schema() -> QuerySchema {
+    pub(super) fn schema() -> QuerySchema {
         let mut extra = HashMap::new();
         extra.insert(RouteId::Sessions, vec!["status".to_owned()]);
         QuerySchema::new(&extra)
@@ -668,84 +507,5 @@ mod tests {
             assert!(err.starts_with("Unknown query parameter:"), "{err}");
             assert!(!err.contains(&secret));
         }
-    }
-
-    #[test]
-    fn the_logged_query_shows_only_what_the_route_takes() {
-        let logged = LoggedQuery {
-            raw: "limit=5&token=joulo_x&api_key=hunter2&flag&Access_Token=y&a%0Ab=1",
-            shown: schema().params(RouteId::Sessions),
-        }
-        .to_string();
-        assert_eq!(
-            logged,
-            "limit=5&token=[REDACTED]&api_key=[REDACTED]&flag&Access_Token=[REDACTED]\
-             &[REDACTED]=[REDACTED]"
-        );
-    }
-
-    #[test]
-    fn post_bodies_are_checked_and_written_anew() {
-        let add = canonical_body(
-            RouteId::AddCharger,
-            br#"{"connection_type":"ocpp", "nickname":"Garage"}"#,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            &add[..],
-            br#"{"nickname":"Garage","connection_type":"ocpp"}"#
-        );
-        let reboot = canonical_body(
-            RouteId::RebootCharger,
-            br#"{"type":"Soft","charger_id":"123E4567-E89B-12D3-A456-426614174000"}"#,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            &reboot[..],
-            br#"{"charger_id":"123e4567-e89b-12d3-a456-426614174000","type":"Soft"}"#
-        );
-        for (route, body) in [
-            (RouteId::AddCharger, &br#"{"nickname":"x"}"#[..]),
-            (
-                RouteId::AddCharger,
-                br#"{"nickname":"x","connection_type":"ocpp","admin":true}"#,
-            ),
-            (
-                RouteId::AddCharger,
-                br#"{"nickname":"x","nickname":"y","connection_type":"ocpp"}"#,
-            ),
-            (
-                RouteId::AddCharger,
-                br#"{"nickname":"","connection_type":"ocpp"}"#,
-            ),
-            (
-                RouteId::AddCharger,
-                br#"{"nickname":"x","connection_type":"ocpp","ocpp_identity":"a b"}"#,
-            ),
-            (
-                RouteId::AddCharger,
-                br#"{"nickname":"x","connection_type":"modbus"}"#,
-            ),
-            (
-                RouteId::RebootCharger,
-                br#"{"charger_id":"x","type":"Soft"}"#,
-            ),
-            (
-                RouteId::RebootCharger,
-                br#"{"charger_id":"123e4567-e89b-12d3-a456-426614174000","type":"Hardest"}"#,
-            ),
-            (RouteId::RebootCharger, b"not json"),
-            (RouteId::RebootCharger, b""),
-        ] {
-            let err = canonical_body(route, body).unwrap_err().to_string();
-            assert!(
-                err.starts_with("Invalid request body for POST /chargers"),
-                "{err}"
-            );
-            assert!(!err.contains("Hardest") && !err.contains("modbus"), "{err}");
-        }
-        assert_eq!(canonical_body(RouteId::Chargers, b"ignored"), Ok(None));
     }
 }

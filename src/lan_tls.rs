@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_key_that_is_a_fifo_is_refused_and_named() {
-        let ca = crate::demo::DemoCa::generate(&["localhost"]).unwrap();
+        let ca = crate::throwaway_ca::DemoCa::generate(&["localhost"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let files = TlsFiles {
             cert: dir.path().join("gateway.crt"),

@@ -83,6 +83,7 @@ pub mod routes;
 pub mod sanitize;
 pub mod server;
 pub mod state;
+pub mod throwaway_ca;
 pub mod token;
 pub mod upstream;
 pub mod watch;

@@ -21,6 +21,7 @@ use crate::routes::RouteId;
 
 mod access;
 mod cache;
+mod choices;
 pub mod defaults;
 mod limits;
 mod log;

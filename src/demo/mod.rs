@@ -2,7 +2,6 @@
 //! generated token in a real token file, and the real gateway in front of it, so a
 //! newcomer sees the whole path work without a Joulo account.
 
-pub mod ca;
 pub mod sim;
 
 use std::convert::Infallible;
@@ -29,7 +28,7 @@ use tracing::debug;
 use crate::config::{Config, LogConfig};
 use crate::token::TokenSource;
 
-pub use ca::DemoCa;
+pub use crate::throwaway_ca::DemoCa;
 pub use sim::JouloSim;
 
 /// Bound on a TLS handshake with the simulated API.

@@ -10,6 +10,7 @@
 //! - [`admission`]: who gets a connection: the allowlist and the connection
 //!   quotas on accept, which connection makes room when every slot is taken,
 //!   and the quick refusal past that.
+//! - [`idle`]: the idle timeout on a served connection.
 //! - [`held`]: what answers not yet sent may hold, per connection and in
 //!   total, and how long an HTTP/2 stream may go without progress.
 //! - [`proxy`]: one request end to end, and its access-log line.
@@ -22,7 +23,7 @@
 //!   (404 / 405 with `Allow`).
 //! - [`params`]: what it may carry: each route's query parameters checked
 //!   against Joulo's schema and written canonically, POST bodies re-serialised.
-//! - [`outbound`]: what leaves the house: the upstream request built from the
+//! - [`upstream::request`]: what leaves the house: the upstream request built from the
 //!   route, the validated parameters and a fixed header set, nothing copied.
 //! - [`sanitize`]: what is recognised and removed: `?token=` in every
 //!   spelling, and what an upstream answer carries that a device must not see.
@@ -34,12 +35,15 @@
 //!   back-off after Joulo answers 429.
 //! - [`cache`]: what is cached: fresh and stale copies, and one upstream call
 //!   shared by identical concurrent requests.
-//! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
+//! - [`upstream`]: the verified-TLS client to Joulo and its timeouts, its
+//!   connection pool per event loop ([`upstream::pool`]) and the outbound
+//!   request ([`upstream::request`]).
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
 //! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: per-route metric series resolved once, request counters.
-//! - [`event_loop`]: which event loop a thread runs, for per-loop pools.
+//! - [`event_loop`]: the server's extra event loops, and which one a thread
+//!   runs, for per-loop pools.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
 //! - [`reload`]: `gateway.toml` re-read on SIGHUP, applied to new requests.
 //! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
@@ -62,18 +66,17 @@ pub mod budget;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod connections;
 pub mod demo;
 pub mod event_loop;
 pub mod files;
 pub mod hardening;
 pub mod healthcheck;
 pub mod held;
+pub mod idle;
 pub mod lan_tls;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
-pub mod outbound;
 pub mod params;
 pub mod proxy;
 pub mod refusals;

@@ -25,7 +25,6 @@ use crate::budget::UpstreamBudget;
 use crate::cache::{Buffered, CacheKey, CacheStatus, KeyRef, Outcome, Stored, X_CACHE};
 use crate::metrics::RequestCounters;
 use crate::ops::OpsEndpoint;
-use crate::outbound::UpstreamRequest;
 use crate::params::{self, CanonicalQuery, LoggedQuery};
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
@@ -33,6 +32,7 @@ use crate::sanitize;
 use crate::state::{AppState, Policy};
 use crate::token::{Rejection, TokenEcho};
 use crate::upstream;
+use crate::upstream::request::UpstreamRequest;
 
 /// The most a shared upstream answer is buffered to; beyond it each waiting
 /// request refetches and streams.
@@ -736,7 +736,7 @@ async fn forward(
 async fn read_answer(
     state: &AppState,
     headers: &HeaderMap,
-    body: crate::connections::UpstreamBody,
+    body: crate::upstream::pool::UpstreamBody,
     limit: usize,
     deadline: Instant,
 ) -> Result<Option<Bytes>, GatewayError> {

@@ -20,10 +20,10 @@ use crate::cache::ResponseCache;
 use crate::config::{CacheConfig, Config, LimitsConfig};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::metrics::{DeviceCounters, DeviceFamilies, Gauges, RequestCounters};
-use crate::outbound::Outbound;
 use crate::params::QuerySchema;
 use crate::routes::RouteTable;
 use crate::token::TokenSource;
+use crate::upstream::request::Outbound;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// What `gateway.toml` decides that can change while the gateway runs.

@@ -5,6 +5,9 @@
 //!
 //! A request's way through the gateway, module by module:
 //!
+//! - [`gateway`]: the program assembled: [`gateway::Gateway::build`] checks
+//!   everything that can fail before a socket is opened, `serve` runs the
+//!   background tasks, the one SIGHUP hub and the listener, then drains.
 //! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
 //!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
 //! - [`admission`]: who gets a connection: the allowlist and the connection
@@ -69,6 +72,7 @@ pub mod config;
 pub mod demo;
 pub mod event_loop;
 pub mod files;
+pub mod gateway;
 pub mod hardening;
 pub mod healthcheck;
 pub mod held;

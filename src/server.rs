@@ -1,9 +1,8 @@
 //! The listener: refuses addresses outside `[access] allow` and past their
 //! connection quota as soon as they connect, shares the rest out to its event
 //! loops, serves HTTP/1.1 and HTTP/2 in clear text or over the LAN certificate,
-//! with bounded header reads and TLS handshakes, keeps the token and
-//! certificate fresh, and drains in-flight requests on shutdown within the
-//! grace period.
+//! with bounded header reads and TLS handshakes, and drains in-flight
+//! requests on shutdown within the grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,32 +35,14 @@ use crate::state::AppState;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
-/// accepting and gives in-flight requests up to `server.shutdown_grace`.
-///
-/// `state.tokens` should already hold a token (see
-/// [`crate::token::TokenSource::reload`]); it is kept current for as long as the
-/// gateway runs, and so is the LAN certificate when HTTPS is on.
+/// accepting and gives in-flight requests up to `server.shutdown_grace`. The
+/// token and certificate watchers are [`crate::gateway`]'s, which calls this.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let interval = config.upstream.token_poll_interval;
-    let mut watchers = vec![tokio::spawn(
-        state.tokens.clone().watch(interval, stopped()),
-    )];
-    if let Some(tls) = &state.lan_tls {
-        watchers.push(tokio::spawn(tls.clone().watch(interval, stopped())));
-    }
-
     let limits = &config.server;
     let held = HeldAnswers::new(
         limits.max_answer_memory,
@@ -178,10 +159,6 @@ pub async fn run(
         }
     }
     loops.stop().await;
-    let _ = stop_tx.send(true);
-    for watcher in watchers {
-        let _ = watcher.await;
-    }
 }
 
 /// HTTP/1.1 and HTTP/2 settings for one connection, its streams run by

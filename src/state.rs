@@ -108,7 +108,7 @@ pub struct ReloadLabels {
 
 /// Why the gateway could not be set up from a valid-looking config.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum StateError {
     /// The upstream TLS settings.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -147,7 +147,7 @@ impl Policy {
 
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
-    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
+    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StateError> {
         let upstream = Upstream::new(&config.upstream, config.server.worker_threads)?;
         let refusals = UpstreamBudget::refusal_family();
         let device_families = DeviceFamilies::default();

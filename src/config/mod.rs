@@ -597,58 +597,114 @@ mod tests {
         let shipped: RawConfig = toml::from_str(&text).unwrap();
         let d = validate(RawConfig::default(), &path, Path::new("/x"), None).unwrap();
         let s = validate(shipped, &path, Path::new("/x"), None).unwrap();
-        assert_eq!(s.server.listen, d.server.listen);
-        assert_eq!(s.server.header_timeout, d.server.header_timeout);
-        assert_eq!(s.server.shutdown_grace, d.server.shutdown_grace);
+        // Every field named, none left to `..`: a new key must be compared
+        // here (or say why not), or this does not compile.
+        let Config {
+            server,
+            upstream,
+            log,
+            access,
+            limits,
+            cache,
+            enabled_write_routes,
+            extra_params,
+        } = &s;
+        let ServerConfig {
+            listen,
+            header_timeout,
+            shutdown_grace,
+            tls,
+            tls_handshake_timeout,
+            max_header_size,
+            max_request_body,
+            max_connections,
+            max_connections_per_ip,
+            idle_timeout,
+            h2_max_streams,
+            max_answer_memory,
+            max_answer_memory_per_connection,
+            worker_threads,
+        } = server;
+        assert_eq!(*listen, d.server.listen);
+        assert_eq!(*header_timeout, d.server.header_timeout);
+        assert_eq!(*shutdown_grace, d.server.shutdown_grace);
+        assert_eq!(*tls_handshake_timeout, d.server.tls_handshake_timeout);
+        assert!(tls.is_none());
+        assert_eq!(*max_header_size, d.server.max_header_size);
+        assert_eq!(*max_request_body, d.server.max_request_body);
+        assert_eq!(*max_connections, d.server.max_connections);
+        assert_eq!(*max_connections_per_ip, d.server.max_connections_per_ip);
+        assert_eq!(*idle_timeout, d.server.idle_timeout);
+        assert_eq!(*h2_max_streams, d.server.h2_max_streams);
+        assert_eq!(*max_answer_memory, d.server.max_answer_memory);
         assert_eq!(
-            s.server.tls_handshake_timeout,
-            d.server.tls_handshake_timeout
-        );
-        assert!(s.server.tls.is_none());
-        assert_eq!(s.server.max_header_size, d.server.max_header_size);
-        assert_eq!(s.server.max_request_body, d.server.max_request_body);
-        assert_eq!(s.server.max_connections, d.server.max_connections);
-        assert_eq!(
-            s.server.max_connections_per_ip,
-            d.server.max_connections_per_ip
-        );
-        assert_eq!(s.server.idle_timeout, d.server.idle_timeout);
-        assert_eq!(s.server.h2_max_streams, d.server.h2_max_streams);
-        assert_eq!(s.server.max_answer_memory, d.server.max_answer_memory);
-        assert_eq!(
-            s.server.max_answer_memory_per_connection,
+            *max_answer_memory_per_connection,
             d.server.max_answer_memory_per_connection
         );
-        assert_eq!(s.server.worker_threads, d.server.worker_threads);
-        assert_eq!(s.access.allow, d.access.allow);
-        assert_eq!(s.access.allowed_hosts, d.access.allowed_hosts);
-        assert!(s.access.clients.is_empty());
-        assert_eq!(s.access.ops_allow, d.access.ops_allow);
-        assert_eq!(s.upstream.base_url, d.upstream.base_url);
-        assert_eq!(s.upstream.connect_timeout, d.upstream.connect_timeout);
-        assert_eq!(s.upstream.roots, d.upstream.roots);
-        assert_eq!(s.upstream.timeout, d.upstream.timeout);
-        assert_eq!(
-            s.upstream.token_poll_interval,
-            d.upstream.token_poll_interval
-        );
-        assert_eq!(s.log.level, d.log.level);
-        assert_eq!(s.log.format, d.log.format);
-        assert_eq!(s.enabled_write_routes, d.enabled_write_routes);
-        assert_eq!(s.limits.upstream_per_minute, d.limits.upstream_per_minute);
-        assert_eq!(s.limits.upstream_burst, d.limits.upstream_burst);
-        assert_eq!(s.limits.queue_timeout, d.limits.queue_timeout);
-        assert_eq!(s.limits.client_per_minute, d.limits.client_per_minute);
-        assert_eq!(s.limits.client_burst, d.limits.client_burst);
-        assert_eq!(
-            s.limits.device_upstream_share,
-            d.limits.device_upstream_share
-        );
-        assert!(s.extra_params.is_empty());
-        assert_eq!(s.cache.ttl, d.cache.ttl);
-        assert_eq!(s.cache.stale_if_error, d.cache.stale_if_error);
-        assert_eq!(s.cache.max_entries, d.cache.max_entries);
-        assert_eq!(s.cache.max_body, d.cache.max_body);
+        assert_eq!(*worker_threads, d.server.worker_threads);
+        let AccessConfig {
+            allow,
+            allowed_hosts,
+            clients,
+            route_scopes,
+            ops_allow,
+        } = access;
+        assert_eq!(*allow, d.access.allow);
+        assert_eq!(*allowed_hosts, d.access.allowed_hosts);
+        assert!(clients.is_empty());
+        assert_eq!(*ops_allow, d.access.ops_allow);
+        assert_eq!(*route_scopes, d.access.route_scopes);
+        let UpstreamConfig {
+            base_url,
+            // Where the token lies is the installer's choice, not a default
+            // to keep in step.
+            token_file: _,
+            token_origin: _,
+            roots,
+            http2,
+            extra_roots,
+            connect_timeout,
+            timeout,
+            token_poll_interval,
+        } = upstream;
+        assert_eq!(*base_url, d.upstream.base_url);
+        assert_eq!(*connect_timeout, d.upstream.connect_timeout);
+        assert_eq!(*roots, d.upstream.roots);
+        assert_eq!(*http2, d.upstream.http2);
+        assert!(extra_roots.is_empty());
+        assert_eq!(*timeout, d.upstream.timeout);
+        assert_eq!(*token_poll_interval, d.upstream.token_poll_interval);
+        let LogConfig { level, format } = log;
+        assert_eq!(*level, d.log.level);
+        assert_eq!(*format, d.log.format);
+        assert_eq!(*enabled_write_routes, d.enabled_write_routes);
+        let LimitsConfig {
+            upstream_per_minute,
+            upstream_burst,
+            queue_timeout,
+            client_per_minute,
+            client_burst,
+            device_upstream_share,
+        } = limits;
+        assert_eq!(*upstream_per_minute, d.limits.upstream_per_minute);
+        assert_eq!(*upstream_burst, d.limits.upstream_burst);
+        assert_eq!(*queue_timeout, d.limits.queue_timeout);
+        assert_eq!(*client_per_minute, d.limits.client_per_minute);
+        assert_eq!(*client_burst, d.limits.client_burst);
+        assert_eq!(*device_upstream_share, d.limits.device_upstream_share);
+        assert!(extra_params.is_empty());
+        let CacheConfig {
+            ttl,
+            // Per route: checked below.
+            route_ttl: _,
+            stale_if_error,
+            max_entries,
+            max_body,
+        } = cache;
+        assert_eq!(*ttl, d.cache.ttl);
+        assert_eq!(*stale_if_error, d.cache.stale_if_error);
+        assert_eq!(*max_entries, d.cache.max_entries);
+        assert_eq!(*max_body, d.cache.max_body);
         // The shipped file sets per-route TTLs following Joulo's polling advice:
         // live status in seconds, slow-moving totals in minutes.
         assert_eq!(s.cache.ttl_for(RouteId::Chargers), Duration::from_secs(15));

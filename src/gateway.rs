@@ -280,3 +280,34 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// One SIGHUP, received once by the hub, reaches every reload handed
+    /// [`Hangups`]: the token, the certificate and `gateway.toml`.
+    #[tokio::test]
+    async fn one_sighup_reaches_every_reload() {
+        let hub = SignalHub::install();
+        let (mut token, mut certificate, mut config) =
+            (hub.hangups(), hub.hangups(), hub.hangups());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let running = tokio::spawn(hub.run(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP)
+            .unwrap();
+        let all = async {
+            token.next().await;
+            certificate.next().await;
+            config.next().await;
+        };
+        tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("every holder saw the SIGHUP");
+        let _ = stop_tx.send(true);
+        running.await.unwrap();
+    }
+}

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use joulo_gateway::cli::{Cli, Command};
-use joulo_gateway::config::{self, Config, ConfigError};
-use joulo_gateway::gateway::{self, Gateway, StartError};
+use joulo_gateway::cli::{Cli, Command, Failure};
+use joulo_gateway::config::{self, Config};
+use joulo_gateway::gateway::{self, Gateway};
 use joulo_gateway::sanitize::REDACTED;
 use joulo_gateway::token::TokenFileText;
 use joulo_gateway::{access, demo, hardening, healthcheck, logging};
@@ -22,72 +22,18 @@ use std::path::{Path, PathBuf};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
-const EXIT_CONFIG: u8 = 64;
-
-/// Why a command failed. Its kind picks the exit status, matched without a
-/// catch-all, so a new kind must be given one.
-enum Failure {
-    /// `gateway.toml` did not validate: 64.
-    Config(ConfigError),
-    /// The token, the upstream TLS settings or the LAN certificate: 64.
-    Start(StartError),
-    /// `gen-key`'s arguments: 64.
-    GenKey(access::GenKeyError),
-    /// Anything else (logging, the runtime, the listener, a failed health
-    /// check, the demo): 1.
-    Other(anyhow::Error),
-}
-
-impl From<ConfigError> for Failure {
-    fn from(e: ConfigError) -> Failure {
-        Failure::Config(e)
-    }
-}
-
-impl From<StartError> for Failure {
-    fn from(e: StartError) -> Failure {
-        Failure::Start(e)
-    }
-}
-
-impl From<access::GenKeyError> for Failure {
-    fn from(e: access::GenKeyError) -> Failure {
-        Failure::GenKey(e)
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Failure {
-        Failure::Other(e)
-    }
-}
-
-impl Failure {
-    /// The exit status and the error with its causes.
-    fn into_parts(self) -> (ExitCode, anyhow::Error) {
-        let usage = ExitCode::from(EXIT_CONFIG);
-        match self {
-            Failure::Config(e) => (usage, e.into()),
-            Failure::Start(e) => (usage, e.into()),
-            Failure::GenKey(e) => (usage, e.into()),
-            Failure::Other(e) => (ExitCode::FAILURE, e),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config.clone();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            let (code, e) = failure.into_parts();
+            let code = failure.exit_code();
             // The same redaction as every log line, and by what the token
             // files hold and the device keys' hashes: a secret pasted where a
             // path or URL belongs must not be echoed to a terminal or
             // journal, whatever its shape.
-            let text = describe(&e);
+            let text = failure.describe();
             let candidates = config::token_file_candidates(&config_path);
             let paths: Vec<&Path> = candidates.iter().map(PathBuf::as_path).collect();
             let text = TokenFileText::read(&paths).redact(&text, REDACTED);
@@ -96,24 +42,6 @@ fn main() -> ExitCode {
             code
         }
     }
-}
-
-/// The error and its causes joined by ": ", as `{:#}` prints them, except that
-/// a cause the message before it already ends with is not printed twice (the
-/// library's errors quote their cause, so that a log line has it too).
-fn describe(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let cause = cause.to_string();
-        if text.ends_with(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

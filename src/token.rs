@@ -1,7 +1,9 @@
 //! Where the Joulo token comes from and the one place it is added to a request:
 //! read from a secrets file into a secret type, re-read on SIGHUP or when the file
 //! changes, and withdrawn (fail closed) when the file goes bad. Joulo's answers
-//! are searched for it here too, so its bytes never leave this module.
+//! are searched for it here too, so its bytes never leave this module. That
+//! is also why the file is long (about 670 lines before its tests): splitting
+//! it would spread the places that touch the token's bytes over several files.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

@@ -26,8 +26,8 @@
 //!   (404 / 405 with `Allow`).
 //! - [`params`]: what it may carry: each route's query parameters checked
 //!   against Joulo's schema and written canonically, POST bodies re-serialised.
-//! - [`upstream::request`]: what leaves the house: the upstream request built from the
-//!   route, the validated parameters and a fixed header set, nothing copied.
+//! - [`upstream::request`]: what leaves the house: the upstream request built
+//!   from the route, the validated parameters and a fixed header set, nothing copied.
 //! - [`sanitize`]: what is recognised and removed: `?token=` in every
 //!   spelling, and what an upstream answer carries that a device must not see.
 //! - [`token`]: where the token comes from (a secrets file, reloaded on change or
@@ -48,14 +48,18 @@
 //! - [`event_loop`]: the server's extra event loops, and which one a thread
 //!   runs, for per-loop pools.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
-//! - [`reload`]: `gateway.toml` re-read on SIGHUP, applied to new requests.
-//! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
+//! - [`reload`]: `gateway.toml` re-read on SIGHUP (passed on by [`gateway`]'s
+//!   signal hub), applied to new requests.
+//! - [`watch`]: when secrets files are re-read (SIGHUP from the hub, file
+//!   changes).
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
 //!   being dumped or traced, before the token is read.
 //! - [`healthcheck`]: `joulo-gateway healthcheck`, asking a running
 //!   gateway's `/healthz` over HTTP or HTTPS.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
+//! - [`throwaway_ca`]: a certificate authority made in memory, for the demo's
+//!   simulated API and the tests.
 //!
 //! Modules form layers: each uses only modules listed as its dependencies
 //! below it in the request's way (`server` uses `proxy`, which uses `state`,

@@ -135,39 +135,10 @@ impl Gateway {
             on_hangup,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            }
-        };
-
-        // The background tasks, each running until `stopped()` resolves. A new
-        // one (such as a publisher) is spawned here, beside them.
-        let interval = config.upstream.token_poll_interval;
-        let mut background: Vec<JoinHandle<()>> = vec![tokio::spawn(state.tokens.clone().watch(
-            interval,
-            signals.hangups(),
-            stopped(),
-        ))];
-        if let Some(tls) = &state.lan_tls {
-            background.push(tokio::spawn(tls.clone().watch(
-                interval,
-                signals.hangups(),
-                stopped(),
-            )));
-        }
-        if let Some((path, log)) = config_reload {
-            background.push(tokio::spawn(reload::watch(
-                path,
-                state.clone(),
-                log,
-                signals.hangups(),
-                stopped(),
-            )));
-        }
+        let stopped = Stopped(stop_rx);
+        let mut background = background_tasks(&config, &state, config_reload, &signals, &stopped);
         let mut hangups = signals.hangups();
-        background.push(tokio::spawn(signals.run(stopped())));
+        background.push(tokio::spawn(signals.run(stopped.wait())));
 
         let shutdown = async {
             match on_hangup {
@@ -185,6 +156,55 @@ impl Gateway {
             let _ = task.await;
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
+
+/// Every task that runs beside the accept loop, each until `stopped`: the
+/// token and LAN certificate watchers and the `gateway.toml` reload, each
+/// given SIGHUP by `signals`. A new background task (such as an MQTT
+/// publisher) is started here, and so is stopped and awaited with the rest.
+fn background_tasks(
+    config: &Config,
+    state: &Arc<AppState>,
+    config_reload: Option<(PathBuf, LogLevel)>,
+    signals: &SignalHub,
+    stopped: &Stopped,
+) -> Vec<JoinHandle<()>> {
+    let interval = config.upstream.token_poll_interval;
+    let mut tasks = vec![tokio::spawn(state.tokens.clone().watch(
+        interval,
+        signals.hangups(),
+        stopped.wait(),
+    ))];
+    if let Some(tls) = &state.lan_tls {
+        tasks.push(tokio::spawn(tls.clone().watch(
+            interval,
+            signals.hangups(),
+            stopped.wait(),
+        )));
+    }
+    if let Some((path, log)) = config_reload {
+        tasks.push(tokio::spawn(reload::watch(
+            path,
+            state.clone(),
+            log,
+            signals.hangups(),
+            stopped.wait(),
+        )));
+    }
+    tasks
+}
+
+/// Set once the listener has drained: the background tasks end.
+struct Stopped(watch::Receiver<bool>);
+
+impl Stopped {
+    /// Resolves once the gateway has stopped serving.
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.0.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
     }
 }
 
@@ -309,5 +329,28 @@ mod tests {
             .expect("every holder saw the SIGHUP");
         let _ = stop_tx.send(true);
         running.await.unwrap();
+    }
+
+    /// The `gateway.toml` reload ends with the gateway: `serve` awaits every
+    /// background task, so one left waiting on a shutdown that never comes
+    /// would keep `serve` from returning.
+    #[tokio::test]
+    async fn serve_returns_once_drained_with_the_config_reload_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        // Token-shaped, made at run time.
+        let token = format!("joulo_{}", "Gw7".repeat(11).get(..32).unwrap());
+        crate::files::write_private(&dir.path().join("joulo_token"), &token).unwrap();
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ntoken_file = \"joulo_token\"\n";
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::from_toml(text, &config_path).unwrap();
+        let gateway = Gateway::build(&config)
+            .unwrap()
+            .reload_config_from(config_path, LogLevel::fixed());
+        let listener = TcpListener::bind(config.server.listen).await.unwrap();
+        let served = gateway.serve(listener, async {});
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve returned once drained");
     }
 }

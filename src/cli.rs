@@ -1,9 +1,11 @@
 //! The command line: its subcommands and options, shared by the binary and by
 //! the manual pages and shell completions made from it
-//! (`cargo run --example generate`), so they cannot drift from `--help`.
+//! (`cargo run --example generate`), so they cannot drift from `--help`; and
+//! the exit status a failure calls for.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -63,4 +65,83 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+/// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Why a command failed. Its kind picks the exit status, matched without a
+/// catch-all, so a new kind must be given one.
+pub enum Failure {
+    /// `gateway.toml` did not validate: 64.
+    Config(crate::config::ConfigError),
+    /// The token, the upstream TLS settings or the LAN certificate: 64.
+    Start(crate::gateway::StartError),
+    /// `gen-key`'s arguments: 64.
+    GenKey(crate::gen_key::GenKeyError),
+    /// Anything else (logging, the runtime, the listener, a failed health
+    /// check, the demo): 1.
+    Other(anyhow::Error),
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Failure {
+        Failure::Config(e)
+    }
+}
+
+impl From<crate::gateway::StartError> for Failure {
+    fn from(e: crate::gateway::StartError) -> Failure {
+        Failure::Start(e)
+    }
+}
+
+impl From<crate::gen_key::GenKeyError> for Failure {
+    fn from(e: crate::gen_key::GenKeyError) -> Failure {
+        Failure::GenKey(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Other(e)
+    }
+}
+
+impl Failure {
+    /// The exit status it calls for.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Config(_) | Failure::Start(_) | Failure::GenKey(_) => {
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Failure::Other(_) => ExitCode::FAILURE,
+        }
+    }
+
+    /// The error and its causes joined by ": ", as `{:#}` prints them, except
+    /// that a cause the message before it already ends with is not printed
+    /// twice (the library's errors quote their cause, so that a log line has
+    /// it too).
+    pub fn describe(&self) -> String {
+        let first: &(dyn std::error::Error + 'static) = match self {
+            Failure::Config(e) => e,
+            Failure::Start(e) => e,
+            Failure::GenKey(e) => e,
+            Failure::Other(e) => e.as_ref(),
+        };
+        let mut text = String::new();
+        let mut cause = Some(first);
+        while let Some(e) = cause {
+            let message = e.to_string();
+            if !text.ends_with(&message) {
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&message);
+            }
+            cause = e.source();
+        }
+        text
+    }
 }

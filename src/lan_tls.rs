@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::TlsFiles;
 use crate::files::{self, FileError};
-use crate::watch::LoadedState;
+use crate::watch::{Hangups, LoadedState};
 
 /// The most a certificate chain or key file may hold; real ones are a few KiB.
 const PEM_FILE_LIMIT: u64 = 1024 * 1024;
@@ -78,20 +78,22 @@ impl LanTls {
         Ok(())
     }
 
-    /// Reloads on SIGHUP or when either file changes, until `shutdown` resolves.
+    /// Reloads on SIGHUP (`hangups`) or when either file changes, until
+    /// `shutdown` resolves.
     pub fn watch(
         self: Arc<Self>,
         interval: Duration,
+        hangups: Hangups,
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
         let paths = vec![self.files.cert.clone(), self.files.key.clone()];
         let loaded = self.loaded.baseline();
-        crate::watch::watch_files(paths, loaded, interval, shutdown, move |trigger| match self
-            .reload()
-        {
-            Ok(()) => info!(trigger = trigger.as_str(), "LAN TLS certificate reloaded"),
-            Err(e) => {
-                warn!(error = %e, "LAN TLS certificate not reloaded; the previous one stays in use")
+        crate::watch::watch_files(paths, loaded, interval, hangups, shutdown, move |trigger| {
+            match self.reload() {
+                Ok(()) => info!(trigger = trigger.as_str(), "LAN TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "LAN TLS certificate not reloaded; the previous one stays in use")
+                }
             }
         })
     }
@@ -151,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_key_that_is_a_fifo_is_refused_and_named() {
-        let ca = crate::demo::DemoCa::generate(&["localhost"]).unwrap();
+        let ca = crate::throwaway_ca::DemoCa::generate(&["localhost"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let files = TlsFiles {
             cert: dir.path().join("gateway.crt"),

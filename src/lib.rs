@@ -5,11 +5,15 @@
 //!
 //! A request's way through the gateway, module by module:
 //!
+//! - [`gateway`]: the program assembled: [`gateway::Gateway::build`] checks
+//!   everything that can fail before a socket is opened, `serve` runs the
+//!   background tasks, the one SIGHUP hub and the listener, then drains.
 //! - [`server`]: accepts connections (HTTP/1.1 and HTTP/2, plain or over
 //!   [`lan_tls`]), bounds header reads and handshakes, drains on shutdown.
 //! - [`admission`]: who gets a connection: the allowlist and the connection
 //!   quotas on accept, which connection makes room when every slot is taken,
 //!   and the quick refusal past that.
+//! - [`idle`]: the idle timeout on a served connection.
 //! - [`held`]: what answers not yet sent may hold, per connection and in
 //!   total, and how long an HTTP/2 stream may go without progress.
 //! - [`proxy`]: one request end to end, and its access-log line.
@@ -22,8 +26,8 @@
 //!   (404 / 405 with `Allow`).
 //! - [`params`]: what it may carry: each route's query parameters checked
 //!   against Joulo's schema and written canonically, POST bodies re-serialised.
-//! - [`outbound`]: what leaves the house: the upstream request built from the
-//!   route, the validated parameters and a fixed header set, nothing copied.
+//! - [`upstream::request`]: what leaves the house: the upstream request built
+//!   from the route, the validated parameters and a fixed header set, nothing copied.
 //! - [`sanitize`]: what is recognised and removed: `?token=` in every
 //!   spelling, and what an upstream answer carries that a device must not see.
 //! - [`token`]: where the token comes from (a secrets file, reloaded on change or
@@ -34,15 +38,20 @@
 //!   back-off after Joulo answers 429.
 //! - [`cache`]: what is cached: fresh and stale copies, and one upstream call
 //!   shared by identical concurrent requests.
-//! - [`upstream`]: the pooled, verified-TLS client to Joulo and its timeouts.
+//! - [`upstream`]: the verified-TLS client to Joulo and its timeouts, its
+//!   connection pool per event loop ([`upstream::pool`]) and the outbound
+//!   request ([`upstream::request`]).
 //! - [`respond`]: how errors look: every failure becomes Joulo-shaped JSON here.
 //! - [`logging`]: structured logs scrubbed of anything token-shaped.
 //! - [`ops`]: the gateway's own `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: per-route metric series resolved once, request counters.
-//! - [`event_loop`]: which event loop a thread runs, for per-loop pools.
+//! - [`event_loop`]: the server's extra event loops, and which one a thread
+//!   runs, for per-loop pools.
 //! - [`config`]: `gateway.toml`, parsed then validated into real types.
-//! - [`reload`]: `gateway.toml` re-read on SIGHUP, applied to new requests.
-//! - [`watch`]: when secrets files are re-read (SIGHUP, file changes).
+//! - [`reload`]: `gateway.toml` re-read on SIGHUP (passed on by [`gateway`]'s
+//!   signal hub), applied to new requests.
+//! - [`watch`]: when secrets files are re-read (SIGHUP from the hub, file
+//!   changes).
 //! - [`files`]: how they are read: regular files only, bounded, never blocking.
 //! - [`hardening`]: what the process forbids itself at start: core dumps and
 //!   being dumped or traced, before the token is read.
@@ -51,6 +60,8 @@
 //! - [`healthcheck`]: `joulo-gateway healthcheck`, asking a running
 //!   gateway's `/healthz` over HTTP or HTTPS.
 //! - [`demo`]: a simulated Joulo API and a gateway in front of it, for a first look.
+//! - [`throwaway_ca`]: a certificate authority made in memory, for the demo's
+//!   simulated API and the tests.
 //!
 //! Modules form layers: each uses only modules listed as its dependencies
 //! below it in the request's way (`server` uses `proxy`, which uses `state`,
@@ -64,19 +75,19 @@ pub mod budget;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod connections;
 pub mod demo;
 pub mod event_loop;
 pub mod files;
+pub mod gateway;
 pub mod gen_key;
 pub mod hardening;
 pub mod healthcheck;
 pub mod held;
+pub mod idle;
 pub mod lan_tls;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
-pub mod outbound;
 pub mod params;
 pub mod proxy;
 pub mod refusals;
@@ -86,6 +97,7 @@ pub mod routes;
 pub mod sanitize;
 pub mod server;
 pub mod state;
+pub mod throwaway_ca;
 pub mod token;
 pub mod upstream;
 pub mod watch;

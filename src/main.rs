@@ -3,16 +3,15 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use joulo_gateway::cli::{Cli, Command};
-use joulo_gateway::config::{self, Config, ConfigError};
+use joulo_gateway::cli::{Cli, Command, Failure};
+use joulo_gateway::config::{self, Config};
+use joulo_gateway::gateway::{self, Gateway};
 use joulo_gateway::sanitize::REDACTED;
-use joulo_gateway::state::{AppState, StartError};
-use joulo_gateway::token::{TokenError, TokenFileText, TokenSource};
-use joulo_gateway::{demo, gen_key, hardening, healthcheck, logging, reload, server};
+use joulo_gateway::token::TokenFileText;
+use joulo_gateway::{demo, gen_key, hardening, healthcheck, logging};
 use std::path::{Path, PathBuf};
 
 /// The static binary (the .deb's and Docker's) allocates through mimalloc:
@@ -23,57 +22,29 @@ use std::path::{Path, PathBuf};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
-const EXIT_CONFIG: u8 = 64;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config.clone();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(failure) => {
+            let code = failure.exit_code();
             // The same redaction as every log line, and by what the token
             // files hold and the device keys' hashes: a secret pasted where a
             // path or URL belongs must not be echoed to a terminal or
             // journal, whatever its shape.
-            let text = describe(&e);
+            let text = failure.describe();
             let candidates = config::token_file_candidates(&config_path);
             let paths: Vec<&Path> = candidates.iter().map(PathBuf::as_path).collect();
             let text = TokenFileText::read(&paths).redact(&text, REDACTED);
             let text = config::DeviceKeyHashes::read(&config_path).redact(&text, REDACTED);
             eprintln!("joulo-gateway: {}", logging::redact(&text, None));
-            if e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<TokenError>().is_some()
-                || e.downcast_ref::<StartError>().is_some()
-                || e.downcast_ref::<gen_key::GenKeyError>().is_some()
-            {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::FAILURE
-            }
+            code
         }
     }
 }
 
-/// The error and its causes joined by ": ", as `{:#}` prints them, except that
-/// a cause the message before it already ends with is not printed twice (the
-/// library's errors quote their cause, so that a log line has it too).
-fn describe(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let cause = cause.to_string();
-        if text.ends_with(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> Result<(), Failure> {
     // Before any secret is read: no core file, not dumpable or traceable.
     let hardened = hardening::forbid_core_dumps();
     let warn_if_dumpable = || {
@@ -84,17 +55,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             let config = Config::load(&cli.config)?;
-            let tokens = TokenSource::with_origin(
-                config.upstream.token_file.clone(),
-                config.upstream.token_origin.clone(),
-            );
+            let tokens = Gateway::token_source(&config);
             // So a too-open token file's warning is shown.
             logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
-            tokens.reload()?;
-            // Builds what a run would: upstream TLS settings, the LAN certificate.
-            AppState::new(&config, tokens)?;
+            // Builds what a run would: the token, upstream TLS settings, the
+            // LAN certificate.
+            Gateway::build_with(&config, tokens)?;
             // Through the redactor like any error: a token pasted into a path
             // or URL that happens to work is still not echoed.
             let line = format!(
@@ -114,58 +82,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck { url, ca } => {
             let target = match url {
-                Some(url) => healthcheck::Target::from_url(url, ca.as_deref())?,
-                None => healthcheck::Target::from_config(&cli.config)?,
-            };
+                Some(url) => healthcheck::Target::from_url(url, ca.as_deref()),
+                None => healthcheck::Target::from_config(&cli.config),
+            }
+            .map_err(anyhow::Error::from)?;
             let runtime = runtime()?;
-            runtime.block_on(target.check())?;
+            runtime
+                .block_on(target.check())
+                .map_err(anyhow::Error::from)?;
             Ok(())
         }
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();
-            // The demo belongs to its terminal: closing it (SIGHUP) ends the
-            // demo and deletes its files, rather than leaving it running
-            // re-parented to init.
-            let stop = shutdown_signal();
-            let hangup = hangup_signal();
-            runtime.block_on(demo::run(listen, async {
-                tokio::select! {
-                    () = stop => {}
-                    () = hangup => {}
-                }
-            }))
+            let stop = gateway::shutdown_signal();
+            Ok(runtime.block_on(demo::run(listen, stop))?)
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            let tokens = TokenSource::with_origin(
-                config.upstream.token_file.clone(),
-                config.upstream.token_origin.clone(),
-            );
+            let tokens = Gateway::token_source(&config);
             let log_level = logging::init(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
-            tokens.reload()?;
+            // Every check that can fail, before the port is bound.
+            let gateway =
+                Gateway::build_with(&config, tokens)?.reload_config_from(cli.config, log_level);
             // More event loops, if configured, are started by the server.
             let runtime = runtime()?;
             let _guard = runtime.enter();
-            let shutdown = shutdown_signal();
+            let shutdown = gateway::shutdown_signal();
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-                let state = Arc::new(AppState::new(&config, tokens)?);
-                // SIGHUP re-reads gateway.toml too (it ends with the runtime).
-                tokio::spawn(reload::watch(
-                    cli.config.clone(),
-                    state.clone(),
-                    log_level,
-                    std::future::pending(),
-                ));
-                // systemd Type=notify: ready once the listener is up (a no-op elsewhere).
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                server::run(listener, &config, state, shutdown).await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                gateway.serve(listener, shutdown).await;
                 Ok(())
             })
         }
@@ -206,41 +156,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// Resolves on SIGHUP (the terminal closed). Installed when called, like
-/// [`shutdown_signal`]; elsewhere than Unix it never resolves.
-fn hangup_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
-        async move {
-            hangup.recv().await;
-        }
-    }
-    #[cfg(not(unix))]
-    std::future::pending()
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Docker). The handlers are
-/// installed when this is called, not when first polled, so a stop request that
-/// arrives during start-up is not lost to the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-        async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

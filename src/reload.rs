@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::logging::LogLevel;
 use crate::state::AppState;
+use crate::watch::Hangups;
 
 /// What one reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,46 +59,29 @@ pub fn reload_once(path: &std::path::Path, state: &AppState, log: &LogLevel) -> 
     Reloaded::Applied { restart_needed }
 }
 
-/// Reloads the config at `path` on every SIGHUP until `shutdown` resolves.
-/// The handler is installed before this returns, so a SIGHUP right after
-/// start is not lost to the default action (terminating the process).
-pub fn watch(
+/// Reloads the config at `path` on every SIGHUP (`hangups`) until `shutdown`
+/// resolves.
+pub async fn watch(
     path: PathBuf,
     state: Arc<AppState>,
     log: LogLevel,
+    mut hangups: Hangups,
     shutdown: impl Future<Output = ()>,
-) -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| warn!(error = %e, "cannot listen for SIGHUP; config reload is off"))
-        .ok();
+) {
     let log = Arc::new(log);
-    async move {
-        tokio::pin!(shutdown);
-        loop {
-            #[cfg(unix)]
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(signal) => {
-                        signal.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hup = std::future::pending::<()>();
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = hup => {}
-            }
-            let (path, state, log) = (path.clone(), state.clone(), log.clone());
-            // Reading the file blocks; the event loop does not.
-            if tokio::task::spawn_blocking(move || reload_once(&path, &state, &log))
-                .await
-                .is_err()
-            {
-                warn!("the config reload task panicked");
-            }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = hangups.next() => {}
+        }
+        let (path, state, log) = (path.clone(), state.clone(), log.clone());
+        // Reading the file blocks; the event loop does not.
+        if tokio::task::spawn_blocking(move || reload_once(&path, &state, &log))
+            .await
+            .is_err()
+        {
+            warn!("the config reload task panicked");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What is recognised and removed: credential query parameters in every
 //! spelling (dropped from requests, redacted in logs), and what an upstream
 //! answer carries that a device must not see. Requests are not cleaned here:
-//! [`crate::outbound`] builds them from nothing.
+//! [`crate::upstream::request`] builds them from nothing.
 
 use http::header::{self, HeaderMap, HeaderName};
 

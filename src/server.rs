@@ -1,18 +1,16 @@
 //! The listener: refuses addresses outside `[access] allow` and past their
 //! connection quota as soon as they connect, shares the rest out to its event
 //! loops, serves HTTP/1.1 and HTTP/2 in clear text or over the LAN certificate,
-//! with bounded header reads and TLS handshakes, keeps the token and
-//! certificate fresh, and drains in-flight requests on shutdown within the
-//! grace period.
+//! with bounded header reads and TLS handshakes, and drains in-flight
+//! requests on shutdown within the grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Response;
@@ -20,16 +18,15 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, EVICTION_GRACE, Refusal, Refuser, Ticket};
 use crate::config::Config;
+use crate::event_loop::EventLoops;
 use crate::held::{ConnectionAnswers, HeldAnswers, Reservation, StreamExecutor};
+use crate::idle::IdleTimeout;
 use crate::proxy::{self, Handled};
 use crate::refusals::RefusalKind;
 use crate::respond::Body;
@@ -39,32 +36,14 @@ use crate::state::AppState;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
-/// accepting and gives in-flight requests up to `server.shutdown_grace`.
-///
-/// `state.tokens` should already hold a token (see
-/// [`crate::token::TokenSource::reload`]); it is kept current for as long as the
-/// gateway runs, and so is the LAN certificate when HTTPS is on.
+/// accepting and gives in-flight requests up to `server.shutdown_grace`. The
+/// token and certificate watchers are [`crate::gateway`]'s, which calls this.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let interval = config.upstream.token_poll_interval;
-    let mut watchers = vec![tokio::spawn(
-        state.tokens.clone().watch(interval, stopped()),
-    )];
-    if let Some(tls) = &state.lan_tls {
-        watchers.push(tokio::spawn(tls.clone().watch(interval, stopped())));
-    }
-
     let limits = &config.server;
     let held = HeldAnswers::new(
         limits.max_answer_memory,
@@ -148,7 +127,7 @@ pub async fn run(
             handshake_timeout,
             idle_timeout,
         };
-        let (index, other) = loops.next();
+        let (index, other) = loops.next_loop();
         debug!(client = %client, event_loop = index, "connection accepted");
         match other {
             None => drop(tokio::spawn(connection.serve(stream))),
@@ -181,10 +160,6 @@ pub async fn run(
         }
     }
     loops.stop().await;
-    let _ = stop_tx.send(true);
-    for watcher in watchers {
-        let _ = watcher.await;
-    }
 }
 
 /// HTTP/1.1 and HTTP/2 settings for one connection, its streams run by
@@ -459,224 +434,10 @@ async fn until_first_head(
     .await
 }
 
-/// The event loops connections are shared out to: the one `run` is called on
-/// and `server.worker_threads - 1` more, each a single-threaded tokio runtime
-/// on a thread of its own. A connection stays on one loop for its life, as on
-/// one of nginx's worker processes, so a request never wakes another thread.
-/// One work-stealing runtime with two threads was measured no faster than one
-/// thread (README, Performance); separate loops were.
-struct EventLoops {
-    /// The loops besides the caller's.
-    others: Vec<Handle>,
-    /// Where the next connection goes: 0 is the caller's loop.
-    next: usize,
-    /// Dropping one ends that loop.
-    stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl EventLoops {
-    /// Starts `count - 1` loops beside the caller's.
-    fn start(count: usize) -> io::Result<EventLoops> {
-        let mut loops = EventLoops {
-            others: Vec::new(),
-            next: 0,
-            stops: Vec::new(),
-            threads: Vec::new(),
-        };
-        for index in 1..count {
-            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(format!("joulo-loop-{index}"))
-                .spawn(move || {
-                    crate::event_loop::enter(index);
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(e) => return drop(handle_tx.send(Err(e))),
-                    };
-                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
-                    runtime.block_on(async {
-                        let _ = stop_rx.await;
-                    });
-                    // Connections still open after the grace period end here,
-                    // as they do on the caller's loop when its runtime goes; a
-                    // blocking task (an upstream DNS lookup) is not waited for.
-                    runtime.shutdown_background();
-                })?;
-            loops.stops.push(stop_tx);
-            loops.threads.push(thread);
-            let handle = handle_rx
-                .recv()
-                .map_err(|_| io::Error::other("event loop thread ended at start"))??;
-            loops.others.push(handle);
-        }
-        Ok(loops)
-    }
-
-    /// The loop for the next connection, round-robin, by index (0 is the
-    /// caller's) and handle (`None` for the caller's).
-    fn next(&mut self) -> (usize, Option<&Handle>) {
-        let index = self.next;
-        self.next = (index + 1) % (self.others.len() + 1);
-        (index, index.checked_sub(1).map(|i| &self.others[i]))
-    }
-
-    /// Ends the other loops, dropping whatever connections they still hold.
-    async fn stop(self) {
-        drop(self.stops);
-        let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
-    }
-}
-
-/// Closes a connection on which no byte has moved, either way, for
-/// `idle_timeout`: an idle keep-alive connection, or a client that stalls
-/// mid-request.
-///
-/// Reads and writes only set a flag; a timer ticks every quarter of the timeout
-/// and the connection is closed after five ticks in a row with nothing moving, so
-/// between `idle_timeout` and 1.25 x `idle_timeout` after its last byte. Resetting
-/// a deadline on every read and write instead costs a clock read and a timer-wheel
-/// update each time, measured at about 5% of a cached answer's CPU.
-struct IdleTimeout<I> {
-    /// The connection.
-    inner: I,
-    /// A quarter of the timeout.
-    tick: Duration,
-    /// The next tick.
-    deadline: Pin<Box<Sleep>>,
-    /// Whether a byte moved since the last tick.
-    active: bool,
-    /// Ticks in a row with nothing moving.
-    idle_ticks: u32,
-    /// The waker the pending tick last registered: while the task's waker is
-    /// the same and the tick has not fired, the tick need not be polled again.
-    registered: Option<Waker>,
-}
-
-/// Ticks per timeout; one more than this in a row closes the connection.
-const IDLE_TICKS: u32 = 4;
-
-impl<I> IdleTimeout<I> {
-    fn new(inner: I, timeout: Duration) -> Self {
-        let tick = timeout / IDLE_TICKS;
-        IdleTimeout {
-            inner,
-            tick,
-            deadline: Box::pin(tokio::time::sleep(tick)),
-            active: false,
-            idle_ticks: 0,
-            registered: None,
-        }
-    }
-
-    /// Called when the connection has nothing to do: whether it has been idle
-    /// too long. Otherwise the next tick is registered to wake the task.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        // Polling a tick that is still pending costs a timer-entry visit on every
-        // pause between requests; checking that it has not fired is one load.
-        if !self.deadline.is_elapsed()
-            && self
-                .registered
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            return false;
-        }
-        while self.deadline.as_mut().poll(cx).is_ready() {
-            if std::mem::take(&mut self.active) {
-                self.idle_ticks = 0;
-            } else {
-                self.idle_ticks += 1;
-                if self.idle_ticks > IDLE_TICKS {
-                    return true;
-                }
-            }
-            // From now, not from the missed deadline: a task that was busy for
-            // several ticks must not count them all as idle at once.
-            let next = tokio::time::Instant::now() + self.tick;
-            self.deadline.as_mut().reset(next);
-        }
-        if !self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            self.registered = Some(cx.waker().clone());
-        }
-        false
-    }
-}
-
-fn idle_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "connection idle past server.idle_timeout",
-    )
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for IdleTimeout<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.active |= buf.filled().len() > before;
-                Poll::Ready(result)
-            }
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                this.active |= n > 0;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
-
-    const TIMEOUT: Duration = Duration::from_secs(60);
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_goes_at_the_deadline_unless_a_head_arrived() {
@@ -694,66 +455,5 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         assert!(until_first_head(serving, &served, deadline).await);
         assert_eq!(Instant::now(), deadline + Duration::from_secs(51));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_busy_connection_stays_and_an_idle_one_goes_within_a_quarter_more() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let reader = tokio::spawn(async move {
-            let mut server = IdleTimeout::new(server, TIMEOUT);
-            let mut buf = [0u8; 8];
-            loop {
-                match server.read(&mut buf).await {
-                    Ok(0) => return Err("closed by the client"),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Instant::now()),
-                    Err(_) => return Err("other error"),
-                }
-            }
-        });
-        // A byte every 50 s for ten minutes: never idle for the timeout.
-        for _ in 0..12 {
-            tokio::time::sleep(Duration::from_secs(50)).await;
-            client.write_all(b"x").await.unwrap();
-        }
-        let last_byte = Instant::now();
-        assert!(!reader.is_finished(), "closed while bytes were moving");
-        let closed_at = reader.await.unwrap().expect("closed for idleness");
-        let idle = closed_at - last_byte;
-        assert!(
-            idle >= TIMEOUT && idle <= TIMEOUT + TIMEOUT / 4,
-            "closed after {idle:?} idle"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn writes_count_as_activity() {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let (mut read_half, mut write_half) = tokio::io::split(IdleTimeout::new(server, TIMEOUT));
-        // The server waits to read all along, as hyper does between requests,
-        // while it sends a long answer slowly.
-        let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 8];
-            let err = read_half.read(&mut buf).await.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-            Instant::now()
-        });
-        let drain = tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            while client.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-        });
-        for _ in 0..12 {
-            tokio::time::sleep(Duration::from_secs(50)).await;
-            write_half.write_all(b"y").await.unwrap();
-        }
-        let last_byte = Instant::now();
-        assert!(!reader.is_finished(), "closed while the server was writing");
-        let idle = reader.await.unwrap() - last_byte;
-        assert!(
-            idle >= TIMEOUT && idle <= TIMEOUT + TIMEOUT / 4,
-            "closed after {idle:?} idle"
-        );
-        drop(write_half);
-        drain.abort();
     }
 }

@@ -17,13 +17,15 @@ use prometheus_client::registry::Registry;
 use crate::access::{AccessPolicy, Caller};
 use crate::budget::{ClientLimiter, DeviceShare, LimitLabels, UpstreamBudget};
 use crate::cache::ResponseCache;
-use crate::config::{CacheConfig, Config, LimitsConfig};
+use crate::config::{
+    CacheConfig, Config, LimitsConfig, LogConfig, ServerConfig, TlsFiles, UpstreamConfig,
+};
 use crate::lan_tls::{LanTls, LanTlsError};
 use crate::metrics::{DeviceCounters, DeviceFamilies, Gauges, RequestCounters};
-use crate::outbound::Outbound;
 use crate::params::QuerySchema;
 use crate::routes::RouteTable;
 use crate::token::TokenSource;
+use crate::upstream::request::Outbound;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// What `gateway.toml` decides that can change while the gateway runs.
@@ -108,7 +110,7 @@ pub struct ReloadLabels {
 
 /// Why the gateway could not be set up from a valid-looking config.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum StateError {
     /// The upstream TLS settings.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -147,7 +149,7 @@ impl Policy {
 
 impl AppState {
     /// Builds the shared state from a validated config and a token source.
-    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StartError> {
+    pub fn new(config: &Config, tokens: TokenSource) -> Result<AppState, StateError> {
         let upstream = Upstream::new(&config.upstream, config.server.worker_threads)?;
         let refusals = UpstreamBudget::refusal_family();
         let device_families = DeviceFamilies::default();
@@ -248,82 +250,112 @@ fn same_upstream_limits(a: &LimitsConfig, b: &LimitsConfig) -> bool {
 }
 
 /// The keys that differ between `old` and `new` but are read only at start.
+/// Every field is named, none left to `..`: a new key must be put here (read
+/// at start) or marked `_` (applied by a reload), or this does not compile.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.server, &new.server);
-    let (ou, nu) = (&old.upstream, &new.upstream);
-    let tls = |c: &Config| {
-        c.server
-            .tls
-            .as_ref()
-            .map(|t| (t.cert.clone(), t.key.clone()))
+    let Config {
+        server,
+        upstream,
+        log,
+        // Applied by a reload (`Policy::new`, `ResponseCache::set_limits`).
+        access: _,
+        limits: _,
+        cache: _,
+        enabled_write_routes: _,
+        extra_params: _,
+    } = old;
+    let ServerConfig {
+        listen,
+        header_timeout,
+        shutdown_grace,
+        tls,
+        tls_handshake_timeout,
+        max_header_size,
+        max_request_body,
+        max_connections,
+        max_connections_per_ip,
+        idle_timeout,
+        h2_max_streams,
+        max_answer_memory,
+        max_answer_memory_per_connection,
+        worker_threads,
+    } = server;
+    let UpstreamConfig {
+        base_url,
+        token_file,
+        token_origin,
+        roots,
+        http2,
+        extra_roots,
+        connect_timeout,
+        timeout,
+        token_poll_interval,
+    } = upstream;
+    // Applied by a reload (`reload::reload_once`).
+    let LogConfig { level: _, format } = log;
+    let tls_files = |tls: &Option<TlsFiles>| {
+        tls.as_ref()
+            .map(|TlsFiles { cert, key }| (cert.clone(), key.clone()))
     };
+    let (n, nu) = (&new.server, &new.upstream);
     [
-        ("server.listen", o.listen != n.listen),
+        ("server.listen", *listen != n.listen),
+        ("server.worker_threads", *worker_threads != n.worker_threads),
         (
-            "server.worker_threads",
-            o.worker_threads != n.worker_threads,
+            "server.tls_cert / server.tls_key",
+            tls_files(tls) != tls_files(&n.tls),
         ),
-        ("server.tls_cert / server.tls_key", tls(old) != tls(new)),
         (
             "server.max_connections",
-            o.max_connections != n.max_connections,
+            *max_connections != n.max_connections,
         ),
         (
             "server.max_connections_per_ip",
-            o.max_connections_per_ip != n.max_connections_per_ip,
+            *max_connections_per_ip != n.max_connections_per_ip,
         ),
-        (
-            "server.header_timeout",
-            o.header_timeout != n.header_timeout,
-        ),
-        ("server.idle_timeout", o.idle_timeout != n.idle_timeout),
+        ("server.header_timeout", *header_timeout != n.header_timeout),
+        ("server.idle_timeout", *idle_timeout != n.idle_timeout),
         (
             "server.tls_handshake_timeout",
-            o.tls_handshake_timeout != n.tls_handshake_timeout,
+            *tls_handshake_timeout != n.tls_handshake_timeout,
         ),
         (
             "server.max_header_size",
-            o.max_header_size != n.max_header_size,
+            *max_header_size != n.max_header_size,
         ),
         (
             "server.max_request_body",
-            o.max_request_body != n.max_request_body,
+            *max_request_body != n.max_request_body,
         ),
-        (
-            "server.h2_max_streams",
-            o.h2_max_streams != n.h2_max_streams,
-        ),
+        ("server.h2_max_streams", *h2_max_streams != n.h2_max_streams),
         (
             "server.max_answer_memory",
-            o.max_answer_memory != n.max_answer_memory,
+            *max_answer_memory != n.max_answer_memory,
         ),
         (
             "server.max_answer_memory_per_connection",
-            o.max_answer_memory_per_connection != n.max_answer_memory_per_connection,
+            *max_answer_memory_per_connection != n.max_answer_memory_per_connection,
         ),
-        (
-            "server.shutdown_grace",
-            o.shutdown_grace != n.shutdown_grace,
-        ),
-        ("upstream.base_url", ou.base_url != nu.base_url),
-        ("upstream.token_file", ou.token_file != nu.token_file),
-        ("upstream.ca_file", ou.extra_roots != nu.extra_roots),
-        ("upstream.roots", ou.roots != nu.roots),
-        ("upstream.http2", ou.http2 != nu.http2),
+        ("server.shutdown_grace", *shutdown_grace != n.shutdown_grace),
+        ("upstream.base_url", *base_url != nu.base_url),
+        ("upstream.token_file", *token_file != nu.token_file),
+        ("upstream.ca_file", *extra_roots != nu.extra_roots),
+        ("upstream.roots", *roots != nu.roots),
+        ("upstream.http2", *http2 != nu.http2),
         (
             "upstream.token_credential",
-            ou.token_origin != nu.token_origin,
+            *token_origin != nu.token_origin,
         ),
         (
             "upstream.connect_timeout",
-            ou.connect_timeout != nu.connect_timeout,
+            *connect_timeout != nu.connect_timeout,
         ),
-        ("upstream.timeout", ou.timeout != nu.timeout),
+        ("upstream.timeout", *timeout != nu.timeout),
         (
             "upstream.token_poll_interval",
-            ou.token_poll_interval != nu.token_poll_interval,
+            *token_poll_interval != nu.token_poll_interval,
         ),
-        ("log.format", old.log.format != new.log.format),
+        ("log.format", *format != new.log.format),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

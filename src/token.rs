@@ -1,7 +1,9 @@
 //! Where the Joulo token comes from and the one place it is added to a request:
 //! read from a secrets file into a secret type, re-read on SIGHUP or when the file
 //! changes, and withdrawn (fail closed) when the file goes bad. Joulo's answers
-//! are searched for it here too, so its bytes never leave this module.
+//! are searched for it here too, so its bytes never leave this module. That
+//! is also why the file is long (about 670 lines before its tests): splitting
+//! it would spread the places that touch the token's bytes over several files.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
 use crate::files::{self, FileError};
-use crate::watch::{LoadedState, Trigger};
+use crate::watch::{Hangups, LoadedState, Trigger};
 
 /// The most a token file may hold: a token is at most 4096 bytes, and a file
 /// much longer than that is not a token file.
@@ -558,47 +560,55 @@ impl TokenSource {
     }
 
     /// Keeps the token current until `shutdown` resolves: re-read when the file
-    /// changes (checked every `interval`) or on SIGHUP.
+    /// changes (checked every `interval`) or on SIGHUP (`hangups`).
     pub fn watch(
         self,
         interval: Duration,
+        hangups: Hangups,
         shutdown: impl Future<Output = ()>,
     ) -> impl Future<Output = ()> {
         let path = self.inner.path.clone();
         let loaded = self.inner.loaded.baseline();
         let credential = self.is_credential();
-        crate::watch::watch_files(vec![path], loaded, interval, shutdown, move |trigger| {
-            let before = self.current();
-            let had_token = before.is_some();
-            match self.reload() {
-                // systemd copies a credential at start only: a SIGHUP finds
-                // the same copy, and "token reloaded" would tell an operator
-                // who edited the source file that the new token is in use.
-                Ok(())
-                    if credential && trigger == Trigger::Hangup && {
-                        let after = self.current();
-                        before.zip(after).is_some_and(|(b, a)| b.same_secret(&a))
-                    } =>
-                {
-                    warn!(
-                        credential = %self.inner.path.display(),
-                        file = %self.shown_path().display(),
-                        "SIGHUP: the token credential is the copy systemd made at start and has \
-                         not changed; a new token written to the file needs a restart \
-                         (systemctl restart joulo-gateway)"
-                    )
+        crate::watch::watch_files(
+            vec![path],
+            loaded,
+            interval,
+            hangups,
+            shutdown,
+            move |trigger| {
+                let before = self.current();
+                let had_token = before.is_some();
+                match self.reload() {
+                    // systemd copies a credential at start only: a SIGHUP finds
+                    // the same copy, and "token reloaded" would tell an operator
+                    // who edited the source file that the new token is in use.
+                    Ok(())
+                        if credential && trigger == Trigger::Hangup && {
+                            let after = self.current();
+                            before.zip(after).is_some_and(|(b, a)| b.same_secret(&a))
+                        } =>
+                    {
+                        warn!(
+                            credential = %self.inner.path.display(),
+                            file = %self.shown_path().display(),
+                            "SIGHUP: the token credential is the copy systemd made at start and has \
+                             not changed; a new token written to the file needs a restart \
+                             (systemctl restart joulo-gateway)"
+                        )
+                    }
+                    Ok(()) => info!(
+                        path = %self.inner.path.display(),
+                        trigger = trigger.as_str(),
+                        "token reloaded"
+                    ),
+                    Err(e) if had_token || trigger == Trigger::Hangup => {
+                        warn!(error = %e, "token withdrawn: requests get 503 until the file is fixed");
+                    }
+                    Err(e) => debug!(error = %e, "token file still unusable"),
                 }
-                Ok(()) => info!(
-                    path = %self.inner.path.display(),
-                    trigger = trigger.as_str(),
-                    "token reloaded"
-                ),
-                Err(e) if had_token || trigger == Trigger::Hangup => {
-                    warn!(error = %e, "token withdrawn: requests get 503 until the file is fixed");
-                }
-                Err(e) => debug!(error = %e, "token file still unusable"),
-            }
-        })
+            },
+        )
     }
 }
 

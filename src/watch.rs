@@ -1,4 +1,5 @@
-//! When secrets files are re-read: on SIGHUP, and when a watched file's metadata
+//! When secrets files are re-read: on SIGHUP (passed on by the gateway's signal
+//! hub as [`Hangups`]), and when a watched file's metadata
 //! changes (an atomic rename or a Kubernetes symlink swap changes it too). On
 //! Linux the kernel says when something in the files' folders changed
 //! (inotify), so an idle gateway is never woken to look; where that is not
@@ -30,9 +31,7 @@ impl Trigger {
 }
 
 /// Calls `reload` (on a blocking thread: it reads files) whenever `paths` change
-/// or SIGHUP arrives, until `shutdown` resolves. The SIGHUP handler is installed
-/// before this returns, so a reload requested right after start cannot hit the
-/// default action (terminating the process).
+/// or a SIGHUP comes through `hangups`, until `shutdown` resolves.
 ///
 /// Starts from `loaded`, the files' state taken just before they were last read:
 /// comparing with it rather than with the state when the watcher first runs
@@ -42,10 +41,10 @@ pub fn watch_files(
     paths: Vec<PathBuf>,
     loaded: Baseline,
     interval: Duration,
+    mut hangups: Hangups,
     shutdown: impl Future<Output = ()>,
     reload: impl Fn(Trigger) + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
-    let mut hangup = hangup_signal();
     let reload = Arc::new(reload);
     async move {
         let mut last = loaded.0;
@@ -78,7 +77,7 @@ pub fn watch_files(
                         }
                         Trigger::FileChange
                     }
-                    () = recv_hangup(&mut hangup) => Trigger::Hangup,
+                    () = hangups.next() => Trigger::Hangup,
                 }
             };
             let now = fingerprints(&paths).await;
@@ -246,35 +245,33 @@ fn fingerprint_of(meta: std::fs::Metadata) -> Option<Fingerprint> {
     })
 }
 
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
+/// SIGHUPs as the gateway's one signal hub passes them on (see
+/// [`crate::gateway`]): each copy sees every hangup that arrives after it was
+/// made; several close together may be seen as one, as with signals themselves.
+#[derive(Debug, Clone)]
+pub struct Hangups(Option<tokio::sync::watch::Receiver<()>>);
 
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup())
-        .map_err(|e| warn!(error = %e, "cannot listen for SIGHUP; file changes still reload"))
-        .ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-#[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
+impl Hangups {
+    /// The hangups announced on `receiver`'s channel, one `send` each.
+    pub fn new(receiver: tokio::sync::watch::Receiver<()>) -> Hangups {
+        Hangups(Some(receiver))
     }
-}
 
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) {
-    std::future::pending().await
+    /// No hangup ever: for a watcher that follows file changes only.
+    pub fn none() -> Hangups {
+        Hangups(None)
+    }
+
+    /// Waits for the next hangup; never resolves once the hub is gone.
+    pub async fn next(&mut self) {
+        if let Some(receiver) = &mut self.0 {
+            if receiver.changed().await.is_ok() {
+                return;
+            }
+            self.0 = None;
+        }
+        std::future::pending().await
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +288,7 @@ mod tests {
             vec![path.to_owned()],
             loaded.baseline(),
             Duration::from_millis(10),
+            Hangups::none(),
             std::future::pending(),
             move |trigger| {
                 let _ = tx.send(trigger);
@@ -329,6 +327,7 @@ mod tests {
             vec![path.clone()],
             loaded.baseline(),
             Duration::from_secs(3600),
+            Hangups::none(),
             std::future::pending(),
             move |trigger| {
                 let _ = tx.send(trigger);

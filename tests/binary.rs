@@ -1228,3 +1228,37 @@ fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
         );
     }
 }
+
+/// Everything that can fail is checked before the port is bound: with the
+/// port taken and the LAN key missing, the key is what is reported (exit 64),
+/// not the port.
+#[test]
+fn a_missing_lan_key_is_reported_before_the_port_is_bound() {
+    let upstream = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = write_config(dir.path(), &upstream, "");
+    let ca = joulo_gateway::demo::DemoCa::generate(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("gateway.crt"), &ca.leaf_cert_pem).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "listen = \"{}\"\ntls_cert = \"gateway.crt\"\ntls_key = \"gateway.key\"\n",
+            taken.local_addr().unwrap()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    write_private(&dir.path().join("joulo_token"), &canary()).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("gateway.key") && !err.contains("cannot listen"),
+        "{err}"
+    );
+    drop(taken);
+}

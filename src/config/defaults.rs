@@ -8,12 +8,12 @@ pub const BASE_URL: &str = "https://api.joulo.nl/functions/v1/api";
 /// The compiled-in roots: the gateway verifies Joulo the same way in a
 /// distroless container, a Home Assistant add-on and on a Pi, with no
 /// dependence on a CA bundle being installed or current.
-pub const ROOTS: super::TrustRoots = super::TrustRoots::Webpki;
+pub const ROOTS: super::choices::TrustRoots = super::choices::TrustRoots::Webpki;
 /// Whatever the upstream picks (Joulo and the benchmark's nginx: HTTP/2).
 /// HTTP/1.1 costs fewer instructions per call but, with one connection per
 /// call under way, more system calls: fewer requests a second under load
 /// (bench/RESULTS.md, "HTTP/1.1 or HTTP/2 to Joulo").
-pub const HTTP2: super::upstream::Http2 = super::upstream::Http2::Auto;
+pub const HTTP2: super::choices::Http2 = super::choices::Http2::Auto;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

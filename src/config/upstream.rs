@@ -9,6 +9,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
+pub use super::choices::{Http2, TrustRoots};
 use super::{CREDENTIAL_NAME, ConfigError, DOCKER_SECRET_PATH, FILE_LIMIT, defaults, positive};
 use crate::files;
 
@@ -63,33 +64,6 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// How often the token file's metadata is checked for a rotation.
     pub token_poll_interval: Duration,
-}
-
-/// Which HTTP version the gateway speaks to Joulo, offered in TLS (ALPN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Http2 {
-    /// Offer both; the upstream picks (Joulo's servers pick HTTP/2).
-    Auto,
-    /// HTTP/2 only: the calls share a few connections as streams.
-    Always,
-    /// HTTP/1.1 only: a pool of keep-alive connections, one call on each at
-    /// a time. Cheaper per call than HTTP/2 (no HPACK, no stream machinery).
-    Never,
-}
-
-/// Where the trust anchors for Joulo's certificate come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrustRoots {
-    /// Mozilla's root list compiled into the binary (webpki-roots): the same
-    /// on every platform, needing no CA bundle in the container or OS.
-    Webpki,
-    /// The operating system's store (Debian's ca-certificates), read at start:
-    /// its updates, distrust included, apply at the next start.
-    System,
-    /// Both: a certificate either store accepts.
-    Both,
 }
 
 /// Checks `[upstream]`. Relative paths are taken from `base_dir`, the config

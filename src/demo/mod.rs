@@ -2,7 +2,6 @@
 //! generated token in a real token file, and the real gateway in front of it, so a
 //! newcomer sees the whole path work without a Joulo account.
 
-pub mod ca;
 pub mod sim;
 
 use std::convert::Infallible;
@@ -27,9 +26,9 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::config::{Config, LogConfig};
-use crate::token::TokenSource;
+use crate::gateway::Gateway;
 
-pub use ca::DemoCa;
+pub use crate::throwaway_ca::DemoCa;
 pub use sim::JouloSim;
 
 /// Bound on a TLS handshake with the simulated API.
@@ -82,8 +81,8 @@ pub fn generate_token() -> SecretString {
     SecretString::from(token)
 }
 
-/// Runs the demo until `shutdown` resolves. `listen` is where the gateway binds;
-/// when it is taken, a free loopback port is used instead.
+/// Runs the demo until `shutdown` resolves or SIGHUP arrives. `listen` is where
+/// the gateway binds; when it is taken, a free loopback port is used instead.
 pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = DemoDir::create()?;
     let token = generate_token();
@@ -124,21 +123,15 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
     let config_file = dir.write_private("gateway.toml", &config_text)?;
     let config = Config::load(&config_file)?;
 
-    let tokens = TokenSource::new(config.upstream.token_file.clone());
+    let tokens = Gateway::token_source(&config);
     crate::logging::init(&LogConfig::default(), Some(tokens.clone()))?;
-    tokens.reload()?;
-
+    // The demo belongs to its terminal: closing it (SIGHUP) ends the demo and
+    // deletes its files, rather than leaving it running re-parented to init.
+    let gateway = Gateway::build_with(&config, tokens)?.stop_on_hangup();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = Arc::new(crate::state::AppState::new(&config, tokens)?);
-    let gateway = tokio::spawn({
-        let config = config.clone();
-        async move {
-            crate::server::run(listener, &config, state, async {
-                let _ = stop_rx.await;
-            })
-            .await
-        }
-    });
+    let mut serving = tokio::spawn(gateway.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
 
     println!("\njoulo-gateway demo");
     println!(
@@ -171,9 +164,13 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
         "  curl -si -X POST {base}/chargers                            # 405: write routes are off"
     );
 
-    shutdown.await;
-    let _ = stop_tx.send(());
-    gateway.await?;
+    tokio::select! {
+        () = shutdown => {
+            let _ = stop_tx.send(());
+            serving.await?;
+        }
+        served = &mut serving => served?,
+    }
     sim_task.abort();
     println!(
         "\ndemo stopped: the simulated API saw {} requests, {} `token` query parameters.",

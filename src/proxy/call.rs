@@ -20,8 +20,6 @@ use super::{UpstreamCall, UpstreamStatus};
 use crate::access::Caller;
 use crate::budget::UpstreamBudget;
 use crate::cache::{Buffered, CacheKey, CacheStatus, Outcome, Stored};
-use crate::connections::UpstreamBody;
-use crate::outbound::UpstreamRequest;
 use crate::params;
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
@@ -29,6 +27,8 @@ use crate::sanitize;
 use crate::state::{AppState, Policy};
 use crate::token::{Rejection, TokenEcho, UpstreamToken};
 use crate::upstream;
+use crate::upstream::pool::UpstreamBody;
+use crate::upstream::request::UpstreamRequest;
 
 /// The most a shared upstream answer is buffered to; beyond it each waiting
 /// request refetches and streams.

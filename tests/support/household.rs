@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,9 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
 use joulo_gateway::demo::{self, DemoCa, JouloSim, sim::API_PREFIX};
+use joulo_gateway::gateway::Gateway;
 use joulo_gateway::routes::RouteId;
-use joulo_gateway::state::AppState;
-use joulo_gateway::token::TokenSource;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -125,22 +123,13 @@ pub async fn simulate(shipped_config: &Path, household: &Household) -> Report {
         use secrecy::ExposeSecret;
         demo::write_private(&config.upstream.token_file, token.expose_secret()).unwrap();
     }
-    let tokens = TokenSource::new(config.upstream.token_file.clone());
-    tokens.reload().unwrap();
-    let state = Arc::new(AppState::new(&config, tokens).unwrap());
+    let gateway = Gateway::build(&config).unwrap();
     let listener = TcpListener::bind(config.server.listen).await.unwrap();
     let gateway_addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn({
-        let config = config.clone();
-        let state = state.clone();
-        async move {
-            joulo_gateway::server::run(listener, &config, state, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        }
-    });
+    let gateway = tokio::spawn(gateway.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
 
     let start = Instant::now();
     let end = start + household.duration;

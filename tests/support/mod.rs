@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
 use joulo_gateway::demo::{self, DemoCa};
+use joulo_gateway::gateway::Gateway;
 use joulo_gateway::state::AppState;
-use joulo_gateway::token::TokenSource;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -381,21 +381,14 @@ impl TestGateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let tokens = TokenSource::new(config.upstream.token_file.clone());
-        tokens.reload().unwrap();
+        let gateway = Gateway::build(&config).unwrap();
+        let state = gateway.state().clone();
         let listener = TcpListener::bind(config.server.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(AppState::new(&config, tokens).unwrap());
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let state = state.clone();
-            async move {
-                joulo_gateway::server::run(listener, &config, state, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            }
-        });
+        let task = tokio::spawn(gateway.serve(listener, async {
+            let _ = stop_rx.await;
+        }));
         TestGateway {
             addr,
             token,

@@ -1,5 +1,6 @@
-//! A throwaway certificate authority for the simulated Joulo API, so the demo (and
-//! the tests) exercise the same verified-TLS path as the real api.joulo.nl.
+//! A throwaway certificate authority made in memory: the demo's simulated Joulo
+//! API and the tests use it to exercise the same verified-TLS path as the real
+//! api.joulo.nl. Below both the demo and `lan_tls` (whose tests use it).
 
 use std::sync::Arc;
 

@@ -1,6 +1,9 @@
 //! The way out to Joulo: one pooled HTTPS client built at start (verified rustls
 //! with the web roots plus `ca_file`, SNI, HTTP/2 or HTTP/1.1 by ALPN) that sends
-//! the requests [`crate::outbound`] builds, and the bounded wait for an answer.
+//! the requests [`request`] builds, and the bounded wait for an answer.
+
+pub mod pool;
+pub mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +25,12 @@ use prometheus_client::registry::Registry;
 
 use crate::budget::UpstreamBudget;
 use crate::config::{Http2, TrustRoots, UpstreamConfig};
-use crate::connections::{Connections, RequestBody, UpstreamBody};
 use crate::metrics::RouteSeries;
-use crate::outbound::UpstreamRequest;
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
 use crate::token::{TokenEcho, TokenEchoed};
+use crate::upstream::pool::{Connections, RequestBody, UpstreamBody};
+use crate::upstream::request::UpstreamRequest;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]

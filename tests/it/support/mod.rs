@@ -3,6 +3,8 @@
 //! run-time canary tokens, and a trace-level log capture every test checks for leaks.
 #![allow(dead_code)]
 
+pub mod household;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

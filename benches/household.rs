@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench household`
 
-#[path = "../tests/support/household.rs"]
+#[path = "../tests/it/support/household.rs"]
 mod household;
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! working at once while other devices keep being served, a config that fails
 //! validation changes nothing, and settings that need a restart are named.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The built `joulo-gateway` binary: its command line, `check` exit codes, and a
 //! full run against a recording TLS upstream with SIGHUP rotation and SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

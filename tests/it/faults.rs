@@ -2,7 +2,7 @@
 //! fails TLS or answers with an HTML 503, and requests framed to be read two ways.
 //! Each gets its documented answer, the gateway keeps serving, nothing leaks.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

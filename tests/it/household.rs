@@ -1,13 +1,10 @@
 //! Holds the gateway to its budget goal: a household polling through the shipped
 //! config costs Joulo one call per route per TTL window, however many devices poll.
 
-#[path = "support/household.rs"]
-mod household;
-
 use std::path::Path;
 use std::time::Duration;
 
-use household::{Household, simulate};
+use crate::support::household::{self, Household, simulate};
 
 /// Eight devices polling the four GET routes every 10-30 s through the shipped
 /// config for `duration` of simulated time; with `greedy`, the eighth pages

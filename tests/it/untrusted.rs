@@ -4,7 +4,7 @@
 //! refused, a streamed answer that fails before its first byte is a clean
 //! error, and the GET retry after a dropped connection is charged and counted.
 
-mod support;
+use crate::support;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! device keys by Bearer, Basic and X-Gateway-Key with Joulo's scope answers, and
 //! HTTPS for LAN clients with a test CA and certificate reload.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -117,7 +117,7 @@ pub async fn simulate(shipped_config: &Path, household: &Household) -> Report {
     // HTTP/2 to the simulated API: over HTTP/1.1 every call to the in-process
     // simulation stalls under tokio's paused clock until its deadline (so too
     // with hyper-util's generic client, so not the gateway's connections);
-    // HTTP/1.1 is covered in real time by tests/gateway.rs and tests/faults.rs.
+    // HTTP/1.1 is covered in real time by tests/it/gateway.rs and tests/it/faults.rs.
     config.upstream.http2 = joulo_gateway::config::Http2::Auto;
     {
         use secrecy::ExposeSecret;

@@ -1,7 +1,7 @@
 //! The token's budget end to end: cache hits and misses, coalescing, stale copies
 //! when Joulo fails, the upstream budget and Joulo's own 429.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

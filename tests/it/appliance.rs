@@ -2,7 +2,7 @@
 //! 413, idle, connection and per-address limits, refusals at accept), health,
 //! readiness and metrics.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

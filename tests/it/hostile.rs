@@ -3,7 +3,7 @@
 //! busy with PINGs, silent TLS handshakes, answers it never reads. Other
 //! devices must still be served, and what it holds must stay bounded.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,10 +9,10 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use joulo_gateway::params::QuerySchema;
-use joulo_gateway::routes::{RouteId, RouteTable, normalise_path};
-use joulo_gateway::sanitize::clean_response_headers;
-use joulo_gateway::upstream::request::Outbound;
+use joulo_gateway::QuerySchema;
+use joulo_gateway::{RouteId, RouteTable, normalise_path};
+use joulo_gateway::clean_response_headers;
+use joulo_gateway::Outbound;
 
 /// What an HTTP/2 answer from the API carries.
 fn joulo_answer_headers() -> HeaderMap {

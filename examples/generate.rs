@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use joulo_gateway::cli::Cli;
+use joulo_gateway::Cli;
 
 /// The generator's own command line.
 #[derive(Parser)]

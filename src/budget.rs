@@ -381,8 +381,6 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     (!wait.is_zero()).then(|| wait.min(RETRY_AFTER_MAX))
 }
 
-pub use crate::respond::retry_after_secs;
-
 /// `d` scaled by a random factor in [0.8, 1.2].
 fn jitter(d: Duration) -> Duration {
     let mut byte = [0u8; 2];
@@ -402,6 +400,7 @@ impl UpstreamBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::respond::retry_after_secs;
     use std::num::NonZeroU32;
 
     fn limits(per_minute: u32, burst: u32, queue: u64) -> LimitsConfig {

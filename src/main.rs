@@ -6,12 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use joulo_gateway::cli::{Cli, Command, Failure};
+use joulo_gateway::{Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal};
 use joulo_gateway::config::{self, Config};
-use joulo_gateway::gateway::{self, Gateway};
-use joulo_gateway::sanitize::REDACTED;
-use joulo_gateway::token::TokenFileText;
-use joulo_gateway::{demo, gen_key, hardening, healthcheck, logging};
+use joulo_gateway::demo;
 use std::path::{Path, PathBuf};
 
 /// The static binary (the .deb's and Docker's) allocates through mimalloc:
@@ -38,7 +35,7 @@ fn main() -> ExitCode {
             let paths: Vec<&Path> = candidates.iter().map(PathBuf::as_path).collect();
             let text = TokenFileText::read(&paths).redact(&text, REDACTED);
             let text = config::DeviceKeyHashes::read(&config_path).redact(&text, REDACTED);
-            eprintln!("joulo-gateway: {}", logging::redact(&text, None));
+            eprintln!("joulo-gateway: {}", redact(&text, None));
             code
         }
     }
@@ -46,7 +43,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     // Before any secret is read: no core file, not dumpable or traceable.
-    let hardened = hardening::forbid_core_dumps();
+    let hardened = forbid_core_dumps();
     let warn_if_dumpable = || {
         if let Err(e) = &hardened {
             tracing::warn!(error = %e, "cannot forbid core dumps; set LimitCORE=0 (systemd) or ulimit -c 0");
@@ -57,7 +54,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let config = Config::load(&cli.config)?;
             let tokens = Gateway::token_source(&config);
             // So a too-open token file's warning is shown.
-            logging::init(&config.log, Some(tokens.clone()))?;
+            init_logging(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
             // Builds what a run would: the token, upstream TLS settings, the
@@ -73,17 +70,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 config.upstream.token_file.display()
             );
             let line = token_file_text(&config).redact(&line, REDACTED);
-            println!("{}", logging::redact(&line, None));
+            println!("{}", redact(&line, None));
             Ok(())
         }
         Command::GenKey { name, scopes } => {
-            print!("{}", gen_key::gen_key_text(&name, &scopes)?);
+            print!("{}", gen_key_text(&name, &scopes)?);
             Ok(())
         }
         Command::Healthcheck { url, ca } => {
             let target = match url {
-                Some(url) => healthcheck::Target::from_url(url, ca.as_deref()),
-                None => healthcheck::Target::from_config(&cli.config),
+                Some(url) => HealthcheckTarget::from_url(url, ca.as_deref()),
+                None => HealthcheckTarget::from_config(&cli.config),
             }
             .map_err(anyhow::Error::from)?;
             let runtime = runtime()?;
@@ -95,13 +92,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { listen } => {
             let runtime = runtime()?;
             let _guard = runtime.enter();
-            let stop = gateway::shutdown_signal();
+            let stop = shutdown_signal();
             Ok(runtime.block_on(demo::run(listen, stop))?)
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
             let tokens = Gateway::token_source(&config);
-            let log_level = logging::init(&config.log, Some(tokens.clone()))?;
+            let log_level = init_logging(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
             // Every check that can fail, before the port is bound.
@@ -110,7 +107,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             // More event loops, if configured, are started by the server.
             let runtime = runtime()?;
             let _guard = runtime.enter();
-            let shutdown = gateway::shutdown_signal();
+            let shutdown = shutdown_signal();
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await

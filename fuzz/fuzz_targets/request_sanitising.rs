@@ -5,8 +5,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
-use joulo_gateway::routes::{normalise_path, RouteId, RouteTable};
-use joulo_gateway::sanitize::{clean_query, clean_request_headers, is_credential_param, REDACTED};
+use joulo_gateway::{normalise_path, RouteId, RouteTable};
+use joulo_gateway::{clean_query, clean_request_headers, is_credential_param, REDACTED};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! generated token in a real token file, and the real gateway in front of it, so a
 //! newcomer sees the whole path work without a Joulo account.
 
-pub mod sim;
+mod sim;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,7 +29,7 @@ use crate::config::{Config, LogConfig};
 use crate::gateway::Gateway;
 
 pub use crate::throwaway_ca::DemoCa;
-pub use sim::JouloSim;
+pub use sim::{API_PREFIX, JouloSim};
 
 /// Bound on a TLS handshake with the simulated API.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

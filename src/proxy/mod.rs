@@ -29,7 +29,6 @@ use crate::routes::RouteId;
 use crate::state::{AppState, Policy};
 use finish::{ClosedEarly, finish};
 
-pub use finish::ErrorChain;
 
 /// The status Joulo answered with, kept on a response for the access log.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use joulo_gateway::access::{generate_key, key_sha256_hex};
+use joulo_gateway::{generate_key, key_sha256_hex};
 use joulo_gateway::demo::{DemoCa, write_private};
 use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, connect_from, json};
 use tokio::io::AsyncReadExt;

@@ -312,11 +312,11 @@ async fn past_the_limit_a_newcomer_is_served_at_once_and_the_busy_connection_fin
 #[tokio::test]
 async fn health_and_readiness_follow_the_token() {
     let upstream = MockUpstream::start();
-    let key = joulo_gateway::access::generate_key();
+    let key = joulo_gateway::generate_key();
     let gateway = TestGateway::start_on(&upstream,
         &format!(
             "[cache]\nttl = \"0s\"\n[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-            joulo_gateway::access::key_sha256_hex(&key)
+            joulo_gateway::key_sha256_hex(&key)
         ),
     )
     .await;
@@ -367,8 +367,8 @@ async fn health_and_readiness_follow_the_token() {
 #[tokio::test]
 async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
     let upstream = MockUpstream::start();
-    let key = joulo_gateway::access::generate_key();
-    let quiet = joulo_gateway::access::generate_key();
+    let key = joulo_gateway::generate_key();
+    let quiet = joulo_gateway::generate_key();
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
@@ -376,8 +376,8 @@ async fn metrics_count_requests_calls_cache_and_limits_without_secrets() {
              [ops]\nallow = [\"127.0.0.1\"]\n\
              [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n\
              [[clients]]\nname = \"meter\"\nkey_sha256 = \"{}\"\nscopes = [\"energy:read\"]\n",
-            joulo_gateway::access::key_sha256_hex(&key),
-            joulo_gateway::access::key_sha256_hex(&quiet),
+            joulo_gateway::key_sha256_hex(&key),
+            joulo_gateway::key_sha256_hex(&quiet),
         ),
     )
     .await;
@@ -515,7 +515,7 @@ async fn ops_endpoints_obey_the_allowlist_and_are_never_forwarded() {
 #[tokio::test]
 async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
     let upstream = MockUpstream::start();
-    let key = joulo_gateway::access::generate_key();
+    let key = joulo_gateway::generate_key();
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
@@ -523,7 +523,7 @@ async fn status_shows_the_household_what_the_gateway_knows_and_no_secret() {
              [ops]\nallow = [\"127.0.0.1\"]\n\
              [[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{}\"\n\
              scopes = [\"chargers:read\", \"energy:read\"]\n",
-            joulo_gateway::access::key_sha256_hex(&key)
+            joulo_gateway::key_sha256_hex(&key)
         ),
     )
     .await;

@@ -265,7 +265,7 @@ fn gen_key_prints_a_key_once_and_an_entry_holding_its_hash() {
         .expect("a key is printed");
     assert_eq!(key.len(), 36);
     assert_eq!(text.matches(key).count(), 1, "the key is printed once");
-    let hash = joulo_gateway::access::key_sha256_hex(key);
+    let hash = joulo_gateway::key_sha256_hex(key);
     assert!(text.contains(&format!("key_sha256 = \"{hash}\"")), "{text}");
     assert!(
         text.contains("scopes = [\"chargers:read\", \"energy:read\"]"),
@@ -801,7 +801,7 @@ async fn healthcheck_asks_what_the_config_serves_over_https_too() {
 
 #[tokio::test]
 async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connection() {
-    use joulo_gateway::access::{generate_key, key_sha256_hex};
+    use joulo_gateway::{generate_key, key_sha256_hex};
     let upstream = MockUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     write_private(&dir.path().join("joulo_token"), &canary()).unwrap();
@@ -1186,7 +1186,7 @@ fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
             &format!(
                 "[access]\nallow = [\"{key}\"]\n[[clients]]\nname = \"ha\"\n\
                  key_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-                joulo_gateway::access::key_sha256_hex(&key)
+                joulo_gateway::key_sha256_hex(&key)
             ),
         );
         write_private(&dir.path().join("joulo_token"), &whole).unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use joulo_gateway::cache::CacheKey;
-use joulo_gateway::routes::RouteId;
+use joulo_gateway::CacheKey;
+use joulo_gateway::RouteId;
 use support::{MockUpstream, PREFIX, Reply, TestGateway, json, jump_clock};
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use joulo_gateway::config::Config;
-use joulo_gateway::routes::RouteId;
+use joulo_gateway::RouteId;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -490,13 +490,13 @@ async fn head_answers_like_get_without_a_body_and_from_the_cache() {
 #[tokio::test]
 async fn a_device_flooding_past_its_allowance_does_not_flood_the_log() {
     let upstream = MockUpstream::start();
-    let key = joulo_gateway::access::generate_key();
+    let key = joulo_gateway::generate_key();
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
             "[limits]\nclient_burst = 3\nclient_per_minute = 60\nqueue_timeout = \"0s\"\n\
              [[clients]]\nname = \"flooder\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-            joulo_gateway::access::key_sha256_hex(&key)
+            joulo_gateway::key_sha256_hex(&key)
         ),
     )
     .await;

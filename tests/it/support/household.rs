@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
-use joulo_gateway::demo::{self, DemoCa, JouloSim, sim::API_PREFIX};
-use joulo_gateway::gateway::Gateway;
-use joulo_gateway::routes::RouteId;
+use joulo_gateway::demo::{self, DemoCa, JouloSim, API_PREFIX};
+use joulo_gateway::Gateway;
+use joulo_gateway::RouteId;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 

@@ -18,8 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use joulo_gateway::config::Config;
 use joulo_gateway::demo::{self, DemoCa};
-use joulo_gateway::gateway::Gateway;
-use joulo_gateway::state::AppState;
+use joulo_gateway::Gateway;
+use joulo_gateway::AppState;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -427,12 +427,12 @@ impl TestGateway {
     /// holding every scope, whose key every request through this helper
     /// carries (in `X-Gateway-Key`).
     pub async fn start_writer(upstream: &MockUpstream, extra: &str) -> TestGateway {
-        let key = joulo_gateway::access::generate_key();
+        let key = joulo_gateway::generate_key();
         CANARIES.lock().unwrap().push(key.clone());
         let clients = format!(
             "[[clients]]\nname = \"admin\"\nkey_sha256 = \"{}\"\n\
              scopes = [\"chargers:read\", \"chargers:write\", \"sessions:read\", \"energy:read\"]\n",
-            joulo_gateway::access::key_sha256_hex(&key)
+            joulo_gateway::key_sha256_hex(&key)
         );
         let mut gateway = TestGateway::start_on(upstream, &format!("{extra}\n{clients}")).await;
         gateway.key = Some(key);

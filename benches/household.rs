@@ -6,6 +6,10 @@
 //!
 //! Run: `cargo bench --bench household`
 
+// The support module is shared with the tests, whose `pub` items are for their
+// siblings: a bench binary has no surface.
+#![allow(unreachable_pub)]
+
 #[path = "../tests/it/support/household.rs"]
 mod household;
 

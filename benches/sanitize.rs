@@ -4,15 +4,19 @@
 //!
 //! Run: `cargo bench --bench sanitize`
 
+// `criterion_group!` makes an undocumented `pub fn`; a bench binary has no
+// surface to document.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use joulo_gateway::QuerySchema;
-use joulo_gateway::{RouteId, RouteTable, normalise_path};
-use joulo_gateway::clean_response_headers;
 use joulo_gateway::Outbound;
+use joulo_gateway::QuerySchema;
+use joulo_gateway::clean_response_headers;
+use joulo_gateway::{RouteId, RouteTable, normalise_path};
 
 /// What an HTTP/2 answer from the API carries.
 fn joulo_answer_headers() -> HeaderMap {

@@ -21,7 +21,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use joulo_gateway::demo::{self, DemoCa, JouloSim, API_PREFIX};
+use joulo_gateway::demo::{self, API_PREFIX, DemoCa, JouloSim};
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

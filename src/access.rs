@@ -18,11 +18,11 @@ use crate::routes::RouteId;
 
 /// The prefix of every key `joulo-gateway gen-key` makes, so a leaked one is
 /// recognisable (and scrubbed from logs).
-pub const KEY_PREFIX: &str = "jgw_";
+pub(crate) const KEY_PREFIX: &str = "jgw_";
 
 /// The ranges allowed when `[access] allow` is not set: loopback, private and
 /// link-local, IPv4 and IPv6.
-pub const DEFAULT_ALLOW: [&str; 8] = [
+pub(crate) const DEFAULT_ALLOW: [&str; 8] = [
     "127.0.0.0/8",
     "::1/128",
     "10.0.0.0/8",
@@ -422,7 +422,7 @@ fn valid_host(host: &str) -> bool {
 /// it is a valid authority, the same as an absolute-form target's; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
 /// a `Host` sent beside it agree. A request that names its target two ways
 /// could be routed by one reading and checked by the other.
-pub fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
+pub(crate) fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -490,7 +490,7 @@ fn request_host(parts: &Parts) -> Option<&str> {
 /// address as it is (IPv4-mapped IPv6 counted as IPv4), an IPv6 address's /64,
 /// since one host is routinely handed a whole /64 and can use any address in
 /// it.
-pub fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
@@ -554,7 +554,7 @@ pub fn generate_key() -> String {
 }
 
 /// Whether `name` is acceptable as a device name: 1-64 of `A-Za-z0-9-_.`.
-pub fn valid_device_name(name: &str) -> bool {
+pub(crate) fn valid_device_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -25,7 +25,7 @@ use crate::access::{AccessError, address_key};
 /// handshake) before it is dropped, whatever state it is in. A client that
 /// never reads, or keeps a stream blocked on flow control, holds its slot no
 /// longer than this once a newcomer needs it.
-pub const EVICTION_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const EVICTION_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a refused client is given to send its request head, and then to
 /// read its answer and close.
@@ -41,7 +41,7 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 32;
 /// Open connections, for the connection limits and for choosing which
 /// connection makes room.
 #[derive(Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The open connections and their counts, behind one lock: admission and
     /// eviction must see the same picture.
     registry: Arc<Mutex<Registry>>,
@@ -79,7 +79,7 @@ struct Open {
 
 /// Why a connection was refused as soon as it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The address is outside `[access] allow`.
     Network,
     /// The address already has `server.max_connections_per_ip` connections.
@@ -91,7 +91,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// For log fields.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Network => "outside [access] allow",
             Refusal::PerIpQuota => "past server.max_connections_per_ip",
@@ -103,7 +103,7 @@ impl Refusal {
 impl Admission {
     /// Limits from `[server]`: `max` connections at once, `per_address` from
     /// one address.
-    pub fn new(max: usize, per_address: usize) -> Admission {
+    pub(crate) fn new(max: usize, per_address: usize) -> Admission {
         Admission {
             registry: Arc::default(),
             max,
@@ -118,7 +118,7 @@ impl Admission {
     /// connection of the address holding the most is asked to close (see
     /// [`Ticket::close_signal`]): a newcomer never waits for a slot, and a
     /// device holding many connections makes room before one holding few.
-    pub fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
         let address = address_key(ip);
         let mut registry = lock(&self.registry);
         let count = registry.per_address.get(&address).copied().unwrap_or(0);
@@ -162,12 +162,12 @@ impl Admission {
     }
 
     /// Open connections.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         lock(&self.registry).open.len()
     }
 
     /// Waits until no connection is open.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
             let mut notified = std::pin::pin!(notified);
@@ -235,7 +235,7 @@ impl Registry {
 }
 
 /// A connection's place under the limits; given back when dropped.
-pub struct Ticket {
+pub(crate) struct Ticket {
     /// Its number in the registry.
     id: u64,
     /// How it is asked to close.
@@ -246,7 +246,7 @@ pub struct Ticket {
 
 impl Ticket {
     /// Set when the connection is asked to make room for a newcomer.
-    pub fn close_signal(&self) -> &Arc<CloseSignal> {
+    pub(crate) fn close_signal(&self) -> &Arc<CloseSignal> {
         &self.close
     }
 }
@@ -276,7 +276,7 @@ impl Drop for Ticket {
 /// A request to one connection to finish (within [`EVICTION_GRACE`]) or to
 /// go at once: set once each, seen by every waiter.
 #[derive(Debug, Default)]
-pub struct CloseSignal {
+pub(crate) struct CloseSignal {
     /// 0: open; [`ASKED`]: asked to finish; [`DROPPED`]: to go at once.
     state: AtomicU8,
     /// Wakes the waiters when it changes.
@@ -308,12 +308,12 @@ impl CloseSignal {
     }
 
     /// Resolves once the connection is asked to close (or to go at once).
-    pub async fn asked(&self) {
+    pub(crate) async fn asked(&self) {
         self.reached(ASKED).await;
     }
 
     /// Resolves once the connection is to go at once.
-    pub async fn dropped(&self) {
+    pub(crate) async fn dropped(&self) {
         self.reached(DROPPED).await;
     }
 
@@ -336,7 +336,7 @@ fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 
 /// Answers refused connections without serving them: the same JSON error a
 /// request would get, written by a small task so the accept loop moves on.
-pub struct Refuser {
+pub(crate) struct Refuser {
     /// The whole HTTP/1.1 answers for each refusal, built once; `None` on an
     /// HTTPS listener, where no handshake is spent on a refused client and it
     /// is closed unanswered.
@@ -358,7 +358,7 @@ struct RefusalAnswers {
 
 impl Refuser {
     /// A refuser for a plain (`https` false) or HTTPS listener.
-    pub fn new(https: bool) -> Refuser {
+    pub(crate) fn new(https: bool) -> Refuser {
         let answers = (!https).then(|| RefusalAnswers {
             network: refusal_response(StatusCode::FORBIDDEN, &AccessError::Network.to_string()),
             per_ip: refusal_response(
@@ -377,7 +377,7 @@ impl Refuser {
     }
 
     /// Answers and closes `stream`, or just closes it. Never waits.
-    pub fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
+    pub(crate) fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
         debug!(client = %client, reason = why.as_str(), "connection refused");
         let Some(answers) = &self.answers else {
             return;

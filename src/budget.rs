@@ -34,7 +34,7 @@ const CLIENT_SWEEP_EVERY: u64 = 4096;
 /// governor's clock, read from tokio's, so limits follow a paused test clock and
 /// waits are tokio sleeps.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
+pub(crate) struct TokioClock;
 
 impl Clock for TokioClock {
     type Instant = std::time::Instant;
@@ -369,7 +369,7 @@ async fn wait_for_slot(
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 section 10.2.3),
 /// capped at an hour; `None` when absent, malformed or already past.
-pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     let wait = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),

@@ -18,13 +18,13 @@ thread_local! {
 
 /// The index of the event loop running on this thread. Any index would still
 /// work, only slower.
-pub fn current() -> usize {
+pub(crate) fn current() -> usize {
     EVENT_LOOP.with(Cell::get)
 }
 
 /// Marks this thread as running event loop `index`; called once, by the
 /// thread the server starts for that loop.
-pub fn enter(index: usize) {
+pub(crate) fn enter(index: usize) {
     EVENT_LOOP.with(|current| current.set(index));
 }
 
@@ -34,7 +34,7 @@ pub fn enter(index: usize) {
 /// one of nginx's worker processes, so a request never wakes another thread.
 /// One work-stealing runtime with two threads was measured no faster than one
 /// thread (README, Performance); separate loops were.
-pub struct EventLoops {
+pub(crate) struct EventLoops {
     /// The loops besides the caller's.
     others: Vec<Handle>,
     /// Where the next connection goes: 0 is the caller's loop.
@@ -47,7 +47,7 @@ pub struct EventLoops {
 
 impl EventLoops {
     /// Starts `count - 1` loops beside the caller's.
-    pub fn start(count: usize) -> io::Result<EventLoops> {
+    pub(crate) fn start(count: usize) -> io::Result<EventLoops> {
         let mut loops = EventLoops {
             others: Vec::new(),
             next: 0,
@@ -89,14 +89,14 @@ impl EventLoops {
 
     /// The loop for the next connection, round-robin, by index (0 is the
     /// caller's) and handle (`None` for the caller's).
-    pub fn next_loop(&mut self) -> (usize, Option<&Handle>) {
+    pub(crate) fn next_loop(&mut self) -> (usize, Option<&Handle>) {
         let index = self.next;
         self.next = (index + 1) % (self.others.len() + 1);
         (index, index.checked_sub(1).map(|i| &self.others[i]))
     }
 
     /// Ends the other loops, dropping whatever connections they still hold.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         drop(self.stops);
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {

@@ -39,7 +39,7 @@ pub enum FileError {
 /// what is checked), refusing anything else and anything longer than `limit`
 /// bytes. At most `limit + 1` bytes are ever read, and the buffer is zeroized
 /// when dropped, as are any it outgrew, since the file may be a secret.
-pub fn read_regular(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileError> {
+pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, FileError> {
     let (file, size_hint) = open_regular(path)?;
     read_bounded(file, size_hint, limit)
 }
@@ -60,7 +60,7 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// private key: nobody. Group or other permission bits, or an owner that is
 /// neither the gateway's user nor root, are exposure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exposure {
+pub(crate) struct Exposure {
     /// What is wrong and the command that fixes it.
     pub problem: String,
 }
@@ -72,7 +72,7 @@ pub struct Exposure {
 /// guards, such as systemd credentials or Docker secrets): then it is read and
 /// its [`Exposure`] returned for a warning, except when others may read it
 /// and it does not lie on a memory file system (see [`platform_mount_refuses`]).
-pub fn read_private(
+pub(crate) fn read_private(
     path: &Path,
     limit: u64,
     platform_protected: bool,
@@ -116,7 +116,7 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 /// bind-mounted in (Compose's `secrets: file:`), and its mode is what every
 /// local user of the host gets. Group bits alone stay a warning: the group
 /// is the platform's, not every user's.
-pub fn platform_mount_refuses(mode: u32, fs_magic: Option<u64>) -> bool {
+pub(crate) fn platform_mount_refuses(mode: u32, fs_magic: Option<u64>) -> bool {
     let memory = fs_magic.is_some_and(|m| m == TMPFS_MAGIC || m == RAMFS_MAGIC);
     mode & 0o004 != 0 && !memory
 }
@@ -153,7 +153,7 @@ fn platform_mount_exposure(_file: &std::fs::File) -> Result<Option<String>, File
 /// guards: the systemd credentials directory (`$CREDENTIALS_DIRECTORY`, which
 /// must be absolute) or Docker's `/run/secrets`. Decided on where the path
 /// really leads (links and `..` resolved), never on how it is spelt.
-pub fn platform_protected(path: &Path) -> bool {
+pub(crate) fn platform_protected(path: &Path) -> bool {
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
         .map(std::path::PathBuf::from)
         .filter(|dir| dir.is_absolute() && dir != Path::new("/"));
@@ -161,7 +161,7 @@ pub fn platform_protected(path: &Path) -> bool {
 }
 
 /// [`platform_protected`] with the credentials directory given.
-pub fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
+pub(crate) fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
     let Ok(real) = std::fs::canonicalize(path) else {
         return false;
     };
@@ -177,7 +177,7 @@ pub fn under_platform_mount(path: &Path, credentials: Option<&Path>) -> bool {
 /// bits, and no folder on the way others may write. Its owner is not judged (a
 /// user namespace shows root as nobody), nor is a source that cannot be seen
 /// (gone since the copy, or in a folder closed to the service).
-pub fn check_source_private(path: &Path) -> Result<(), FileError> {
+pub(crate) fn check_source_private(path: &Path) -> Result<(), FileError> {
     #[cfg(unix)]
     {
         let Ok(stat) = rustix::fs::stat(path) else {
@@ -198,7 +198,7 @@ pub fn check_source_private(path: &Path) -> Result<(), FileError> {
 /// Refuses a file others could change: `path` must not be writable by group or
 /// others (the config, a CA file: not secret, but whoever can edit them can
 /// send the token elsewhere), nor lie in a folder they can write to.
-pub fn check_not_writable_by_others(path: &Path) -> Result<(), FileError> {
+pub(crate) fn check_not_writable_by_others(path: &Path) -> Result<(), FileError> {
     if let Some(problem) = writable_folder(path) {
         return Err(FileError::Exposed { problem });
     }

@@ -58,13 +58,18 @@ pub enum HealthError {
     /// A certificate file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The certificate file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: FileError,
     },
     /// A certificate file holds no usable certificate.
     #[error("{path} holds no PEM CERTIFICATE block")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The certificate file.
+        path: PathBuf,
+    },
     /// The URL carries a user name or password.
     #[error("--url must not carry user information (user:password@)")]
     UserInfo,
@@ -77,13 +82,20 @@ pub enum HealthError {
     /// No connection, or TLS refused.
     #[error("cannot reach {url}: {source}")]
     Unreachable {
+        /// The URL asked.
         url: Uri,
+        /// The connection or TLS failure.
         #[source]
         source: Box<hyper_util::client::legacy::Error>,
     },
     /// An answer other than 200.
     #[error("{url} answered {status}")]
-    Status { url: Uri, status: http::StatusCode },
+    Status {
+        /// The URL asked.
+        url: Uri,
+        /// What it answered.
+        status: http::StatusCode,
+    },
     /// rustls refused the settings.
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),

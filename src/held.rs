@@ -22,7 +22,7 @@ use crate::respond::{Body, BoxError};
 /// What an answer is charged beyond its body: its head and the per-request
 /// state hyper and h2 keep for it (about 5 KiB per HTTP/2 stream, measured
 /// with `bench/hostile`).
-pub const ANSWER_OVERHEAD: usize = 4 * 1024;
+pub(crate) const ANSWER_OVERHEAD: usize = 4 * 1024;
 
 /// What a body of unknown length (an answer streamed from Joulo) is charged:
 /// it flows through, bounded by the flow-control windows, not held whole.
@@ -31,7 +31,7 @@ const STREAMED_CHARGE: usize = 64 * 1024;
 /// The bytes held by answers that are ready but not yet handed to their
 /// connections, across the gateway.
 #[derive(Debug)]
-pub struct HeldAnswers {
+pub(crate) struct HeldAnswers {
     /// Held now.
     held: AtomicUsize,
     /// `server.max_answer_memory`.
@@ -43,7 +43,7 @@ pub struct HeldAnswers {
 impl HeldAnswers {
     /// Limits from `[server]`: `limit` bytes in total, `per_connection` on
     /// any one connection.
-    pub fn new(limit: usize, per_connection: usize) -> Arc<HeldAnswers> {
+    pub(crate) fn new(limit: usize, per_connection: usize) -> Arc<HeldAnswers> {
         Arc::new(HeldAnswers {
             held: AtomicUsize::new(0),
             limit,
@@ -52,7 +52,7 @@ impl HeldAnswers {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 
@@ -62,7 +62,7 @@ impl HeldAnswers {
     }
 
     /// A new connection's account.
-    pub fn connection(self: &Arc<Self>) -> ConnectionAnswers {
+    pub(crate) fn connection(self: &Arc<Self>) -> ConnectionAnswers {
         ConnectionAnswers(Arc::new(ConnectionHeld {
             held: AtomicUsize::new(0),
             total: self.clone(),
@@ -72,7 +72,7 @@ impl HeldAnswers {
 
 /// One connection's answers not yet handed over; a clone shares the account.
 #[derive(Debug, Clone)]
-pub struct ConnectionAnswers(Arc<ConnectionHeld>);
+pub(crate) struct ConnectionAnswers(Arc<ConnectionHeld>);
 
 #[derive(Debug)]
 struct ConnectionHeld {
@@ -92,7 +92,7 @@ impl ConnectionAnswers {
     /// short 503, which is charged too (its few bytes must not be free to
     /// pile up). So the gateway holds at most `max_answer_memory`, plus one
     /// answer per connection, plus a 503 per HTTP/2 stream.
-    pub fn charge(&self, response: Response<Body>) -> Response<Body> {
+    pub(crate) fn charge(&self, response: Response<Body>) -> Response<Body> {
         let account = &self.0;
         let amount = charge_for(response.body().size_hint());
         let connection = account.held.load(Ordering::Relaxed);
@@ -128,7 +128,7 @@ impl ConnectionAnswers {
     /// (a wait for its allowance, for Joulo, a held 429): its stream's state
     /// costs memory meanwhile, and the stream executor must see that the
     /// connection holds something before it starts the next stream.
-    pub fn reserve(&self) -> Reservation {
+    pub(crate) fn reserve(&self) -> Reservation {
         let account = &self.0;
         account.held.fetch_add(ANSWER_OVERHEAD, Ordering::Relaxed);
         account
@@ -141,11 +141,11 @@ impl ConnectionAnswers {
 
 /// [`ANSWER_OVERHEAD`] held for an answer under way; given back on drop.
 #[derive(Debug)]
-pub struct Reservation(ConnectionAnswers);
+pub(crate) struct Reservation(ConnectionAnswers);
 
 impl Reservation {
     /// Gives the reservation back and charges the answer in its place.
-    pub fn charge(self, response: Response<Body>) -> Response<Body> {
+    pub(crate) fn charge(self, response: Response<Body>) -> Response<Body> {
         let answers = self.0.clone();
         drop(self);
         answers.charge(response)
@@ -232,7 +232,7 @@ impl hyper::body::Body for Charged {
 /// stream on a connection already holding an answer is reset at once: a
 /// stream's own state costs memory, whatever its answer.
 #[derive(Debug, Clone)]
-pub struct StreamExecutor {
+pub(crate) struct StreamExecutor {
     /// How long a stream may go without being woken.
     stall: Duration,
     /// The connection's held answers.
@@ -242,7 +242,7 @@ pub struct StreamExecutor {
 impl StreamExecutor {
     /// Streams of the connection `answers` belongs to; those stalled for
     /// `stall` are reset.
-    pub fn new(stall: Duration, answers: ConnectionAnswers) -> StreamExecutor {
+    pub(crate) fn new(stall: Duration, answers: ConnectionAnswers) -> StreamExecutor {
         StreamExecutor { stall, answers }
     }
 }

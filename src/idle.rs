@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 /// between `idle_timeout` and 1.25 x `idle_timeout` after its last byte. Resetting
 /// a deadline on every read and write instead costs a clock read and a timer-wheel
 /// update each time, measured at about 5% of a cached answer's CPU.
-pub struct IdleTimeout<I> {
+pub(crate) struct IdleTimeout<I> {
     /// The connection.
     inner: I,
     /// A quarter of the timeout.
@@ -40,7 +40,7 @@ const IDLE_TICKS: u32 = 4;
 
 impl<I> IdleTimeout<I> {
     /// `inner`, closed after `timeout` with nothing moving.
-    pub fn new(inner: I, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: I, timeout: Duration) -> Self {
         let tick = timeout / IDLE_TICKS;
         IdleTimeout {
             inner,

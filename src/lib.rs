@@ -114,9 +114,7 @@ pub use params::QuerySchema;
 pub use refusals::{LINES_PER_ADDRESS, LOG_INTERVAL};
 pub use reload::{Reloaded, reload_once};
 pub use routes::{RouteId, RouteTable, normalise_path};
-pub use sanitize::{
-    REDACTED, clean_response_headers, is_credential_param,
-};
+pub use sanitize::{REDACTED, clean_response_headers, is_credential_param};
 pub use state::AppState;
 pub use token::TokenFileText;
 pub use upstream::request::Outbound;

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use joulo_gateway::{Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal};
 use joulo_gateway::config::{self, Config};
 use joulo_gateway::demo;
+use joulo_gateway::{
+    Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, forbid_core_dumps,
+    gen_key_text, init_logging, redact, shutdown_signal,
+};
 use std::path::{Path, PathBuf};
 
 /// The static binary (the .deb's and Docker's) allocates through mimalloc:

@@ -18,7 +18,7 @@ use crate::routes::RouteId;
 /// and kept: a family's own lookup takes a lock and hashes the labels, which
 /// the per-request metrics would otherwise pay on every request.
 #[derive(Debug)]
-pub struct RouteSeries<M> {
+pub(crate) struct RouteSeries<M> {
     /// By `route as usize`.
     cells: [OnceLock<M>; RouteId::ALL.len()],
 }
@@ -33,7 +33,7 @@ impl<M> Default for RouteSeries<M> {
 
 impl<M> RouteSeries<M> {
     /// The series for `route`, fetched from its family by `lookup` on first use.
-    pub fn get(&self, route: RouteId, lookup: impl FnOnce() -> M) -> &M {
+    pub(crate) fn get(&self, route: RouteId, lookup: impl FnOnce() -> M) -> &M {
         self.cells[route as usize].get_or_init(lookup)
     }
 }
@@ -78,7 +78,7 @@ impl RequestCounters {
 /// Metric labels naming a configured device. Only `[[clients]]` names appear:
 /// a bounded set, never a client address.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeviceLabels {
+pub(crate) struct DeviceLabels {
     /// The device's name from `[[clients]]`.
     pub device: String,
 }
@@ -216,7 +216,7 @@ impl Gauges {
 /// framing: a counter's `# HELP` and `# TYPE` name its `_total` sample, and
 /// OpenMetrics' `# UNIT` lines, `_created` samples, exemplars and the closing
 /// `# EOF` have no place in 0.0.4.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     // Counter families seen so far: their HELP and TYPE lines get `_total`.
     let mut counters: Vec<&str> = Vec::new();

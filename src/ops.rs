@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// One of the gateway's own endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpsEndpoint {
+pub(crate) enum OpsEndpoint {
     /// Liveness.
     Health,
     /// Readiness.
@@ -28,7 +28,7 @@ pub enum OpsEndpoint {
 
 impl OpsEndpoint {
     /// The endpoint at exactly `path`, if it is one.
-    pub fn at(path: &str) -> Option<OpsEndpoint> {
+    pub(crate) fn at(path: &str) -> Option<OpsEndpoint> {
         match path {
             "/healthz" => Some(OpsEndpoint::Health),
             "/readyz" => Some(OpsEndpoint::Ready),
@@ -39,7 +39,7 @@ impl OpsEndpoint {
     }
 
     /// The name used as its `route` in logs and metrics.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             OpsEndpoint::Health => "healthz",
             OpsEndpoint::Ready => "readyz",
@@ -50,7 +50,7 @@ impl OpsEndpoint {
 
     /// Whether it tells who uses the gateway (device names and counts, the
     /// budget, the token file's age): `/metrics` and `/status`.
-    pub fn reveals_devices(self) -> bool {
+    pub(crate) fn reveals_devices(self) -> bool {
         match self {
             OpsEndpoint::Health | OpsEndpoint::Ready => false,
             OpsEndpoint::Metrics | OpsEndpoint::Status => true,
@@ -58,7 +58,7 @@ impl OpsEndpoint {
     }
 
     /// Answers the endpoint from the gateway's state.
-    pub fn respond(self, request: &Parts, state: &AppState) -> Response<Body> {
+    pub(crate) fn respond(self, request: &Parts, state: &AppState) -> Response<Body> {
         let method = &request.method;
         if method != Method::GET && method != Method::HEAD {
             let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");

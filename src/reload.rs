@@ -17,7 +17,10 @@ use crate::watch::Hangups;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reloaded {
     /// Applied; these changed keys need a restart and were not.
-    Applied { restart_needed: Vec<&'static str> },
+    Applied {
+        /// The changed keys that take effect only after a restart.
+        restart_needed: Vec<&'static str>,
+    },
     /// The file did not validate: nothing changed. The problem, as logged.
     Refused(String),
 }
@@ -61,7 +64,7 @@ pub fn reload_once(path: &std::path::Path, state: &AppState, log: &LogLevel) -> 
 
 /// Reloads the config at `path` on every SIGHUP (`hangups`) until `shutdown`
 /// resolves.
-pub async fn watch(
+pub(crate) async fn watch(
     path: PathBuf,
     state: Arc<AppState>,
     log: LogLevel,

@@ -13,10 +13,10 @@ use crate::routes::RouteError;
 
 /// The response body type the gateway serves: streamed upstream bodies and
 /// in-memory ones share it.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A body's error: hyper's, or the gateway's own idle bound on a streamed answer.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every way the gateway itself can refuse or fail a request.
 #[derive(Debug, thiserror::Error)]
@@ -230,18 +230,18 @@ impl GatewayError {
 }
 
 /// `Retry-After` seconds for a wait: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }
 
 /// A `{"error": message}` response with the given status, never cached.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
 
 /// A JSON response with the given status, never cached.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("a JSON value always serialises");
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
@@ -255,7 +255,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 }
 
 /// An in-memory body in the gateway's body type.
-pub fn full(data: impl Into<Bytes>) -> Body {
+pub(crate) fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()

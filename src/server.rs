@@ -38,7 +38,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting and gives in-flight requests up to `server.shutdown_grace`. The
 /// token and certificate watchers are [`crate::gateway`]'s, which calls this.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     config: &Config,
     state: Arc<AppState>,

@@ -160,7 +160,7 @@ impl UpstreamToken {
 /// Why a streamed answer was cut: it held the token it was requested with.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream's answer held the gateway's token")]
-pub struct TokenEchoed;
+pub(crate) struct TokenEchoed;
 
 /// Watches a streamed upstream body for the token its request carried,
 /// across chunk boundaries. What could be the beginning of the token (the
@@ -168,7 +168,7 @@ pub struct TokenEchoed;
 /// token) is held back until the next chunk shows it is not, so not one byte
 /// of a token split across chunks reaches a device before the cut. No
 /// `Debug`: what it holds back is a piece of the token's start.
-pub struct TokenEcho {
+pub(crate) struct TokenEcho {
     /// The token the request was sent with; one rotated away since is still
     /// what an echo would quote.
     token: Arc<UpstreamToken>,
@@ -178,7 +178,7 @@ pub struct TokenEcho {
 
 impl TokenEcho {
     /// A watch for `token` over a body not yet begun.
-    pub fn new(token: Arc<UpstreamToken>) -> TokenEcho {
+    pub(crate) fn new(token: Arc<UpstreamToken>) -> TokenEcho {
         TokenEcho {
             token,
             held: bytes::Bytes::new(),
@@ -189,7 +189,7 @@ impl TokenEcho {
     /// (perhaps nothing), or the refusal if the token is in it or completed
     /// by it. One search over the chunk, and one over the few bytes around
     /// the seam when something was held back.
-    pub fn pass(&mut self, chunk: bytes::Bytes) -> Result<bytes::Bytes, TokenEchoed> {
+    pub(crate) fn pass(&mut self, chunk: bytes::Bytes) -> Result<bytes::Bytes, TokenEchoed> {
         let secret = self.token.secret.expose_secret().as_bytes();
         let reach = secret.len() - 1;
         let held = std::mem::take(&mut self.held);
@@ -231,24 +231,19 @@ impl TokenEcho {
         Ok(all)
     }
 
-    /// Whether any of a header map's names or values (trailers) hold the token.
-    pub fn appears_in_headers(&self, headers: &http::HeaderMap) -> bool {
-        self.token.appears_in_headers(headers)
-    }
-
     /// Whether bytes are held back, to be released at the body's end.
-    pub fn is_holding(&self) -> bool {
+    pub(crate) fn is_holding(&self) -> bool {
         !self.held.is_empty()
     }
 
     /// How many bytes are held back.
-    pub fn held_len(&self) -> usize {
+    pub(crate) fn held_len(&self) -> usize {
         self.held.len()
     }
 
     /// The body ended cleanly: what was held back is not the token (too
     /// short to be it) and is passed on.
-    pub fn finish(&mut self) -> bytes::Bytes {
+    pub(crate) fn finish(&mut self) -> bytes::Bytes {
         std::mem::take(&mut self.held)
     }
 }

@@ -13,7 +13,7 @@ use tracing::warn;
 
 /// What made a reload happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// The operator sent SIGHUP.
     Hangup,
     /// A watched file changed, appeared or disappeared.
@@ -22,7 +22,7 @@ pub enum Trigger {
 
 impl Trigger {
     /// For log fields.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Hangup => "SIGHUP",
             Trigger::FileChange => "file change",
@@ -37,7 +37,7 @@ impl Trigger {
 /// comparing with it rather than with the state when the watcher first runs
 /// means a change made between the initial load and the watcher's first poll (a
 /// busy start-up) is not missed.
-pub fn watch_files(
+pub(crate) fn watch_files(
     paths: Vec<PathBuf>,
     loaded: Baseline,
     interval: Duration,
@@ -189,12 +189,12 @@ impl FolderEvents {
 /// The state of watched files just before their owner last read them: where
 /// [`watch_files`] starts comparing from.
 #[derive(Debug, Default)]
-pub struct LoadedState(Mutex<Vec<Option<Fingerprint>>>);
+pub(crate) struct LoadedState(Mutex<Vec<Option<Fingerprint>>>);
 
 impl LoadedState {
     /// Records the files' state now. Called just before reading them, so any
     /// later change shows up as a difference.
-    pub fn record(&self, paths: &[&Path]) {
+    pub(crate) fn record(&self, paths: &[&Path]) {
         let now = paths
             .iter()
             .map(|path| fingerprint_of(std::fs::metadata(path).ok()?))
@@ -203,14 +203,14 @@ impl LoadedState {
     }
 
     /// The recorded state, for [`watch_files`] to start from.
-    pub fn baseline(&self) -> Baseline {
+    pub(crate) fn baseline(&self) -> Baseline {
         Baseline(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
 
 /// A copy of a [`LoadedState`].
 #[derive(Debug)]
-pub struct Baseline(Vec<Option<Fingerprint>>);
+pub(crate) struct Baseline(Vec<Option<Fingerprint>>);
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 mod coalesce;
 
 use coalesce::Flights;
-pub use coalesce::Outcome;
+pub(crate) use coalesce::Outcome;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -158,7 +158,7 @@ impl CacheStatus {
 }
 
 /// The `X-Cache` response header.
-pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub(crate) static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// An upstream answer read whole, ready to be shared and stored.
 #[derive(Debug, Clone)]
@@ -435,7 +435,7 @@ fn millis(d: Duration) -> u64 {
 /// each poll a few milliseconds early or late; without a margin, every other
 /// poll would get a copy that is a moment from expiry and the device would
 /// see new data only every second poll. One second, or a tenth of a short ttl.
-pub fn poll_margin(ttl: Duration) -> Duration {
+pub(crate) fn poll_margin(ttl: Duration) -> Duration {
     (ttl / 10).min(Duration::from_secs(1))
 }
 

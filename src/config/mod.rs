@@ -22,7 +22,7 @@ use crate::routes::RouteId;
 mod access;
 mod cache;
 mod choices;
-pub mod defaults;
+pub(crate) mod defaults;
 mod limits;
 mod log;
 mod routes;
@@ -55,23 +55,32 @@ pub enum ConfigError {
     /// long or is not UTF-8.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: FileError,
     },
     /// TOML syntax, an unknown key or a value of the wrong type.
     #[error("{path}: key `{key}` (line {line}): {message}")]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// The key the problem is at.
         key: String,
+        /// The line the problem is on.
         line: usize,
+        /// What is wrong, as the parser says it.
         message: String,
     },
     /// A value that parsed but makes no sense for the gateway.
     #[error("{path}: key `{key}`: {message}")]
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// The key whose value is refused.
         key: &'static str,
+        /// What is wrong with the value.
         message: String,
     },
 }

@@ -114,7 +114,7 @@ impl PostBody {
 /// The body sent upstream for a POST route: the client's JSON parsed against
 /// the route's schema and written anew, so no unknown field, duplicate key or
 /// odd encoding reaches Joulo. `None` for routes that take no body.
-pub fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, BodyError> {
+pub(crate) fn canonical_body(route: RouteId, body: &[u8]) -> Result<Option<Bytes>, BodyError> {
     let Some(post) = PostBody::of(route) else {
         return Ok(None);
     };

@@ -11,7 +11,7 @@ use crate::sanitize::{self, REDACTED};
 /// (credentials, and whatever a misconfigured client put in a parameter the
 /// gateway does not know). Written out only when a log line is.
 #[derive(Debug, Clone, Copy)]
-pub struct LoggedQuery<'a> {
+pub(crate) struct LoggedQuery<'a> {
     /// The query as sent.
     pub raw: &'a str,
     /// The parameters whose values may be shown.

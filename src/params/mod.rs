@@ -6,8 +6,8 @@
 mod body;
 mod logged;
 
-pub use body::{BodyError, canonical_body};
-pub use logged::LoggedQuery;
+pub(crate) use body::{BodyError, canonical_body};
+pub(crate) use logged::LoggedQuery;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -160,7 +160,7 @@ pub struct ParamSpec {
 
 /// The parameters Joulo documents for `route`, in the order the gateway writes
 /// them upstream.
-pub fn documented(route: RouteId) -> &'static [(&'static str, ParamKind)] {
+pub(crate) fn documented(route: RouteId) -> &'static [(&'static str, ParamKind)] {
     match route {
         RouteId::Sessions => &[
             ("limit", ParamKind::Limit),
@@ -180,7 +180,7 @@ pub fn documented(route: RouteId) -> &'static [(&'static str, ParamKind)] {
 
 /// Whether `name` may be given to `extra_params`: a plain parameter name, not
 /// a credential and not already documented for `route`. The problem otherwise.
-pub fn check_extra_name(route: RouteId, name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_extra_name(route: RouteId, name: &str) -> Result<(), &'static str> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -218,7 +218,7 @@ impl Default for QuerySchema {
 /// A query in the gateway's own spelling: the validated parameters in the
 /// route's order, values percent-encoded one way. Empty when there are none
 /// (then no `?` is sent). It is the cache key's query and the upstream's.
-pub type CanonicalQuery = String;
+pub(crate) type CanonicalQuery = String;
 
 impl QuerySchema {
     /// The documented parameters plus `extra` (names already checked with

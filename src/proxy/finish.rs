@@ -322,7 +322,7 @@ impl std::fmt::Display for LoggedTarget<'_> {
 }
 
 /// Displays an error and its sources as `a: b: c`, for one-line log fields.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+pub(super) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

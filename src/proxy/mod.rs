@@ -29,7 +29,6 @@ use crate::routes::RouteId;
 use crate::state::{AppState, Policy};
 use finish::{ClosedEarly, finish};
 
-
 /// The status Joulo answered with, kept on a response for the access log.
 #[derive(Debug, Clone, Copy)]
 struct UpstreamStatus(StatusCode);
@@ -74,7 +73,11 @@ impl RequestCtx {
 /// its head still shares hyper's read buffer, which hyper then reuses instead of
 /// allocating another, and no shared state is cloned for a future. Only a wait
 /// for the device's allowance or an upstream call becomes a future.
-pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incoming>) -> Handled {
+pub(crate) fn handle(
+    state: &Arc<AppState>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> Handled {
     // The access line's duration needs a clock read; skipped when the line is
     // not written (level "warn", the benchmarks' setting).
     let started =
@@ -114,7 +117,7 @@ pub fn handle(state: &Arc<AppState>, client: SocketAddr, request: Request<Incomi
 const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// A request's answer: ready at once, or a wait under way.
-pub enum Handled {
+pub(crate) enum Handled {
     /// Answered within the call; taken when first polled.
     Ready(Option<Response<Body>>),
     /// Waiting for the device's allowance or for Joulo.

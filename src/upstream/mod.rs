@@ -2,8 +2,8 @@
 //! with the web roots plus `ca_file`, SNI, HTTP/2 or HTTP/1.1 by ALPN) that sends
 //! the requests [`request`] builds, and the bounded wait for an answer.
 
-pub mod pool;
-pub mod request;
+pub(crate) mod pool;
+pub(crate) mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,7 @@ pub struct UpstreamFailure {
 
 /// Metric labels for an upstream call. Never a query value or a header.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
+pub(crate) struct CallLabels {
     /// The route's config name.
     pub route: &'static str,
     /// The upstream's status, or 0 when none came (timeout, connection or TLS error).
@@ -89,7 +89,7 @@ pub struct CallLabels {
 
 /// Metric labels naming a route.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// The route's config name.
     pub route: &'static str,
 }
@@ -308,7 +308,7 @@ fn hyper_request(request: &UpstreamRequest, authorization: HeaderValue) -> Reque
 /// be searched for an echoed token. The coding header goes with it. Any other
 /// coding, and more than one (two fields, or a list such as `gzip, gzip`),
 /// cannot be served to everyone: an error.
-pub fn decode_content(
+pub(crate) fn decode_content(
     headers: &mut HeaderMap,
     body: Bytes,
     limit: usize,
@@ -368,7 +368,7 @@ fn only_chunked(headers: &HeaderMap) -> bool {
 /// The one content coding an answer declares, lower-cased, if it declares
 /// one. Two `Content-Encoding` fields, or a list of codings in one, are
 /// refused: undoing only the first would leave coded bytes labelled as JSON.
-pub fn content_coding(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+pub(crate) fn content_coding(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     let mut fields = headers.get_all(header::CONTENT_ENCODING).iter();
     let Some(field) = fields.next() else {
         return Ok(None);
@@ -393,7 +393,7 @@ pub fn content_coding(headers: &HeaderMap) -> Result<Option<String>, GatewayErro
 /// The device sees a body cut short. Nothing is handed to the device before the
 /// first chunk has come and been checked: a failure before it is still a clean
 /// error answer (see [`StreamedBody::start`]).
-pub struct StreamedBody {
+pub(crate) struct StreamedBody {
     /// The upstream's body.
     inner: UpstreamBody,
     /// The longest pause allowed between chunks.
@@ -419,7 +419,7 @@ struct BodyStalled;
 impl StreamedBody {
     /// Watches `body`, an answer to a request sent with the token `echo`
     /// looks for, pausing at most `idle` between chunks.
-    pub fn new(body: UpstreamBody, idle: Duration, echo: TokenEcho, route: RouteId) -> Self {
+    pub(crate) fn new(body: UpstreamBody, idle: Duration, echo: TokenEcho, route: RouteId) -> Self {
         StreamedBody {
             inner: body,
             idle,
@@ -435,7 +435,7 @@ impl StreamedBody {
     /// the checks, and only then gives the body to be served: a body that
     /// fails before its first byte (cut, reset, stalled, or holding the token)
     /// is the error the device gets, as JSON, rather than a head with no body.
-    pub async fn start(mut self) -> Result<Body, GatewayError> {
+    pub(crate) async fn start(mut self) -> Result<Body, GatewayError> {
         use hyper::body::Body as _;
         let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut self).poll_frame(cx)).await;
         match first {

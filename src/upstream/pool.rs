@@ -32,7 +32,7 @@ use crate::config::Http2;
 use crate::respond::BoxError;
 
 /// An upstream request's body: none for a GET, the checked JSON for a POST.
-pub type RequestBody = Option<Bytes>;
+pub(crate) type RequestBody = Option<Bytes>;
 
 /// The limits hyper's HTTP/2 client set, kept when calls moved to `h2`
 /// directly: the windows bound what one answer (2 MiB) and the connection
@@ -58,7 +58,7 @@ const H1_MAX_HEAD: usize = 16 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One event loop's connections to the upstream.
-pub struct Connections {
+pub(crate) struct Connections {
     /// DNS, TCP (connect timeout, no Nagle) and verified TLS with ALPN.
     connector: HttpsConnector<HttpConnector>,
     /// The upstream's scheme and authority, what the connector dials.
@@ -112,7 +112,7 @@ struct SharedH2 {
 
 impl Connections {
     /// Connections to `base_url`'s scheme and authority through `connector`.
-    pub fn new(
+    pub(crate) fn new(
         connector: HttpsConnector<HttpConnector>,
         base_url: &Uri,
         mode: Http2,
@@ -157,7 +157,7 @@ impl Connections {
     /// notices a black hole only after minutes, a wedged peer never. Calls
     /// already on it run to their own deadlines. A device that hangs up
     /// earlier says nothing about the connection, which stays.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<RequestBody>,
         deadline: Instant,

@@ -5,6 +5,10 @@
 //! canary, and tests that change what the process shares (a signal to itself,
 //! the environment) must not.
 
+// A test binary has no surface: `pub` in `support` is for its sibling modules,
+// which is all `unreachable_pub` would have it say.
+#![allow(unreachable_pub)]
+
 mod support;
 
 mod access;

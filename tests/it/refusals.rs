@@ -7,8 +7,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use joulo_gateway::{generate_key, key_sha256_hex};
 use joulo_gateway::{LINES_PER_ADDRESS, LOG_INTERVAL};
+use joulo_gateway::{generate_key, key_sha256_hex};
 use support::{MockUpstream, TestGateway, connect_from, eventually, json, jump_clock, logs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

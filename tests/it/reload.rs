@@ -7,9 +7,9 @@ use crate::support;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use joulo_gateway::{generate_key, key_sha256_hex};
 use joulo_gateway::LogLevel;
 use joulo_gateway::{Reloaded, reload_once};
+use joulo_gateway::{generate_key, key_sha256_hex};
 use support::{MockUpstream, TestGateway};
 
 fn client(name: &str, key: &str) -> String {

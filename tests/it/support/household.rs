@@ -14,10 +14,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use joulo_gateway::config::Config;
-use joulo_gateway::demo::{self, DemoCa, JouloSim, API_PREFIX};
 use joulo_gateway::Gateway;
 use joulo_gateway::RouteId;
+use joulo_gateway::config::Config;
+use joulo_gateway::demo::{self, API_PREFIX, DemoCa, JouloSim};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::debug;
 
 use crate::access::{AccessError, address_key};
+use crate::sync::lock_unpoisoned;
 
 /// How long a connection asked to close may take to finish what it is doing
 /// (an answer under way, an HTTP/2 stream draining after GOAWAY, a TLS
@@ -120,7 +121,7 @@ impl Admission {
     /// device holding many connections makes room before one holding few.
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
         let address = address_key(ip);
-        let mut registry = lock(&self.registry);
+        let mut registry = lock_unpoisoned(&self.registry);
         let count = registry.per_address.get(&address).copied().unwrap_or(0);
         if count >= self.per_address {
             return Err(Refusal::PerIpQuota);
@@ -163,7 +164,7 @@ impl Admission {
 
     /// Open connections.
     pub(crate) fn open(&self) -> usize {
-        lock(&self.registry).open.len()
+        lock_unpoisoned(&self.registry).open.len()
     }
 
     /// Waits until no connection is open.
@@ -253,7 +254,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut registry = lock(&self.admission.registry);
+        let mut registry = lock_unpoisoned(&self.admission.registry);
         if let Some(open) = registry.open.remove(&self.id) {
             if open.close.is_asked() {
                 registry.asked -= 1;
@@ -328,10 +329,6 @@ impl CloseSignal {
             notified.await;
         }
     }
-}
-
-fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
-    registry.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Answers refused connections without serving them: the same JSON error a
@@ -485,7 +482,7 @@ mod tests {
         drop(first);
         let third = admission.admit(ip("192.168.1.20")).unwrap();
         drop((second, third));
-        let registry = lock(&admission.registry);
+        let registry = lock_unpoisoned(&admission.registry);
         assert!(registry.open.is_empty() && registry.per_address.is_empty());
         assert_eq!(registry.asked, 0);
     }
@@ -515,7 +512,7 @@ mod tests {
         drop(attacker);
         assert_eq!(admission.open(), 3);
         let _more = admission.admit(ip("10.0.0.5")).unwrap();
-        assert_eq!(lock(&admission.registry).asked, 0);
+        assert_eq!(lock_unpoisoned(&admission.registry).asked, 0);
         drop((victim, newcomer, next));
     }
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::respond::GatewayError;
+use crate::sync::lock_unpoisoned;
 
 /// Back-off after a 429 without a usable `Retry-After`; doubled on each repeat.
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
@@ -120,12 +121,12 @@ impl UpstreamBudget {
     /// Takes over what `old` learned that outlives a change of limits: a back-off
     /// Joulo asked for, and the calls of the last minute.
     pub fn carry_over(&self, old: &UpstreamBudget) {
-        let backoff = old.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let mut mine = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let backoff = lock_unpoisoned(&old.backoff);
+        let mut mine = lock_unpoisoned(&self.backoff);
         mine.until = backoff.until;
         mine.streak = backoff.streak;
-        let recent = old.recent.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = recent;
+        let recent = lock_unpoisoned(&old.recent).clone();
+        *lock_unpoisoned(&self.recent) = recent;
     }
 
     /// The per-minute budget.
@@ -146,7 +147,7 @@ impl UpstreamBudget {
         &self,
         now: Instant,
     ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Instant>> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = lock_unpoisoned(&self.recent);
         while recent
             .front()
             .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(60))
@@ -195,7 +196,7 @@ impl UpstreamBudget {
 
     /// How long the back-off still runs, if one is in force.
     pub fn backoff_remaining(&self) -> Option<Duration> {
-        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let backoff = lock_unpoisoned(&self.backoff);
         let until = backoff.until?;
         let now = Instant::now();
         (until > now).then(|| until - now)
@@ -205,7 +206,7 @@ impl UpstreamBudget {
     /// `Retry-After` when it sent a usable one, else 60 s doubling on each repeat
     /// up to 15 min, with ±20 % jitter so several gateways do not retry in step.
     pub fn on_upstream_429(&self, retry_after: Option<&HeaderValue>) -> Duration {
-        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let mut backoff = lock_unpoisoned(&self.backoff);
         backoff.streak = backoff.streak.saturating_add(1);
         let wait = retry_after
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
@@ -220,10 +221,7 @@ impl UpstreamBudget {
     /// Records an upstream answer that was not a 429: the default back-off
     /// starts again from 60 s next time.
     pub fn on_upstream_answer(&self) {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .streak = 0;
+        lock_unpoisoned(&self.backoff).streak = 0;
     }
 }
 

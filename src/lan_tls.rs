@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::TlsFiles;
 use crate::files::{self, FileError};
+use crate::sync::{read_unpoisoned, write_unpoisoned};
 use crate::watch::{Hangups, LoadedState};
 
 /// The most a certificate chain or key file may hold; real ones are a few KiB.
@@ -62,19 +63,14 @@ impl LanTls {
 
     /// An acceptor with the current certificate.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        TlsAcceptor::from(read_unpoisoned(&self.current).clone())
     }
 
     /// Re-reads the files; on failure the previous certificate stays in use.
     pub fn reload(&self) -> Result<(), LanTlsError> {
         self.loaded.record(&[&self.files.cert, &self.files.key]);
         let fresh = build(&self.files)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *write_unpoisoned(&self.current) = fresh;
         Ok(())
     }
 

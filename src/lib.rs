@@ -97,6 +97,7 @@ mod routes;
 mod sanitize;
 mod server;
 mod state;
+mod sync;
 mod throwaway_ca;
 mod token;
 mod upstream;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::access::{AccessError, address_key};
 use crate::budget::TokioClock;
 use crate::respond::GatewayError;
+use crate::sync::lock_unpoisoned;
 
 /// Refusals and ops requests an address may make per second past its burst;
 /// beyond, each gets a 429 and nothing else. A Prometheus scrape and a
@@ -226,7 +227,7 @@ impl RefusalGuard {
     /// allowance is never logged one by one.
     pub fn may_log(&self, client: IpAddr, kind: RefusalKind) -> bool {
         let now = Instant::now();
-        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = lock_unpoisoned(&self.book);
         let summaries = book.roll(now);
         let address = address_key(client);
         let tracked = book.by_address.len() < MAX_TRACKED || book.by_address.contains_key(&address);
@@ -273,7 +274,7 @@ async fn flush_at_interval_end(book: Weak<Mutex<LogBook>>) {
     loop {
         let Some(end) = book
             .upgrade()
-            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).started + LOG_INTERVAL)
+            .map(|b| lock_unpoisoned(&b).started + LOG_INTERVAL)
         else {
             return;
         };
@@ -281,7 +282,7 @@ async fn flush_at_interval_end(book: Weak<Mutex<LogBook>>) {
         let Some(book) = book.upgrade() else {
             return;
         };
-        let mut guard = book.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock_unpoisoned(&book);
         let summaries = guard.roll(Instant::now());
         let pending =
             guard.others.any_unlogged() || guard.by_address.values().any(Tally::any_unlogged);

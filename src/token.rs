@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
 use crate::files::{self, FileError};
+use crate::sync::{read_unpoisoned, write_unpoisoned};
 use crate::watch::{Hangups, LoadedState, Trigger};
 
 /// The most a token file may hold: a token is at most 4096 bytes, and a file
@@ -441,11 +442,7 @@ impl TokenSource {
 
     /// The token to use now, or `None` when requests must fail closed.
     pub fn current(&self) -> Option<Arc<UpstreamToken>> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read_unpoisoned(&self.inner.current).clone()
     }
 
     /// Reads the file again. On failure the current token is withdrawn, so that
@@ -453,11 +450,7 @@ impl TokenSource {
     pub fn reload(&self) -> Result<(), TokenError> {
         self.inner.loaded.record(&[&self.inner.path]);
         let result = read_token_file(&self.inner.path, self.inner.origin.as_deref());
-        let mut current = self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut current = write_unpoisoned(&self.inner.current);
         self.inner
             .loaded_flag
             .store(result.is_ok(), std::sync::atomic::Ordering::Release);

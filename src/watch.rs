@@ -5,6 +5,7 @@
 //! (inotify), so an idle gateway is never woken to look; where that is not
 //! available, the metadata is polled instead.
 
+use crate::sync::lock_unpoisoned;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -199,12 +200,12 @@ impl LoadedState {
             .iter()
             .map(|path| fingerprint_of(std::fs::metadata(path).ok()?))
             .collect();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *lock_unpoisoned(&self.0) = now;
     }
 
     /// The recorded state, for [`watch_files`] to start from.
     pub(crate) fn baseline(&self) -> Baseline {
-        Baseline(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        Baseline(lock_unpoisoned(&self.0).clone())
     }
 }
 

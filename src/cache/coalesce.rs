@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::{Buffered, CacheKey, Hasher, ResponseCache};
 use crate::respond::GatewayError;
+use crate::sync::lock_unpoisoned;
 
 /// The result of one upstream call, shared by every request that waited on it.
 #[derive(Debug)]
@@ -53,7 +54,7 @@ impl ResponseCache {
         F: Future<Output = Outcome> + Send + 'static,
     {
         let (mut receiver, deadline) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flights = lock_unpoisoned(&self.flights);
             if let Some(flight) = flights.get(&key) {
                 self.stats.coalesced.inc();
                 (flight.outcome.subscribe(), flight.deadline)
@@ -99,9 +100,7 @@ impl ResponseCache {
 
     /// Requests currently waiting on the upstream call for `key`.
     pub fn waiting(&self, key: &CacheKey) -> usize {
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock_unpoisoned(&self.flights)
             .get(key)
             .map_or(0, |f| f.outcome.receiver_count())
     }
@@ -117,10 +116,7 @@ struct Landing {
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+        lock_unpoisoned(&self.flights).remove(&self.key);
     }
 }
 

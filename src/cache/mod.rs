@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::CacheConfig;
 use crate::respond::{Body, full};
 use crate::routes::RouteId;
+use crate::sync::lock_unpoisoned;
 
 /// What a request is cached and coalesced under: the route and the canonical
 /// query the gateway writes upstream, nothing from the client's headers. The
@@ -326,7 +327,7 @@ impl ResponseCache {
 
     /// The copy for `key`, fresh or not.
     pub fn lookup(&self, key: KeyRef<'_>) -> Option<Arc<Stored>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = lock_unpoisoned(&self.entries);
         entries.get(&key as &dyn AsKeyRef).cloned()
     }
 
@@ -384,7 +385,7 @@ impl ResponseCache {
             stored_at: now,
             fresh_for,
         });
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = lock_unpoisoned(&self.entries);
         let max_entries = self.max_entries.load(Ordering::Relaxed);
         let stale_if_error = self.stale_if_error();
         if entries.len() >= max_entries && !entries.contains_key(&key) {
@@ -408,15 +409,12 @@ impl ResponseCache {
     /// Drops every copy: after Joulo rejects the token, nothing fetched with it is
     /// served again.
     pub fn purge(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock_unpoisoned(&self.entries).clear();
     }
 
     /// How many copies are held.
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock_unpoisoned(&self.entries).len()
     }
 
     /// Whether no copy is held.

@@ -2,6 +2,7 @@
 //! and 403 answers, and a tally of what it was sent, so the demo can show that no
 //! `?token=` ever reached it.
 
+use crate::sync::{lock_unpoisoned, read_unpoisoned, write_unpoisoned};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,11 +68,7 @@ impl JouloSim {
         let Some(path) = request.uri().path().strip_prefix(API_PREFIX) else {
             return reply(StatusCode::NOT_FOUND, json!({"error": "Not found"}));
         };
-        *self
-            .stats
-            .by_path
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock_unpoisoned(&self.stats.by_path)
             .entry(path.to_owned())
             .or_default() += 1;
         if !self.authorized(request) {
@@ -114,19 +111,13 @@ impl JouloSim {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| {
-                t == self
-                    .token
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .expose_secret()
-            })
+            .is_some_and(|t| t == read_unpoisoned(&self.token).expose_secret())
     }
 
     /// Rotates the account's token, as the Joulo dashboard does: the old one
     /// stops working at once.
     pub fn rotate_token(&self, token: SecretString) {
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        *write_unpoisoned(&self.token) = token;
     }
 
     fn chargers(&self) -> Value {

@@ -28,6 +28,7 @@ use crate::config::{Http2, TrustRoots, UpstreamConfig};
 use crate::metrics::RouteSeries;
 use crate::respond::{Body, GatewayError};
 use crate::routes::RouteId;
+use crate::sync::lock_unpoisoned;
 use crate::token::{TokenEcho, TokenEchoed};
 use crate::upstream::pool::{Connections, RequestBody, UpstreamBody};
 use crate::upstream::request::UpstreamRequest;
@@ -260,7 +261,7 @@ impl Upstream {
 
     /// Records that Joulo failed now, in `what` (never a URL or a header).
     pub fn record_failure(&self, what: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(UpstreamFailure {
+        *lock_unpoisoned(&self.last_error) = Some(UpstreamFailure {
             what,
             at: std::time::SystemTime::now(),
         });
@@ -268,10 +269,7 @@ impl Upstream {
 
     /// The last failure, if there was one.
     pub fn last_failure(&self) -> Option<UpstreamFailure> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock_unpoisoned(&self.last_error).clone()
     }
 
     /// Adds the upstream call counters and latency histogram to `registry`.

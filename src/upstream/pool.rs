@@ -30,6 +30,7 @@ use tracing::debug;
 
 use crate::config::Http2;
 use crate::respond::BoxError;
+use crate::sync::lock_unpoisoned;
 
 /// An upstream request's body: none for a GET, the checked JSON for a POST.
 pub(crate) type RequestBody = Option<Bytes>;
@@ -208,7 +209,7 @@ impl Connections {
     /// opens a new one rather than meeting it again. A newer connection in
     /// its place stays.
     fn forget_h2(&self, id: u64) {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shared = lock_unpoisoned(&self.shared);
         if shared.as_ref().is_some_and(|open| open.id == id) {
             *shared = None;
         }
@@ -229,7 +230,7 @@ impl Connections {
     /// The shared HTTP/2 connection and its number, while it is open and has
     /// not been idle longer than [`IDLE_TIMEOUT`].
     fn shared_h2(&self) -> Option<(h2::client::SendRequest<Bytes>, u64)> {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shared = lock_unpoisoned(&self.shared);
         let now = Instant::now();
         match &mut *shared {
             Some(open)
@@ -250,7 +251,7 @@ impl Connections {
     /// The oldest HTTP/1.1 connection ready for a call. Closed and expired
     /// ones are dropped on the way; busy ones keep their place.
     fn ready_h1(&self) -> Option<http1::SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock_unpoisoned(&self.idle);
         let now = Instant::now();
         for _ in 0..idle.len() {
             let entry = idle.pop_front()?;
@@ -266,13 +267,10 @@ impl Connections {
     }
 
     fn put_back(&self, sender: http1::SendRequest<Full<Bytes>>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        lock_unpoisoned(&self.idle).push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// A connection for one call: the shared HTTP/2 one if another call opened
@@ -325,7 +323,7 @@ impl Connections {
                 ends.store(true, Ordering::Relaxed);
             });
             let id = self.h2_opened.fetch_add(1, Ordering::Relaxed) + 1;
-            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(SharedH2 {
+            *lock_unpoisoned(&self.shared) = Some(SharedH2 {
                 sender: sender.clone(),
                 ended,
                 id,

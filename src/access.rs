@@ -143,7 +143,7 @@ impl Default for AccessConfig {
 
 /// Who is calling, once let in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// No keys are configured: the client's address is all there is.
     Address(IpAddr),
     /// A device that presented its key.
@@ -195,7 +195,7 @@ pub enum AccessError {
 
 /// The access rules, built once at start.
 #[derive(Debug)]
-pub struct AccessPolicy {
+pub(crate) struct AccessPolicy {
     /// The validated rules.
     config: AccessConfig,
     /// Whether the listener serves HTTPS, for the same-origin check.
@@ -204,13 +204,13 @@ pub struct AccessPolicy {
 
 impl AccessPolicy {
     /// The policy for a listener that serves HTTPS when `https`.
-    pub fn new(config: AccessConfig, https: bool) -> AccessPolicy {
+    pub(crate) fn new(config: AccessConfig, https: bool) -> AccessPolicy {
         AccessPolicy { config, https }
     }
 
     /// Whether the client address may use the gateway at all. IPv4-mapped IPv6
     /// addresses (from a dual-stack listener) are checked as IPv4.
-    pub fn check_network(&self, client: IpAddr) -> Result<(), AccessError> {
+    pub(crate) fn check_network(&self, client: IpAddr) -> Result<(), AccessError> {
         let client = client.to_canonical();
         if self.config.allow.iter().any(|net| net.contains(&client)) {
             Ok(())
@@ -219,9 +219,11 @@ impl AccessPolicy {
         }
     }
 
-    /// Host, Origin and browser checks, then the device key. Returns who is
-    /// calling.
-    pub fn admit(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
+    /// Host, Origin and browser checks, then the device key, in the request
+    /// path's order. Returns who is calling. For the unit tests: the request
+    /// path (proxy) runs the three steps itself.
+    #[cfg(test)]
+    pub(crate) fn admit(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
         self.check_host_and_origin(parts)?;
         self.check_fetch_site(parts)?;
         self.authenticate(client, parts)
@@ -229,7 +231,7 @@ impl AccessPolicy {
 
     /// Refuses a Host that is not one of the gateway's names (DNS rebinding) and
     /// an Origin that is not the gateway's own (a cross-site page).
-    pub fn check_host_and_origin(&self, parts: &Parts) -> Result<(), AccessError> {
+    pub(crate) fn check_host_and_origin(&self, parts: &Parts) -> Result<(), AccessError> {
         check_host_framing(parts)?;
         // An absolute-form target (or HTTP/2's :scheme) names the scheme it
         // was sent over; `https://` on the plain listener is a request meant
@@ -277,7 +279,7 @@ impl AccessPolicy {
     /// ambient access every LAN address has. An invalid key is 401 as
     /// anywhere; without device keys no key can be valid, so the page is
     /// refused.
-    pub fn check_fetch_site(&self, parts: &Parts) -> Result<(), AccessError> {
+    pub(crate) fn check_fetch_site(&self, parts: &Parts) -> Result<(), AccessError> {
         let other_site = parts.headers.get_all("sec-fetch-site").iter().any(|v| {
             v.as_bytes().eq_ignore_ascii_case(b"cross-site")
                 || v.as_bytes().eq_ignore_ascii_case(b"same-site")
@@ -296,7 +298,7 @@ impl AccessPolicy {
     /// device keys are configured; else an address in `[ops] allow` or a key
     /// holding `gateway:read` (401 without a valid key, 403 with one that
     /// lacks the scope).
-    pub fn check_ops(&self, client: IpAddr, parts: &Parts) -> Result<(), AccessError> {
+    pub(crate) fn check_ops(&self, client: IpAddr, parts: &Parts) -> Result<(), AccessError> {
         let client = client.to_canonical();
         if self.config.clients.is_empty()
             || self
@@ -318,7 +320,11 @@ impl AccessPolicy {
 
     /// Who is calling: the device whose key the request carries, or, when no keys
     /// are configured, the client address.
-    pub fn authenticate(&self, client: IpAddr, parts: &Parts) -> Result<Caller, AccessError> {
+    pub(crate) fn authenticate(
+        &self,
+        client: IpAddr,
+        parts: &Parts,
+    ) -> Result<Caller, AccessError> {
         if self.config.clients.is_empty() {
             return Ok(Caller::Address(client.to_canonical()));
         }
@@ -329,7 +335,7 @@ impl AccessPolicy {
     }
 
     /// Whether `caller` may use `route`.
-    pub fn check_scope(&self, caller: &Caller, route: RouteId) -> Result<(), AccessError> {
+    pub(crate) fn check_scope(&self, caller: &Caller, route: RouteId) -> Result<(), AccessError> {
         let Caller::Device(name) = caller else {
             return Ok(());
         };
@@ -343,7 +349,7 @@ impl AccessPolicy {
     }
 
     /// The scope `route` needs here.
-    pub fn scope_for(&self, route: RouteId) -> Scope {
+    pub(crate) fn scope_for(&self, route: RouteId) -> Scope {
         self.config
             .route_scopes
             .get(&route)

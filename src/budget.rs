@@ -58,7 +58,7 @@ type Keyed<K> = RateLimiter<
 
 /// The budget of calls to Joulo shared by all devices.
 #[derive(Debug)]
-pub struct UpstreamBudget {
+pub(crate) struct UpstreamBudget {
     /// All upstream calls together.
     limiter: Direct,
     /// Bound on waiting for a slot.
@@ -75,7 +75,7 @@ pub struct UpstreamBudget {
 
 /// Metric labels for a rate-limit refusal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
+pub(crate) struct LimitLabels {
     /// `upstream_budget`, `upstream_backoff` or `client`.
     pub limit: &'static str,
 }
@@ -90,7 +90,7 @@ struct Backoff {
 
 impl UpstreamBudget {
     /// A budget from the `[limits]` table.
-    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> UpstreamBudget {
+    pub(crate) fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> UpstreamBudget {
         let quota = Quota::per_minute(cfg.upstream_per_minute).allow_burst(cfg.upstream_burst);
         UpstreamBudget {
             limiter: RateLimiter::direct_with_clock(quota, TokioClock),
@@ -105,7 +105,7 @@ impl UpstreamBudget {
     /// The refusal counters every limit shares, each limit's series made at
     /// zero, so an alert on it compares against something from the first
     /// scrape.
-    pub fn refusal_family() -> Family<LimitLabels, Counter> {
+    pub(crate) fn refusal_family() -> Family<LimitLabels, Counter> {
         let family = Family::<LimitLabels, Counter>::default();
         for limit in [
             "upstream_budget",
@@ -120,7 +120,7 @@ impl UpstreamBudget {
 
     /// Takes over what `old` learned that outlives a change of limits: a back-off
     /// Joulo asked for, and the calls of the last minute.
-    pub fn carry_over(&self, old: &UpstreamBudget) {
+    pub(crate) fn carry_over(&self, old: &UpstreamBudget) {
         let backoff = lock_unpoisoned(&old.backoff);
         let mut mine = lock_unpoisoned(&self.backoff);
         mine.until = backoff.until;
@@ -130,13 +130,13 @@ impl UpstreamBudget {
     }
 
     /// The per-minute budget.
-    pub fn per_minute(&self) -> u32 {
+    pub(crate) fn per_minute(&self) -> u32 {
         self.per_minute
     }
 
     /// Upstream calls in the last 60 s, and how many of the per-minute budget
     /// are left (none below zero: a burst may go past the rate for a while).
-    pub fn this_minute(&self) -> (u32, u32) {
+    pub(crate) fn this_minute(&self) -> (u32, u32) {
         let used = self.last_minute(Instant::now()).len();
         let used = u32::try_from(used).unwrap_or(u32::MAX);
         (used, self.per_minute.saturating_sub(used))
@@ -159,7 +159,7 @@ impl UpstreamBudget {
 
     /// Takes one upstream call from the budget, waiting up to `queue_timeout`.
     /// Refused outright while backing off after a 429.
-    pub async fn acquire(&self) -> Result<(), GatewayError> {
+    pub(crate) async fn acquire(&self) -> Result<(), GatewayError> {
         self.check_backoff()?;
         let result = wait_for_slot(|| self.limiter.check(), self.queue_timeout).await;
         if result.is_ok() {
@@ -178,7 +178,7 @@ impl UpstreamBudget {
 
     /// Refuses while backing off after a 429: no call could go out, so nothing
     /// else (a device's share) should be spent on the attempt.
-    pub fn check_backoff(&self) -> Result<(), GatewayError> {
+    pub(crate) fn check_backoff(&self) -> Result<(), GatewayError> {
         match self.backoff_remaining() {
             None => Ok(()),
             Some(remaining) => {
@@ -195,7 +195,7 @@ impl UpstreamBudget {
     }
 
     /// How long the back-off still runs, if one is in force.
-    pub fn backoff_remaining(&self) -> Option<Duration> {
+    pub(crate) fn backoff_remaining(&self) -> Option<Duration> {
         let backoff = lock_unpoisoned(&self.backoff);
         let until = backoff.until?;
         let now = Instant::now();
@@ -205,7 +205,7 @@ impl UpstreamBudget {
     /// Records an upstream 429 and returns the back-off imposed: Joulo's
     /// `Retry-After` when it sent a usable one, else 60 s doubling on each repeat
     /// up to 15 min, with ±20 % jitter so several gateways do not retry in step.
-    pub fn on_upstream_429(&self, retry_after: Option<&HeaderValue>) -> Duration {
+    pub(crate) fn on_upstream_429(&self, retry_after: Option<&HeaderValue>) -> Duration {
         let mut backoff = lock_unpoisoned(&self.backoff);
         backoff.streak = backoff.streak.saturating_add(1);
         let wait = retry_after
@@ -220,14 +220,14 @@ impl UpstreamBudget {
 
     /// Records an upstream answer that was not a 429: the default back-off
     /// starts again from 60 s next time.
-    pub fn on_upstream_answer(&self) {
+    pub(crate) fn on_upstream_answer(&self) {
         lock_unpoisoned(&self.backoff).streak = 0;
     }
 }
 
 /// A limiter per device, so one misbehaving device cannot crowd out the others.
 #[derive(Debug)]
-pub struct ClientLimiter<K: Hash + Eq + Clone = IpAddr> {
+pub(crate) struct ClientLimiter<K: Hash + Eq + Clone = IpAddr> {
     /// One GCRA state per device.
     limiter: Keyed<K>,
     /// Bound on waiting for a slot.
@@ -240,7 +240,10 @@ pub struct ClientLimiter<K: Hash + Eq + Clone = IpAddr> {
 
 impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     /// Per-device limits from the `[limits]` table, counting refusals in `refused`.
-    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> ClientLimiter<K> {
+    pub(crate) fn new(
+        cfg: &LimitsConfig,
+        refused: Family<LimitLabels, Counter>,
+    ) -> ClientLimiter<K> {
         let quota = Quota::per_minute(cfg.client_per_minute).allow_burst(cfg.client_burst);
         ClientLimiter {
             limiter: RateLimiter::hashmap_with_clock_and_hasher(
@@ -255,7 +258,9 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     }
 
     /// Takes one request from `client`'s allowance, waiting up to `queue_timeout`.
-    pub async fn acquire(&self, client: &K) -> Result<(), GatewayError> {
+    /// For the unit tests: the request path calls `try_acquire` and `wait` itself.
+    #[cfg(test)]
+    pub(crate) async fn acquire(&self, client: &K) -> Result<(), GatewayError> {
         if self.try_acquire(client) {
             return Ok(());
         }
@@ -263,14 +268,14 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     }
 
     /// Takes a slot for `client` if one is free now.
-    pub fn try_acquire(&self, client: &K) -> bool {
+    pub(crate) fn try_acquire(&self, client: &K) -> bool {
         sweep_now_and_then(&self.checks, &self.limiter);
         self.limiter.check_key(client).is_ok()
     }
 
     /// Waits for a slot for `client` as long as one comes within the queue
     /// timeout; otherwise the refusal.
-    pub async fn wait(&self, client: &K) -> Result<(), GatewayError> {
+    pub(crate) async fn wait(&self, client: &K) -> Result<(), GatewayError> {
         wait_for_slot(|| self.limiter.check_key(client), self.queue_timeout)
             .await
             .map_err(|wait| {
@@ -288,7 +293,7 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
 /// pages cannot use up the token's budget for the whole household. A device
 /// joining a call already under way spends nothing.
 #[derive(Debug)]
-pub struct DeviceShare<K: Hash + Eq + Clone = IpAddr> {
+pub(crate) struct DeviceShare<K: Hash + Eq + Clone = IpAddr> {
     /// One GCRA state per device; `None` when the share is the whole budget,
     /// which the budget itself already enforces (with its queue).
     limiter: Option<Keyed<K>>,
@@ -300,7 +305,7 @@ pub struct DeviceShare<K: Hash + Eq + Clone = IpAddr> {
 
 impl<K: Hash + Eq + Clone> DeviceShare<K> {
     /// Shares from the `[limits]` table, counting refusals in `refused`.
-    pub fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> DeviceShare<K> {
+    pub(crate) fn new(cfg: &LimitsConfig, refused: Family<LimitLabels, Counter>) -> DeviceShare<K> {
         let (per_minute, burst) = cfg.device_quota();
         DeviceShare {
             limiter: (cfg.device_upstream_share < 1.0).then(|| {
@@ -318,7 +323,7 @@ impl<K: Hash + Eq + Clone> DeviceShare<K> {
     /// Spends one upstream call of `device`'s share, or refuses at once with
     /// the wait until its next: a device over its share does not queue for the
     /// budget the others need.
-    pub fn spend(&self, device: &K) -> Result<(), GatewayError> {
+    pub(crate) fn spend(&self, device: &K) -> Result<(), GatewayError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };

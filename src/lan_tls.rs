@@ -40,7 +40,7 @@ pub enum LanTlsError {
 
 /// The LAN listener's TLS settings, replaceable while connections run.
 #[derive(Debug)]
-pub struct LanTls {
+pub(crate) struct LanTls {
     /// Where the certificate and key are read from.
     files: TlsFiles,
     /// The settings new handshakes use; connections keep the ones they began with.
@@ -51,7 +51,7 @@ pub struct LanTls {
 
 impl LanTls {
     /// Reads and checks the certificate and key.
-    pub fn load(files: &TlsFiles) -> Result<LanTls, LanTlsError> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<LanTls, LanTlsError> {
         let loaded = LoadedState::default();
         loaded.record(&[&files.cert, &files.key]);
         Ok(LanTls {
@@ -62,12 +62,12 @@ impl LanTls {
     }
 
     /// An acceptor with the current certificate.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(read_unpoisoned(&self.current).clone())
     }
 
     /// Re-reads the files; on failure the previous certificate stays in use.
-    pub fn reload(&self) -> Result<(), LanTlsError> {
+    pub(crate) fn reload(&self) -> Result<(), LanTlsError> {
         self.loaded.record(&[&self.files.cert, &self.files.key]);
         let fresh = build(&self.files)?;
         *write_unpoisoned(&self.current) = fresh;
@@ -76,7 +76,7 @@ impl LanTls {
 
     /// Reloads on SIGHUP (`hangups`) or when either file changes, until
     /// `shutdown` resolves.
-    pub fn watch(
+    pub(crate) fn watch(
         self: Arc<Self>,
         interval: Duration,
         hangups: Hangups,

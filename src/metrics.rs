@@ -40,7 +40,7 @@ impl<M> RouteSeries<M> {
 
 /// Metric labels for a request. Never a query value or a header.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// The route's config name, an ops endpoint, or `none`.
     pub route: &'static str,
     /// The status the gateway answered with.
@@ -51,7 +51,7 @@ pub struct RequestLabels {
 /// looked up in the family once and then kept: the family's lookup (a lock and a
 /// hash of the labels) would otherwise run for every answer.
 #[derive(Debug, Default)]
-pub struct RequestCounters {
+pub(crate) struct RequestCounters {
     /// Every series.
     pub family: Family<RequestLabels, Counter>,
     /// The `status="200"` series, by route.
@@ -60,7 +60,7 @@ pub struct RequestCounters {
 
 impl RequestCounters {
     /// Counts one answer.
-    pub fn count(&self, route: Option<RouteId>, label: &'static str, status: u16) {
+    pub(crate) fn count(&self, route: Option<RouteId>, label: &'static str, status: u16) {
         let labels = || RequestLabels {
             route: label,
             status,
@@ -86,7 +86,7 @@ pub(crate) struct DeviceLabels {
 /// The per-device metric families, made once and registered once: the device
 /// counters of every config (reloads included) add their series to them.
 #[derive(Debug, Clone, Default)]
-pub struct DeviceFamilies {
+pub(crate) struct DeviceFamilies {
     /// Requests answered, by device.
     requests: Family<DeviceLabels, Counter>,
     /// Upstream calls a device's request started, by device.
@@ -95,7 +95,7 @@ pub struct DeviceFamilies {
 
 impl DeviceFamilies {
     /// Adds both families to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "device_requests",
             "Requests answered, by configured device",
@@ -113,7 +113,7 @@ impl DeviceFamilies {
 /// start (at zero) so an alert on one has something to compare from the
 /// first scrape, and looked up by name without allocating.
 #[derive(Debug, Default)]
-pub struct DeviceCounters {
+pub(crate) struct DeviceCounters {
     /// Both series of each device, by name.
     by_name: HashMap<Arc<str>, (Counter, Counter)>,
 }
@@ -121,7 +121,7 @@ pub struct DeviceCounters {
 impl DeviceCounters {
     /// The series for the configured device `names`, in `families`. A
     /// device that stays across a reload keeps counting where it was.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         families: &DeviceFamilies,
         names: impl IntoIterator<Item = &'a Arc<str>>,
     ) -> DeviceCounters {
@@ -140,21 +140,21 @@ impl DeviceCounters {
     }
 
     /// Counts one request answered for `device`.
-    pub fn request(&self, device: &str) {
+    pub(crate) fn request(&self, device: &str) {
         if let Some((requests, _)) = self.by_name.get(device) {
             requests.inc();
         }
     }
 
     /// Counts one upstream call `device`'s request started.
-    pub fn upstream_call(&self, device: &str) {
+    pub(crate) fn upstream_call(&self, device: &str) {
         if let Some((_, calls)) = self.by_name.get(device) {
             calls.inc();
         }
     }
 
     /// Requests answered so far, by device name.
-    pub fn request_counts(&self) -> std::collections::BTreeMap<&str, u64> {
+    pub(crate) fn request_counts(&self) -> std::collections::BTreeMap<&str, u64> {
         self.by_name
             .iter()
             .map(|(name, (requests, _))| (&**name, requests.get()))
@@ -165,7 +165,7 @@ impl DeviceCounters {
 /// What alerting needs to see at a glance, set from the gateway's state just
 /// before each scrape is encoded.
 #[derive(Debug, Default)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Upstream calls left this minute (the per-minute budget less the calls
     /// of the last 60 s).
     pub budget_left: Gauge,
@@ -181,7 +181,7 @@ pub struct Gauges {
 
 impl Gauges {
     /// Adds the gauges to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "upstream_budget_left",
             "Calls to the Joulo API left this minute",

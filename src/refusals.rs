@@ -44,7 +44,7 @@ pub(crate) const MAX_TRACKED: usize = 64;
 
 /// What was refused, as the summary line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalKind {
+pub(crate) enum RefusalKind {
     /// The address is outside `[access] allow`.
     Network,
     /// A malformed or ambiguous Host, Origin or request target (400).
@@ -90,7 +90,7 @@ impl RefusalKind {
     ];
 
     /// The name in the summary line.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RefusalKind::Network => "network",
             RefusalKind::BadRequest => "bad_request",
@@ -109,7 +109,7 @@ impl RefusalKind {
 
     /// The kind of a refusal made before a device's allowance; `None` for
     /// anything else (a device's own request, whatever its answer).
-    pub fn of(error: &GatewayError) -> Option<RefusalKind> {
+    pub(crate) fn of(error: &GatewayError) -> Option<RefusalKind> {
         Some(match error {
             GatewayError::Access(access) => match access {
                 AccessError::Network => RefusalKind::Network,
@@ -141,7 +141,7 @@ type Keyed = RateLimiter<
 /// Each address's allowance of refusals and ops requests, and its log budget.
 /// Built once; it outlives config reloads.
 #[derive(Debug)]
-pub struct RefusalGuard {
+pub(crate) struct RefusalGuard {
     /// One GCRA state per address (IPv6: per /64).
     limiter: Keyed,
     /// Allowance checks since the last sweep of idle addresses.
@@ -189,7 +189,7 @@ impl Default for RefusalGuard {
 
 impl RefusalGuard {
     /// A guard with the built-in allowance and log budget.
-    pub fn new() -> RefusalGuard {
+    pub(crate) fn new() -> RefusalGuard {
         let quota = Quota::per_second(ALLOWANCE_PER_SECOND.try_into().expect("above zero"))
             .allow_burst(ALLOWANCE_BURST.try_into().expect("above zero"));
         RefusalGuard {
@@ -211,7 +211,7 @@ impl RefusalGuard {
 
     /// Takes one refusal or ops request from `client`'s allowance; past it,
     /// the 429 to answer instead.
-    pub fn charge(&self, client: IpAddr) -> Result<(), GatewayError> {
+    pub(crate) fn charge(&self, client: IpAddr) -> Result<(), GatewayError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
             self.limiter.retain_recent();
         }
@@ -225,7 +225,7 @@ impl RefusalGuard {
     /// Whether a line about `client`'s refusal of `kind` may be written now;
     /// if not, it is counted for the interval's summary. A refusal past the
     /// allowance is never logged one by one.
-    pub fn may_log(&self, client: IpAddr, kind: RefusalKind) -> bool {
+    pub(crate) fn may_log(&self, client: IpAddr, kind: RefusalKind) -> bool {
         let now = Instant::now();
         let mut book = lock_unpoisoned(&self.book);
         let summaries = book.roll(now);

@@ -30,7 +30,7 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// What `gateway.toml` decides that can change while the gateway runs.
 #[derive(Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The allowlist requests are matched against.
     pub routes: RouteTable,
     /// The query parameters each route takes.
@@ -60,35 +60,35 @@ pub struct Policy {
 #[derive(Debug)]
 pub struct AppState {
     /// What the config decides that a reload can change.
-    pub policy: ArcSwap<Policy>,
+    pub(crate) policy: ArcSwap<Policy>,
     /// Builds the upstream requests.
-    pub outbound: Outbound,
+    pub(crate) outbound: Outbound,
     /// The pooled client to Joulo.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// The token injected into every upstream request.
     pub tokens: TokenSource,
     /// Cached answers and in-flight upstream calls.
     pub cache: ResponseCache,
     /// The LAN certificate, when the gateway serves HTTPS.
-    pub lan_tls: Option<Arc<LanTls>>,
+    pub(crate) lan_tls: Option<Arc<LanTls>>,
     /// Requests by route and status, for `/metrics`.
-    pub requests: RequestCounters,
+    pub(crate) requests: RequestCounters,
     /// Budget, back-off and token state, set before each scrape.
-    pub gauges: Gauges,
+    pub(crate) gauges: Gauges,
     /// Larger request heads get 431.
-    pub max_header_size: usize,
+    pub(crate) max_header_size: usize,
     /// Larger request bodies get 413.
-    pub max_request_body: usize,
+    pub(crate) max_request_body: usize,
     /// Bound on receiving a request body (`server.header_timeout`): a device
     /// dripping a POST body a byte at a time cannot hold its request open.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Each address's allowance of refusals and ops requests, and its log
     /// budget.
-    pub refusals_by_address: crate::refusals::RefusalGuard,
+    pub(crate) refusals_by_address: crate::refusals::RefusalGuard,
     /// Every metric, as `/metrics` shows them.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// When the gateway started, for its uptime.
-    pub started: tokio::time::Instant,
+    pub(crate) started: tokio::time::Instant,
     /// Refusals by limit: one family for every policy's limiters.
     refusals: Family<LimitLabels, Counter>,
     /// Per-device series: one pair of families for every policy's devices.

@@ -49,7 +49,7 @@ pub enum UpstreamError {
 
 /// The Joulo API as the gateway reaches it.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Keep-alive connections per event loop (see [`crate::server`]), so an
     /// upstream connection is driven on the loop whose requests use it and a
     /// call never waits for another thread to be woken.
@@ -72,7 +72,7 @@ pub struct Upstream {
 
 /// When Joulo last failed, and how.
 #[derive(Debug, Clone)]
-pub struct UpstreamFailure {
+pub(crate) struct UpstreamFailure {
     /// What happened, in the gateway's own words or Joulo's status.
     pub what: String,
     /// When.
@@ -97,7 +97,7 @@ pub(crate) struct RouteLabels {
 
 impl Upstream {
     /// Builds the clients once, at start, one for each of `event_loops`.
-    pub fn new(cfg: &UpstreamConfig, event_loops: usize) -> Result<Upstream, UpstreamError> {
+    pub(crate) fn new(cfg: &UpstreamConfig, event_loops: usize) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         if matches!(cfg.roots, TrustRoots::Webpki | TrustRoots::Both) {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -148,7 +148,7 @@ impl Upstream {
     }
 
     /// How long an upstream call may take, body included.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -163,7 +163,7 @@ impl Upstream {
     /// The retry is a call like any other: it takes a slot from `budget` (the
     /// caller took one for the first) and is counted; with no slot it is not
     /// made and the first failure is the answer.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: &UpstreamRequest,
         authorization: HeaderValue,
@@ -260,7 +260,7 @@ impl Upstream {
     }
 
     /// Records that Joulo failed now, in `what` (never a URL or a header).
-    pub fn record_failure(&self, what: String) {
+    pub(crate) fn record_failure(&self, what: String) {
         *lock_unpoisoned(&self.last_error) = Some(UpstreamFailure {
             what,
             at: std::time::SystemTime::now(),
@@ -268,12 +268,12 @@ impl Upstream {
     }
 
     /// The last failure, if there was one.
-    pub fn last_failure(&self) -> Option<UpstreamFailure> {
+    pub(crate) fn last_failure(&self) -> Option<UpstreamFailure> {
         lock_unpoisoned(&self.last_error).clone()
     }
 
     /// Adds the upstream call counters and latency histogram to `registry`.
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    pub(crate) fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "upstream_calls",
             "Calls to the Joulo API by route and status (0: no answer)",

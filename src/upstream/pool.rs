@@ -395,7 +395,7 @@ async fn send_h2(
 /// more only as the device takes it; `h2` itself resets a stream whose data
 /// overruns or falls short of its `Content-Length`, which the answer's head
 /// keeps for the device.
-pub enum UpstreamBody {
+pub(crate) enum UpstreamBody {
     H1(Incoming),
     H2(h2::RecvStream),
 }

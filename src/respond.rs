@@ -1,5 +1,8 @@
 //! How errors look: every failure on the request path becomes one synthetic
-//! response in Joulo's JSON shape (`{"error": "..."}`), built here and nowhere else.
+//! response in Joulo's JSON shape (`{"error": "..."}`), built here (`held`
+//! adds a `Retry-After` to the one it asks for). The one answer made elsewhere
+//! is `admission`'s refusal of a connection before any request is read: the
+//! same shape, as whole HTTP/1.1 answers built once.
 
 use std::time::Duration;
 

@@ -100,7 +100,8 @@ pub enum RouteError {
     },
 }
 
-/// The routes this gateway forwards, fixed at start.
+/// The routes this gateway forwards: built from the config at start and anew on
+/// each config reload, as part of the policy `state` swaps in whole.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     /// Routes switched on: all read routes plus the write routes the config enables.

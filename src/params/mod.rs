@@ -201,8 +201,9 @@ pub(crate) fn check_extra_name(route: RouteId, name: &str) -> Result<(), &'stati
     Ok(())
 }
 
-/// Every route's parameters, fixed at start: Joulo's documented ones plus any
-/// the operator added with `[routes.<name>] extra_params`.
+/// Every route's parameters: Joulo's documented ones plus any the operator
+/// added with `[routes.<name>] extra_params`; built at start and anew on each
+/// config reload, as part of the policy `state` swaps in whole.
 #[derive(Debug, Clone)]
 pub struct QuerySchema {
     /// By `route as usize`.

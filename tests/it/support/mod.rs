@@ -601,10 +601,11 @@ pub async fn jump_clock(by: Duration) {
 }
 
 /// How long a test waits for the gateway to notice a changed token or
-/// certificate file. The files are polled every second (`token_poll_interval`),
-/// so a change is normally seen within about one; a loaded CI machine can delay
-/// the poll's blocking file check well beyond that, and a passing test returns
-/// as soon as the change is seen, so the bound is generous.
+/// certificate file. On Linux the gateway is told of a change by inotify; where
+/// that is unavailable it polls every `token_poll_interval` (a second by default).
+/// Either way a change is normally seen within about a second; a loaded CI
+/// machine can delay the blocking file check well beyond that, and a passing
+/// test returns as soon as the change is seen, so the bound is generous.
 pub const FILE_WATCH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether

@@ -349,7 +349,7 @@ impl AccessPolicy {
     }
 
     /// The scope `route` needs here.
-    pub(crate) fn scope_for(&self, route: RouteId) -> Scope {
+    fn scope_for(&self, route: RouteId) -> Scope {
         self.config
             .route_scopes
             .get(&route)
@@ -428,7 +428,7 @@ fn valid_host(host: &str) -> bool {
 /// it is a valid authority, the same as an absolute-form target's; RFC 9113 section 8.3.1: an HTTP/2 `:authority` and
 /// a `Host` sent beside it agree. A request that names its target two ways
 /// could be routed by one reading and checked by the other.
-pub(crate) fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
+fn check_host_framing(parts: &Parts) -> Result<(), AccessError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

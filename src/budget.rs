@@ -372,7 +372,7 @@ async fn wait_for_slot(
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 section 10.2.3),
 /// capped at an hour; `None` when absent, malformed or already past.
-pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     let wait = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),

@@ -69,7 +69,7 @@ pub enum Command {
 }
 
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
-pub(crate) const EXIT_CONFIG: u8 = 64;
+const EXIT_CONFIG: u8 = 64;
 
 /// Why a command failed. Its kind picks the exit status, matched without a
 /// catch-all, so a new kind must be given one.

@@ -116,7 +116,7 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 /// bind-mounted in (Compose's `secrets: file:`), and its mode is what every
 /// local user of the host gets. Group bits alone stay a warning: the group
 /// is the platform's, not every user's.
-pub(crate) fn platform_mount_refuses(mode: u32, fs_magic: Option<u64>) -> bool {
+fn platform_mount_refuses(mode: u32, fs_magic: Option<u64>) -> bool {
     let memory = fs_magic.is_some_and(|m| m == TMPFS_MAGIC || m == RAMFS_MAGIC);
     mode & 0o004 != 0 && !memory
 }

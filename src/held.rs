@@ -22,7 +22,7 @@ use crate::respond::{Body, BoxError};
 /// What an answer is charged beyond its body: its head and the per-request
 /// state hyper and h2 keep for it (about 5 KiB per HTTP/2 stream, measured
 /// with `bench/hostile`).
-pub(crate) const ANSWER_OVERHEAD: usize = 4 * 1024;
+const ANSWER_OVERHEAD: usize = 4 * 1024;
 
 /// What a body of unknown length (an answer streamed from Joulo) is charged:
 /// it flows through, bounded by the flow-control windows, not held whole.

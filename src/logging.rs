@@ -149,7 +149,7 @@ fn quiet_hyper(level: &str) -> std::borrow::Cow<'_, str> {
 
 /// A [`MakeWriter`] that hands out buffers; each is scrubbed and written through
 /// when the event is finished, so a secret split across `write` calls is still seen.
-pub(crate) struct RedactingWriter<M> {
+struct RedactingWriter<M> {
     /// Where scrubbed lines go.
     inner: M,
     /// The live token, so a rotated token is scrubbed as soon as it is loaded.
@@ -170,7 +170,7 @@ impl<M> RedactingWriter<M> {
     }
 
     /// The same writer for lines of `format`.
-    pub(crate) fn with_format(mut self, format: LogFormat) -> Self {
+    fn with_format(mut self, format: LogFormat) -> Self {
         self.format = format;
         self
     }
@@ -190,7 +190,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingWriter<M> {
 }
 
 /// One event's text on its way to the real writer.
-pub(crate) struct EventBuffer<'a, W: Write> {
+struct EventBuffer<'a, W: Write> {
     /// Where the scrubbed event goes.
     inner: W,
     /// The live token to scrub, if any.
@@ -328,7 +328,7 @@ fn must_escape(c: char) -> bool {
 /// or reorder what a reader sees. The event's own final newline stays. JSON
 /// lines get JSON's `\uXXXX` (the formatter has already escaped C0 controls;
 /// these characters can only stand inside its strings); text lines `\u{..}`.
-pub(crate) fn escape_controls(line: &str, format: LogFormat) -> Cow<'_, str> {
+fn escape_controls(line: &str, format: LogFormat) -> Cow<'_, str> {
     let body = line.strip_suffix('\n').unwrap_or(line);
     if !body.chars().any(must_escape) {
         return Cow::Borrowed(line);

@@ -78,7 +78,7 @@ impl RequestCounters {
 /// Metric labels naming a configured device. Only `[[clients]]` names appear:
 /// a bounded set, never a client address.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct DeviceLabels {
+struct DeviceLabels {
     /// The device's name from `[[clients]]`.
     pub device: String,
 }

@@ -40,7 +40,7 @@ const LINES_PER_INTERVAL: u32 = 100;
 /// Addresses counted one by one per interval; refusals from any further ones
 /// are counted together (as `others`), so many addresses (IPv6 /64s) cannot
 /// grow the map or the summaries without bound.
-pub(crate) const MAX_TRACKED: usize = 64;
+const MAX_TRACKED: usize = 64;
 
 /// What was refused, as the summary line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

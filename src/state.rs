@@ -103,7 +103,7 @@ pub struct AppState {
 
 /// Metric labels for a config reload.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ReloadLabels {
+struct ReloadLabels {
     /// `ok` or `failed`.
     pub result: &'static str,
 }

@@ -433,7 +433,7 @@ fn millis(d: Duration) -> u64 {
 /// each poll a few milliseconds early or late; without a margin, every other
 /// poll would get a copy that is a moment from expiry and the device would
 /// see new data only every second poll. One second, or a tenth of a short ttl.
-pub(crate) fn poll_margin(ttl: Duration) -> Duration {
+fn poll_margin(ttl: Duration) -> Duration {
     (ttl / 10).min(Duration::from_secs(1))
 }
 

@@ -81,7 +81,7 @@ pub(crate) struct UpstreamFailure {
 
 /// Metric labels for an upstream call. Never a query value or a header.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct CallLabels {
+struct CallLabels {
     /// The route's config name.
     pub route: &'static str,
     /// The upstream's status, or 0 when none came (timeout, connection or TLS error).
@@ -90,7 +90,7 @@ pub(crate) struct CallLabels {
 
 /// Metric labels naming a route.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RouteLabels {
+struct RouteLabels {
     /// The route's config name.
     pub route: &'static str,
 }

@@ -17,7 +17,7 @@ use crate::routes::{RouteId, RouteTable};
 
 /// The `User-Agent` the gateway sends: Joulo sees which program calls it, not
 /// which device behind it.
-pub(crate) const USER_AGENT: &str = concat!("joulo-gateway/", env!("CARGO_PKG_VERSION"));
+const USER_AGENT: &str = concat!("joulo-gateway/", env!("CARGO_PKG_VERSION"));
 
 /// A request ready for Joulo, except for the token, which
 /// [`crate::token::UpstreamToken::authorization_header`] adds as it is sent.

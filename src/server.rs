@@ -410,7 +410,8 @@ impl Future for ChargedAnswer {
 }
 
 /// Runs `serving` to its end, unless `first_head` is still unset at `deadline`:
-/// then drops it, which closes the connection, and returns false. Once a head
+/// then drops it, which closes the connection, and returns false (as when
+/// `serving` ends by itself headless at or past the deadline). Once a head
 /// has arrived the timer is dropped, so a busy connection never polls it.
 async fn until_first_head(
     serving: impl Future<Output = ()>,
@@ -421,7 +422,10 @@ async fn until_first_head(
     let mut cutoff = pin!(Some(tokio::time::sleep_until(deadline)));
     std::future::poll_fn(|cx| {
         if serving.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
+            // hyper's own header timer may end a dripping (slowloris) head
+            // in the same tick: a connection that ended headless at the
+            // deadline was cut for it too. One closed earlier just left.
+            return Poll::Ready(first_head.load(Ordering::Relaxed) || Instant::now() < deadline);
         }
         if first_head.load(Ordering::Relaxed) {
             cutoff.set(None);
@@ -438,6 +442,19 @@ async fn until_first_head(
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_headless_connection_that_hyper_ends_at_the_deadline_counts_as_cut() {
+        let headless = AtomicBool::new(false);
+        // hyper's header timer ends a dripping head at the same deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ended_by_hyper = tokio::time::sleep_until(deadline);
+        assert!(!until_first_head(ended_by_hyper, &headless, deadline).await);
+        // A client that connects and leaves without a request was not cut.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let left = tokio::time::sleep(Duration::from_secs(1));
+        assert!(until_first_head(left, &headless, deadline).await);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_goes_at_the_deadline_unless_a_head_arrived() {

@@ -346,6 +346,15 @@ fn answered_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             return e.is_parse() || e.is_parse_too_large() || e.is_parse_status();
         }
+        // HTTP/2: only a connection that went away (GOAWAY, I/O) or a stream
+        // the upstream refused before processing it is worth another try;
+        // any other reset (a header list past 16 KiB, a protocol error in
+        // the answer) came with or instead of an answer.
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            return !(e.is_go_away()
+                || e.is_io()
+                || e.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
         source = e.source();
     }
     false

@@ -239,3 +239,55 @@ async fn silent_connections_cut_at_the_header_timeout_are_logged_within_the_budg
         Some(12 - u64::from(LINES_PER_ADDRESS))
     );
 }
+
+#[tokio::test]
+async fn dripping_heads_cut_at_the_header_timeout_are_logged_too() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(&upstream, "[server]\nheader_timeout = \"300ms\"\n").await;
+    let attacker = "127.0.0.12";
+    // Slowloris: half a head, then a byte every 50 ms, until cut.
+    let mut drips = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect_from(attacker, gateway.addr).await;
+        drips.push(tokio::spawn(async move {
+            let _ = stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway.lan\r\nX-a: ")
+                .await;
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if stream.write_all(b"a").await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    for drip in drips {
+        tokio::time::timeout(Duration::from_secs(10), drip)
+            .await
+            .expect("cut at the header timeout")
+            .unwrap();
+    }
+    let slow_lines = || {
+        info_lines_of(attacker)
+            .iter()
+            .filter(|l| l.contains("no request head within server.header_timeout"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            slow_lines() == LINES_PER_ADDRESS as usize
+        })
+        .await,
+        "{} lines",
+        slow_lines()
+    );
+    jump_clock(LOG_INTERVAL).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            summary_count(attacker, "slow_head") == Some(8 - u64::from(LINES_PER_ADDRESS))
+        })
+        .await,
+        "{:?}",
+        summary_count(attacker, "slow_head")
+    );
+}

@@ -747,3 +747,30 @@ async fn the_upstreams_trailers_are_never_passed_on() {
     assert!(!response.contains("x-debug"), "{response}");
     assert_no_leak(&[&token], &[&response]);
 }
+
+#[tokio::test]
+async fn over_http2_a_header_list_past_16_kib_is_one_call_and_a_502() {
+    let ca = DemoCa::generate(&["localhost"]).unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let fill = "a".repeat(1000);
+    let big = h2_upstream(
+        &ca,
+        (0..20)
+            .map(|i| (format!("x-fill-{i}"), fill.clone()))
+            .collect(),
+        vec!["{}".into()],
+        calls.clone(),
+    )
+    .await;
+    let gateway = TestGateway::start_with(
+        &format!("https://localhost:{}{PREFIX}", big.port()),
+        &ca.ca_pem,
+        "[cache]\nttl = \"0s\"\n",
+    )
+    .await;
+    let (status, headers, body) = gateway.get("/chargers").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    // An answer came, too large: not asked for again.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

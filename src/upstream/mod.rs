@@ -346,14 +346,12 @@ fn answered_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             return e.is_parse() || e.is_parse_too_large() || e.is_parse_status();
         }
-        // HTTP/2: only a connection that went away (GOAWAY, I/O) or a stream
-        // the upstream refused before processing it is worth another try;
-        // any other reset (a header list past 16 KiB, a protocol error in
-        // the answer) came with or instead of an answer.
+        // HTTP/2: a stream the gateway's own h2 reset because the answer
+        // broke the rules (a header list past 16 KiB, a malformed frame)
+        // was answered; one the upstream reset or dropped with its
+        // connection (GOAWAY, I/O) was not, and is worth another try.
         if let Some(e) = e.downcast_ref::<h2::Error>() {
-            return !(e.is_go_away()
-                || e.is_io()
-                || e.reason() == Some(h2::Reason::REFUSED_STREAM));
+            return e.is_library();
         }
         source = e.source();
     }

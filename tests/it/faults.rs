@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use joulo_gateway::demo::DemoCa;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::{MockUpstream, PREFIX, TestGateway, assert_no_leak, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,20 +40,7 @@ enum Fault {
 /// A hand-rolled HTTP/1.1 upstream over TLS (certificate from `ca`), so faults a
 /// real server would never produce can be produced on purpose.
 async fn raw_upstream(ca: &DemoCa, fault: Arc<Mutex<Fault>>) -> SocketAddr {
-    let certs = CertificateDer::pem_slice_iter(ca.leaf_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(ca.leaf_key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = support::tls_acceptor(ca, b"http/1.1");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

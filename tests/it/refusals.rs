@@ -213,31 +213,7 @@ async fn silent_connections_cut_at_the_header_timeout_are_logged_within_the_budg
             .expect("cut at the header timeout")
             .unwrap();
     }
-    let slow_lines = || {
-        info_lines_of(attacker)
-            .iter()
-            .filter(|l| l.contains("no request head within server.header_timeout"))
-            .count()
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            slow_lines() == LINES_PER_ADDRESS as usize
-        })
-        .await,
-        "{} lines",
-        slow_lines()
-    );
-    jump_clock(LOG_INTERVAL).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            summary_count(attacker, "slow_head").is_some()
-        })
-        .await
-    );
-    assert_eq!(
-        summary_count(attacker, "slow_head"),
-        Some(12 - u64::from(LINES_PER_ADDRESS))
-    );
+    assert_cut_heads_logged(attacker, 12).await;
 }
 
 #[tokio::test]
@@ -267,6 +243,12 @@ async fn dripping_heads_cut_at_the_header_timeout_are_logged_too() {
             .expect("cut at the header timeout")
             .unwrap();
     }
+    assert_cut_heads_logged(attacker, 8).await;
+}
+
+/// Asserts that `cut` connections from `attacker` closed without a head left
+/// the address's budget of lines, then one summary with the rest.
+async fn assert_cut_heads_logged(attacker: &str, cut: u64) {
     let slow_lines = || {
         info_lines_of(attacker)
             .iter()
@@ -284,7 +266,7 @@ async fn dripping_heads_cut_at_the_header_timeout_are_logged_too() {
     jump_clock(LOG_INTERVAL).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
-            summary_count(attacker, "slow_head") == Some(8 - u64::from(LINES_PER_ADDRESS))
+            summary_count(attacker, "slow_head") == Some(cut - u64::from(LINES_PER_ADDRESS))
         })
         .await,
         "{:?}",

@@ -631,3 +631,11 @@ where
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// A TLS acceptor presenting `ca`'s server certificate and offering only
+/// `alpn`: for the hand-written upstreams that speak one protocol.
+pub fn tls_acceptor(ca: &DemoCa, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
+    let mut config = (*ca.server_config).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}

@@ -336,21 +336,15 @@ async fn https_for_lan_clients_with_reload_and_bounded_handshakes() {
 async fn https_spends_no_handshake_on_refused_addresses_and_times_the_first_head_from_accept() {
     let upstream = MockUpstream::start();
     let ca = DemoCa::generate(&["localhost"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("gateway.crt");
-    let key = dir.path().join("gateway.key");
-    write_private(&cert, &ca.leaf_cert_pem).unwrap();
-    write_private(&key, &ca.leaf_key_pem).unwrap();
+    let lan = support::LanCert::write(&ca);
     // The handshake bound is far above the header timeout: only the latter can
     // close these connections within the test's few seconds.
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
-             tls_handshake_timeout = \"30s\"\nheader_timeout = \"1s\"\n\
+            "[server]\n{}tls_handshake_timeout = \"30s\"\nheader_timeout = \"1s\"\n\
              [access]\nallow = [\"127.0.0.1/32\"]\n",
-            cert.display(),
-            key.display()
+            lan.server_lines()
         ),
     )
     .await;

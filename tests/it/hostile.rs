@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use joulo_gateway::demo::{DemoCa, write_private};
+use joulo_gateway::demo::DemoCa;
 use support::{MockUpstream, TestGateway, connect_from, get_from};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
@@ -126,21 +126,15 @@ async fn zero_window_http2_connections_holding_every_slot_lock_no_one_out() {
 async fn silent_tls_handshakes_holding_every_slot_lock_no_one_out() {
     let upstream = MockUpstream::start();
     let ca = DemoCa::generate(&["localhost"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("gateway.crt");
-    let key = dir.path().join("gateway.key");
-    write_private(&cert, &ca.leaf_cert_pem).unwrap();
-    write_private(&key, &ca.leaf_key_pem).unwrap();
+    let lan = support::LanCert::write(&ca);
     // Handshake and header bounds far above the test's few seconds: only
     // making room can free these slots in time.
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
-             tls_handshake_timeout = \"60s\"\nheader_timeout = \"60s\"\n\
+            "[server]\n{}tls_handshake_timeout = \"60s\"\nheader_timeout = \"60s\"\n\
              max_connections = 2\nmax_connections_per_ip = 2\n",
-            cert.display(),
-            key.display()
+            lan.server_lines()
         ),
     )
     .await;

@@ -639,3 +639,35 @@ pub fn tls_acceptor(ca: &DemoCa, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
     config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
+
+/// `ca`'s server certificate and key, written for `[server] tls_cert` and
+/// `tls_key` to name.
+pub struct LanCert {
+    /// Holds the files; removed when dropped.
+    pub dir: tempfile::TempDir,
+    /// The certificate chain file.
+    pub cert: PathBuf,
+    /// The private key file.
+    pub key: PathBuf,
+}
+
+impl LanCert {
+    /// Writes `ca`'s leaf certificate and key, private, into a new folder.
+    pub fn write(ca: &DemoCa) -> LanCert {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("gateway.crt");
+        let key = dir.path().join("gateway.key");
+        demo::write_private(&cert, &ca.leaf_cert_pem).unwrap();
+        demo::write_private(&key, &ca.leaf_key_pem).unwrap();
+        LanCert { dir, cert, key }
+    }
+
+    /// The `[server]` lines naming the two files.
+    pub fn server_lines(&self) -> String {
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}

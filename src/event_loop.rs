@@ -33,7 +33,7 @@ pub(crate) fn enter(index: usize) {
 /// on a thread of its own. A connection stays on one loop for its life, as on
 /// one of nginx's worker processes, so a request never wakes another thread.
 /// One work-stealing runtime with two threads was measured no faster than one
-/// thread (README, Performance); separate loops were.
+/// thread (docs/performance.md); separate loops were.
 pub(crate) struct EventLoops {
     /// The loops besides the caller's.
     others: Vec<Handle>,

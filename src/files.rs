@@ -142,7 +142,7 @@ fn platform_mount_exposure(file: &std::fs::File) -> Result<Option<String>, FileE
              platform makes for its secrets: it is a host file mounted in (Docker Compose \
              `secrets: file:`), readable by every user of the host; on the host, give the file \
              to the container's user and make it private: \
-             `chown 65532:65532 FILE && chmod 600 FILE` (see the README, Docker)"
+             `chown 65532:65532 FILE && chmod 600 FILE` (see docs/operations.md, Docker)"
         )
     }))
 }

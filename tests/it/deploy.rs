@@ -476,3 +476,39 @@ fn ci_checks_licences_sources_and_dockerfiles() {
         Some("deny")
     );
 }
+
+/// Issue 25: CI checks the workflows (GitHub's schema, shellcheck on their
+/// scripts) and builds and runs both images; the release takes its notes
+/// from a changelog kept in Keep a Changelog's format.
+#[test]
+fn ci_checks_the_release_and_runs_the_images() {
+    let ci = read(".ci/run");
+    for line in [
+        "bash .ci/check-workflows \"$check_jsonschema\"",
+        "bash deploy/build-image.sh \"${image_arches[@]}\"",
+        "bash deploy/test-image.sh amd64",
+    ] {
+        assert!(ci.lines().any(|l| l.trim() == line), "missing {line}");
+    }
+    let check = read(".ci/check-workflows");
+    assert!(check.contains("--builtin-schema vendor.github-workflows"));
+    let release = read(".github/workflows/release.yml");
+    for step in [
+        "bash deploy/build-deb.sh \"${{ matrix.target }}\"",
+        "bash deploy/build-image.sh --context-only target/image/context amd64 arm64",
+        "sha256sum -- *.tar.gz *.deb >SHA256SUMS",
+        "bash deploy/release-notes.sh \"${{ needs.check.outputs.version }}\" >release-notes.md",
+    ] {
+        assert!(release.contains(step), "release.yml: missing {step}");
+    }
+    let changelog = read("CHANGELOG.md");
+    assert!(changelog.starts_with("# Changelog\n"));
+    assert!(changelog.contains("https://keepachangelog.com/en/1.1.0/"));
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let version = manifest["package"]["version"].as_str().unwrap();
+    assert!(
+        changelog.contains("\n## [Unreleased]\n")
+            || changelog.contains(&format!("\n## [{version}] - ")),
+        "CHANGELOG.md has neither [Unreleased] nor [{version}]"
+    );
+}

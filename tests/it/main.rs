@@ -22,5 +22,6 @@ mod hostile;
 mod household;
 mod positive;
 mod refusals;
+mod release;
 mod reload;
 mod untrusted;

@@ -44,7 +44,8 @@ free_port() {
 # The process running the image's binary among the descendants of $1.
 gateway_pid() {
   local pid child
-  for pid in $(pgrep -P "$1" || true); do
+  # /proc's children lists, not pgrep: procps may not be installed.
+  for pid in $(cat /proc/"$1"/task/*/children 2>/dev/null || true); do
     if [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" != "" ] &&
       tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '^/usr/local/bin/joulo-gateway '; then
       echo "$pid"

@@ -494,10 +494,10 @@ fn ci_checks_the_release_and_runs_the_images() {
     assert!(check.contains("--builtin-schema vendor.github-workflows"));
     let release = read(".github/workflows/release.yml");
     for step in [
-        "bash deploy/build-deb.sh \"${{ matrix.target }}\"",
+        "bash deploy/build-deb.sh \"$TARGET\"",
         "bash deploy/build-image.sh --context-only target/image/context amd64 arm64",
         "sha256sum -- *.tar.gz *.deb >SHA256SUMS",
-        "bash deploy/release-notes.sh \"${{ needs.check.outputs.version }}\" >release-notes.md",
+        "bash deploy/release-notes.sh \"$VERSION\" >release-notes.md",
     ] {
         assert!(release.contains(step), "release.yml: missing {step}");
     }

@@ -116,3 +116,16 @@ PY
     echo "built localhost/$image:$version-$arch: $unpacked bytes unpacked, $pulled bytes pulled (compressed)"
   done
 done
+
+# The container image as one multi-arch name, as the release publishes it
+# (the add-on's images stay one per architecture: Home Assistant names them so).
+if ((${#arches[@]} > 1)); then
+  list=localhost/joulo-gateway:$version
+  buildah manifest rm --storage-driver vfs "$list" >/dev/null 2>&1 || true
+  buildah manifest create --storage-driver vfs "$list" >/dev/null
+  for arch in "${arches[@]}"; do
+    buildah manifest add --storage-driver vfs "$list" "localhost/joulo-gateway:$version-$arch" >/dev/null
+  done
+  echo "built $list for $(buildah manifest inspect --storage-driver vfs "$list" |
+    python3 -c 'import json,sys; print(" ".join(m["platform"]["os"] + "/" + m["platform"]["architecture"] for m in json.load(sys.stdin)["manifests"]))')"
+fi

@@ -242,6 +242,10 @@ pub fn drop_root() -> Result<bool, AddonError> {
             "the user id did not change",
         )));
     }
+    // A change of user resets "dumpable" to the system's suid_dumpable, which
+    // may allow it: forbidden again before the token is read.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(privileges)?;
     Ok(true)
 }
 

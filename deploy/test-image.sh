@@ -76,6 +76,13 @@ uid_of() {
   awk '/^Uid:/ {print $2, $3, $4, $5}' "/proc/$1/status"
 }
 
+# The kernel gives a process's /proc entries to root while it is not dumpable
+# (no core file, no ptrace by its own user): what the gateway sets at start
+# and again after dropping root.
+not_dumpable() {
+  [ "$(stat -c %u "/proc/$1/environ")" = 0 ] || fail "process $1 is dumpable"
+}
+
 canary() {
   printf 'joulo_%s' "$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 32)"
 }
@@ -123,7 +130,8 @@ echo "test-image: $image answers /chargers with the token from /run/secrets/joul
 gw=$(gateway_pid "$run_pid")
 [ -n "$gw" ] || fail "cannot find the gateway's process"
 [ "$(uid_of "$gw")" = "65532 65532 65532 65532" ] || fail "the gateway runs as uid $(uid_of "$gw")"
-echo "test-image: the gateway runs as uid 65532"
+not_dumpable "$gw"
+echo "test-image: the gateway runs as uid 65532, not dumpable"
 
 health=$("${b[@]}" inspect --type container "$ctr" |
   python3 -c 'import json,sys; t=json.load(sys.stdin)["Docker"]["config"]["Healthcheck"]["Test"]; assert t[0]=="CMD", t; print("\n".join(t[1:]))')
@@ -157,6 +165,7 @@ wait_for "http://127.0.0.1:$port/healthz" "$work/addon.log" "$run_pid"
 gw=$(gateway_pid "$run_pid")
 [ -n "$gw" ] || fail "cannot find the add-on's process"
 [ "$(uid_of "$gw")" = "65532 65532 65532 65532" ] || fail "the add-on runs as uid $(uid_of "$gw")"
+not_dumpable "$gw"
 [ "$(stat -c '%a %u' "$work/data/joulo_token")" = "600 65532" ] ||
   fail "/data/joulo_token is $(stat -c '%a %u' "$work/data/joulo_token")"
 # A request that reaches the token's path: the real api.joulo.nl is not
@@ -166,7 +175,7 @@ kill -TERM "$gw"
 wait "$run_pid" || true
 grep -q . "$work/addon.log" || fail "the add-on logged nothing"
 grep -qF "$token" "$work/addon.log" && fail "the token is in the add-on's log"
-echo "test-image: $addon answers /healthz as uid 65532, token in a 0600 file, not in its trace-level log"
+echo "test-image: $addon answers /healthz as uid 65532 (not dumpable), token in a 0600 file, not in its trace-level log"
 
 printf '{"joulo_token": "", "log_level": "info"}\n' >"$work/data/options.json"
 set +e

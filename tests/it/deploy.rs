@@ -270,7 +270,9 @@ fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
         config.contains("  8080/tcp: null"),
         "LAN port off by default"
     );
-    assert!(config.contains("local-joulo-gateway:8080"));
+    // Installed from the repository (issue 25), the add-on's hostname is the
+    // slug behind the first 8 hex digits of the SHA-1 of the repository's URL.
+    assert!(config.contains("http://c02f3660-joulo-gateway:8080"));
     // Root is dropped by the binary itself (src/addon/mod.rs, drop_root), which
     // the image's entry point runs; deploy/test-image.sh checks the uid.
     let dockerfile = read(&format!("{addon}/Dockerfile"));

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the static (musl) joulo-gateway binary for a target and smoke-tests it:
 # --version, `check` on a generated config, and a real request through `demo`.
-# The Dockerfile performs the same x86_64 build; the aarch64 build is the one for
-# a Raspberry Pi (3/4/5, 64-bit OS) or an ARM NAS, and is run under qemu-user here.
+# The images (deploy/build-image.sh) and the release's tarballs and .debs carry
+# this binary; the aarch64 build is the one for a Raspberry Pi (3/4/5, 64-bit
+# OS) or an ARM NAS, and is run under qemu-user here.
 #
 #   deploy/build-static.sh                              # x86_64-unknown-linux-musl
 #   deploy/build-static.sh aarch64-unknown-linux-musl   # Raspberry Pi

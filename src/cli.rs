@@ -9,11 +9,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The version and the commit it was built from ("unknown" when built from
+/// source without git and without `JOULO_GATEWAY_COMMIT`; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("JOULO_GATEWAY_COMMIT"),
+    ")"
+);
+
 /// A LAN gateway for the Joulo EV-charging API: home devices call it without the
 /// token; it strips `?token=`, injects the bearer token and keeps it out of logs.
 #[derive(Debug, Parser)]
 #[command(
-    version,
+    version = VERSION,
     about,
     after_long_help = "Settings live in the config file (--config, default gateway.toml; \
         /etc/joulo-gateway/gateway.toml when installed from the package): every key is \
@@ -60,6 +69,17 @@ pub enum Command {
         #[arg(long, requires = "url")]
         ca: Option<PathBuf>,
     },
+    /// Run as the Home Assistant add-on: read the add-on's options from
+    /// DATA/options.json, write the token to DATA/joulo_token (0600) and the
+    /// config to DATA/gateway.toml, drop root for uid 65532, then run.
+    Addon {
+        /// The add-on's private folder.
+        #[arg(long, default_value = "/data")]
+        data: PathBuf,
+        /// Where the gateway listens.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
     /// Start a simulated Joulo API and the gateway in front of it, on loopback.
     Demo {
         /// Where the demo gateway listens (a free port is used if this one is taken).
@@ -80,6 +100,8 @@ pub enum Failure {
     Start(crate::gateway::StartError),
     /// `gen-key`'s arguments: 64.
     GenKey(crate::gen_key::GenKeyError),
+    /// The add-on's options: 64.
+    Addon(crate::addon::AddonError),
     /// Anything else (logging, the runtime, the listener, a failed health
     /// check, the demo): 1.
     Other(anyhow::Error),
@@ -103,6 +125,12 @@ impl From<crate::gen_key::GenKeyError> for Failure {
     }
 }
 
+impl From<crate::addon::AddonError> for Failure {
+    fn from(e: crate::addon::AddonError) -> Failure {
+        Failure::Addon(e)
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
         Failure::Other(e)
@@ -113,7 +141,7 @@ impl Failure {
     /// The exit status it calls for.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Failure::Config(_) | Failure::Start(_) | Failure::GenKey(_) => {
+            Failure::Config(_) | Failure::Start(_) | Failure::GenKey(_) | Failure::Addon(_) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             Failure::Other(_) => ExitCode::FAILURE,
@@ -129,6 +157,7 @@ impl Failure {
             Failure::Config(e) => e,
             Failure::Start(e) => e,
             Failure::GenKey(e) => e,
+            Failure::Addon(e) => e,
             Failure::Other(e) => e.as_ref(),
         };
         let mut text = String::new();

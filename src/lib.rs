@@ -11,7 +11,10 @@
 //!   runs it) and [`StartError`], [`shutdown_signal`], [`Cli`], [`Command`] and
 //!   [`Failure`] (the command line and its exit codes), [`init_logging`],
 //!   [`LogLevel`] and [`redact`], [`forbid_core_dumps`], [`gen_key_text`] and
-//!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`].
+//!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`]; the
+//!   add-on's [`addon_prepare`], [`addon_owner`], [`addon_drop_root`], [`addon_config_path`],
+//!   [`ADDON_UID`] and [`AddonError`], and the Supervisor's client
+//!   [`Supervisor`] ([`MqttService`], [`SupervisorError`]).
 //! - [`config`]: `gateway.toml` and its validated types. A module rather than
 //!   re-exports because callers build and edit a [`config::Config`] table by
 //!   table (`config.upstream.http2 = config::Http2::Auto`), and every table's
@@ -41,6 +44,9 @@
 //!   `[[clients]]` entry.
 //! - `healthcheck`: `joulo-gateway healthcheck`, asking a running gateway's
 //!   `/healthz` over HTTP or HTTPS.
+//! - `addon`: `joulo-gateway addon`, the Home Assistant add-on: its options
+//!   (`/data/options.json`) made into a token file and a config, root dropped;
+//!   `addon/supervisor` asks the Supervisor for the MQTT broker.
 //! - `demo` (with `demo/sim`): a simulated Joulo API and a gateway in front of
 //!   it, for a first look.
 //! - `gateway`: the program assembled: `Gateway::build` checks everything that
@@ -120,6 +126,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod addon;
 mod admission;
 mod budget;
 mod cache;
@@ -154,6 +161,11 @@ mod upstream;
 mod watch;
 
 pub use access::{generate_key, key_sha256_hex};
+pub use addon::supervisor::{MqttService, Supervisor, SupervisorError};
+pub use addon::{
+    ADDON_UID, AddonError, config_path as addon_config_path, drop_root as addon_drop_root,
+    owner as addon_owner, prepare as addon_prepare,
+};
 pub use cache::CacheKey;
 pub use cli::{Cli, Command, Failure};
 pub use gateway::{Gateway, StartError, shutdown_signal};

@@ -9,8 +9,9 @@ use clap::Parser;
 use joulo_gateway::config::{self, Config};
 use joulo_gateway::demo;
 use joulo_gateway::{
-    Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, forbid_core_dumps,
-    gen_key_text, init_logging, redact, shutdown_signal,
+    Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, addon_config_path,
+    addon_drop_root, addon_owner, addon_prepare, forbid_core_dumps, gen_key_text, init_logging,
+    redact, shutdown_signal,
 };
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config_path = cli.config.clone();
+    let config_path = match &cli.command {
+        Some(Command::Addon { data, .. }) => addon_config_path(data),
+        _ => cli.config.clone(),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -44,9 +48,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(mut cli: Cli) -> Result<(), Failure> {
     // Before any secret is read: no core file, not dumpable or traceable.
     let hardened = forbid_core_dumps();
+    // The add-on: its options become a config under /data, written as root
+    // (the Supervisor's /data is root's), then the gateway runs unprivileged.
+    if let Some(Command::Addon { data, listen }) = &cli.command {
+        cli.config = addon_prepare(data, *listen, addon_owner())?;
+        // Before the runtime starts a thread: the ids change for this one.
+        addon_drop_root()?;
+    }
     let warn_if_dumpable = || {
         if let Err(e) = &hardened {
             tracing::warn!(error = %e, "cannot forbid core dumps; set LimitCORE=0 (systemd) or ulimit -c 0");
@@ -98,7 +109,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let stop = shutdown_signal();
             Ok(runtime.block_on(demo::run(listen, stop))?)
         }
-        Command::Run => {
+        // The add-on's config was written above.
+        Command::Run | Command::Addon { .. } => {
             let config = Config::load(&cli.config)?;
             let tokens = Gateway::token_source(&config);
             let log_level = init_logging(&config.log, Some(tokens.clone()))?;

@@ -224,62 +224,120 @@ fn the_docker_build_context_leaves_secrets_out_and_bases_are_pinned() {
     for pattern in ["**/joulo_token", "secrets/", "target/", "**/*.key"] {
         assert!(ignore.lines().any(|l| l == pattern), "missing {pattern}");
     }
-    let dockerfile = read("deploy/docker/Dockerfile");
-    let froms: Vec<&str> = dockerfile
-        .lines()
-        .filter(|l| l.starts_with("FROM "))
-        .collect();
-    assert_eq!(froms.len(), 2);
-    for from in froms {
-        let image = from.split_whitespace().nth(1).unwrap();
-        let (tagged, digest) = image.split_once("@sha256:").expect("pinned by digest");
-        assert_eq!(digest.len(), 64, "{from}");
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Issue 25: both images are the prebuilt static binary on an empty
+    // image, so there is no base image to pin and nothing is compiled in them.
+    for path in [
+        "deploy/docker/Dockerfile",
+        "deploy/homeassistant/addon/joulo_gateway/Dockerfile",
+    ] {
+        let dockerfile = read(path);
+        let froms: Vec<&str> = dockerfile
+            .lines()
+            .filter(|l| l.starts_with("FROM "))
+            .collect();
+        assert_eq!(froms, ["FROM scratch"], "{path}");
         assert!(
-            dockerfile.contains(&format!("# {tagged}\n{from}")),
-            "the tag is named beside {from}"
+            dockerfile
+                .contains("COPY bin/${TARGETARCH}/joulo-gateway /usr/local/bin/joulo-gateway"),
+            "{path}: the binary for the target's architecture"
+        );
+        assert!(
+            !dockerfile.contains("RUN "),
+            "{path}: nothing runs in the build"
         );
     }
+    let dockerfile = read("deploy/docker/Dockerfile");
+    assert!(dockerfile.lines().any(|l| l == "USER 65532:65532"));
+    assert!(
+        dockerfile.contains("\"healthcheck\""),
+        "HEALTHCHECK uses the binary"
+    );
+    let passwd = read("deploy/docker/rootfs/etc/passwd");
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("joulo:x:65532:65532:"))
+    );
+    let group = read("deploy/docker/rootfs/etc/group");
+    assert!(group.lines().any(|l| l.starts_with("joulo:x:65532:")));
 }
 
 #[test]
 fn the_home_assistant_addon_keeps_its_port_closed_and_drops_root() {
-    let config = read("deploy/homeassistant/addon/joulo_gateway/config.yaml");
+    let addon = "deploy/homeassistant/addon/joulo_gateway";
+    let config = read(&format!("{addon}/config.yaml"));
     assert!(
         config.contains("  8080/tcp: null"),
         "LAN port off by default"
     );
-    assert!(config.contains("local-joulo-gateway:8080"));
-    let run = read("deploy/homeassistant/addon/joulo_gateway/run.sh");
-    assert!(run.contains("install -m 600 -o joulo /dev/null \"${token_file}\""));
-    assert!(run.lines().any(|l| l.starts_with("exec su-exec joulo ")));
-    let dockerfile = read("deploy/homeassistant/addon/joulo_gateway/Dockerfile");
-    assert!(dockerfile.contains("adduser -S -D -H -u 65532"));
-    let build = read("deploy/homeassistant/addon/joulo_gateway/build.yaml");
-    assert!(!build.contains(":latest"), "base image pinned to a release");
-    // Pinned by digest, for every architecture the add-on lists.
-    let build = build_from(&build);
-    for arch in ["aarch64", "amd64"] {
-        let image = &build[arch];
-        let (tagged, digest) = image
-            .split_once("@sha256:")
-            .unwrap_or_else(|| panic!("{arch}: {image} is not pinned by digest"));
-        assert!(tagged.contains(':'), "{arch}: the tag is named: {image}");
-        assert_eq!(digest.len(), 64, "{image}");
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{image}");
-    }
+    // Installed from the repository (issue 25), the add-on's hostname is the
+    // slug behind the first 8 hex digits of the SHA-1 of the repository's URL.
+    assert!(config.contains("http://c02f3660-joulo-gateway:8080"));
+    // Root is dropped by the binary itself (src/addon/mod.rs, drop_root), which
+    // the image's entry point runs; deploy/test-image.sh checks the uid.
+    let dockerfile = read(&format!("{addon}/Dockerfile"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/joulo-gateway\", \"addon\"]"));
+    assert!(!dockerfile.lines().any(|l| l.starts_with("USER ")));
 }
 
-/// build.yaml's `build_from:` map, by architecture: just enough YAML for
-/// its `  arch: image` lines (no YAML crate for one test).
-fn build_from(text: &str) -> std::collections::HashMap<String, String> {
-    text.lines()
-        .skip_while(|l| !l.starts_with("build_from:"))
+/// Issue 25: the add-on repository Home Assistant users add by URL:
+/// repository.yaml at the root, the add-on pulled from the published
+/// per-architecture images at the crate's version, every option named in
+/// the translations, the icon and logo at the sizes Home Assistant shows.
+#[test]
+fn the_addon_repository_is_complete() {
+    let addon = "deploy/homeassistant/addon/joulo_gateway";
+    let repository = read("repository.yaml");
+    for key in ["name: ", "url: ", "maintainer: "] {
+        assert!(
+            repository.lines().any(|l| l.starts_with(key)),
+            "repository.yaml: {key}"
+        );
+    }
+    let config = read(&format!("{addon}/config.yaml"));
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let version = manifest["package"]["version"].as_str().unwrap();
+    assert!(
+        config
+            .lines()
+            .any(|l| l == format!("version: \"{version}\"")),
+        "config.yaml's version is the crate's ({version})"
+    );
+    let image = config
+        .lines()
+        .find_map(|l| l.strip_prefix("image: "))
+        .expect("an image: to pull, no local build");
+    assert!(
+        image.starts_with("ghcr.io/") && image.contains("{arch}"),
+        "{image}"
+    );
+    assert!(config.lines().any(|l| l == "  - mqtt:want"));
+    let options: Vec<&str> = config
+        .lines()
+        .skip_while(|l| *l != "schema:")
         .skip(1)
         .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.trim().split_once(": "))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
+        .collect();
+    assert_eq!(options, ["joulo_token", "log_level"]);
+    let translations = read(&format!("{addon}/translations/en.yaml"));
+    for option in &options {
+        assert!(
+            translations.contains(&format!("\n  {option}:\n    name: ")),
+            "translations/en.yaml names {option}"
+        );
+    }
+    for doc in ["DOCS.md", "CHANGELOG.md"] {
+        assert!(read(&format!("{addon}/{doc}")).starts_with("# "), "{doc}");
+    }
+    assert!(read(&format!("{addon}/CHANGELOG.md")).contains(&format!("\n## {version}\n")));
+    for (png, size) in [("icon.png", (128, 128)), ("logo.png", (250, 100))] {
+        let bytes = std::fs::read(repo(&format!("{addon}/{png}"))).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert_eq!((width, height), size, "{png}");
+    }
 }
 
 /// The Debian package's metadata points at files that exist, its maintainer
@@ -418,5 +476,41 @@ fn ci_checks_licences_sources_and_dockerfiles() {
     assert_eq!(
         deny["licenses"]["unused-allowed-license"].as_str(),
         Some("deny")
+    );
+}
+
+/// Issue 25: CI checks the workflows (GitHub's schema, shellcheck on their
+/// scripts) and builds and runs both images; the release takes its notes
+/// from a changelog kept in Keep a Changelog's format.
+#[test]
+fn ci_checks_the_release_and_runs_the_images() {
+    let ci = read(".ci/run");
+    for line in [
+        "bash .ci/check-workflows \"$check_jsonschema\"",
+        "bash deploy/build-image.sh \"${image_arches[@]}\"",
+        "bash deploy/test-image.sh amd64",
+    ] {
+        assert!(ci.lines().any(|l| l.trim() == line), "missing {line}");
+    }
+    let check = read(".ci/check-workflows");
+    assert!(check.contains("--builtin-schema vendor.github-workflows"));
+    let release = read(".github/workflows/release.yml");
+    for step in [
+        "bash deploy/build-deb.sh \"$TARGET\"",
+        "bash deploy/build-image.sh --context-only target/image/context amd64 arm64",
+        "sha256sum -- *.tar.gz *.deb >SHA256SUMS",
+        "bash deploy/release-notes.sh \"$VERSION\" >release-notes.md",
+    ] {
+        assert!(release.contains(step), "release.yml: missing {step}");
+    }
+    let changelog = read("CHANGELOG.md");
+    assert!(changelog.starts_with("# Changelog\n"));
+    assert!(changelog.contains("https://keepachangelog.com/en/1.1.0/"));
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let version = manifest["package"]["version"].as_str().unwrap();
+    assert!(
+        changelog.contains("\n## [Unreleased]\n")
+            || changelog.contains(&format!("\n## [{version}] - ")),
+        "CHANGELOG.md has neither [Unreleased] nor [{version}]"
     );
 }

@@ -23,5 +23,6 @@ mod hostile;
 mod household;
 mod positive;
 mod refusals;
+mod release;
 mod reload;
 mod untrusted;

@@ -1,0 +1,259 @@
+//! `joulo-gateway addon`: the Home Assistant add-on without Home Assistant's
+//! base image. The Supervisor's `/data/options.json` becomes a private token
+//! file and a `gateway.toml` under `/data`, then the gateway runs as usual;
+//! `supervisor` asks the Supervisor for the services it shares (the MQTT broker).
+
+pub(crate) mod supervisor;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use crate::files;
+
+/// The user the add-on's gateway runs as once `/data` is prepared: the same
+/// unprivileged uid as the Docker image and the old add-on's `joulo` user.
+pub const ADDON_UID: u32 = 65532;
+
+/// Bound on `options.json`: a token and a few settings.
+const OPTIONS_LIMIT: u64 = 64 * 1024;
+
+/// The levels the add-on's `log_level` option offers (config.yaml's schema).
+const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// Why the add-on's options could not be turned into a running config. Never
+/// carries an option's value: `joulo_token` is one of them.
+#[derive(Debug, thiserror::Error)]
+pub enum AddonError {
+    /// `options.json` could not be read.
+    #[error("cannot read the add-on options {path}: {source}")]
+    Read {
+        /// The options file.
+        path: PathBuf,
+        /// Why.
+        source: files::FileError,
+    },
+    /// `options.json` is not what the add-on's schema makes the Supervisor write.
+    #[error("the add-on options {path} are not usable: {problem}")]
+    Options {
+        /// The options file.
+        path: PathBuf,
+        /// What is wrong, naming the option, never its value.
+        problem: String,
+    },
+    /// The token option was left empty.
+    #[error(
+        "joulo_token is empty: paste the Joulo API token (Joulo dashboard -> Settings -> API) \
+         in the add-on's Configuration tab, save, then start the add-on"
+    )]
+    EmptyToken,
+    /// Writing the token file or the config under the data folder failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Switching to the unprivileged user failed.
+    #[error("cannot switch to uid {ADDON_UID}: {0}")]
+    Privileges(std::io::Error),
+}
+
+/// The add-on's options, checked. The token stays secret from the moment it
+/// leaves the parsed JSON.
+struct Options {
+    /// `joulo_token`: the Joulo API token.
+    token: SecretString,
+    /// `log_level`: one of [`LOG_LEVELS`].
+    log_level: String,
+}
+
+/// Where `joulo-gateway addon` writes the config for `data` (the add-on's
+/// `/data`); `main` redacts failures with what it names.
+pub fn config_path(data: &Path) -> PathBuf {
+    data.join("gateway.toml")
+}
+
+/// Reads `data/options.json`, writes the token to `data/joulo_token` (0600,
+/// owned by `owner` when given) and the config to `data/gateway.toml`, and
+/// returns the config's path. `listen` is where the gateway will listen.
+pub fn prepare(data: &Path, listen: SocketAddr, owner: Option<u32>) -> Result<PathBuf, AddonError> {
+    let options_path = data.join("options.json");
+    let options = read_options(&options_path)?;
+
+    let token_path = data.join("joulo_token");
+    // Recreated rather than rewritten: an existing file would keep its mode.
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AddonError::Write { path, source }
+    };
+    match std::fs::remove_file(&token_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(write_error(&token_path)(e))?,
+        _ => {}
+    }
+    files::write_private(&token_path, &format!("{}\n", options.token.expose_secret()))
+        .map_err(write_error(&token_path))?;
+    if let Some(uid) = owner {
+        chown(&token_path, uid).map_err(write_error(&token_path))?;
+    }
+
+    let mut text = format!(
+        "# Written by `joulo-gateway addon` from the add-on's options at each start:\n\
+         # edit the options in Home Assistant, not this file.\n\
+         [server]\nlisten = \"{listen}\"\n\n\
+         [upstream]\ntoken_file = \"{token}\"\n\n\
+         [log]\nlevel = \"{level}\"\n\n\
+         [routes.chargers]\nttl = \"15s\"\n[routes.sessions]\nttl = \"60s\"\n\
+         [routes.energy]\nttl = \"10m\"\n[routes.ere_position]\nttl = \"10m\"\n\
+         [routes.me]\nttl = \"1h\"\n",
+        token = token_path.display(),
+        level = options.log_level,
+    );
+    apply_devices(&options, &mut text);
+
+    let config = config_path(data);
+    // The config holds no secret, and the unprivileged user must read it.
+    std::fs::write(&config, text).map_err(write_error(&config))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))
+            .map_err(write_error(&config))?;
+    }
+    // Checked here so a bad option is reported as the add-on's, not as a
+    // config file the user never wrote.
+    crate::config::Config::load(&config).map_err(|e| AddonError::Options {
+        path: options_path,
+        problem: e.to_string(),
+    })?;
+    Ok(config)
+}
+
+/// Where the add-on's `devices` option (issue 23: per-device keys, closed by
+/// default) will become `[[clients]]` entries in the config. The option does
+/// not exist yet: `read_options` refuses it as unknown until it is applied here.
+fn apply_devices(_options: &Options, _config: &mut String) {}
+
+/// Parses `options.json`: an object with exactly the add-on's options.
+fn read_options(path: &Path) -> Result<Options, AddonError> {
+    let bytes = files::read_regular(path, OPTIONS_LIMIT).map_err(|source| AddonError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |problem: String| AddonError::Options {
+        path: path.to_owned(),
+        problem,
+    };
+    // serde_json's messages can quote a value (the token); only its position is kept.
+    let mut map: Map<String, Value> = match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(invalid("not a JSON object".to_owned())),
+        Err(e) => {
+            return Err(invalid(format!(
+                "not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )));
+        }
+    };
+    let token = match map.remove("joulo_token") {
+        Some(Value::String(token)) => SecretString::from(token),
+        None | Some(Value::Null) => return Err(AddonError::EmptyToken),
+        Some(_) => return Err(invalid("joulo_token must be text".to_owned())),
+    };
+    let token_text = token.expose_secret().trim();
+    if token_text.is_empty() {
+        return Err(AddonError::EmptyToken);
+    }
+    // A token holds no whitespace; the file format would also take a second line.
+    if token_text.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "joulo_token must be one word, as Joulo shows it".to_owned(),
+        ));
+    }
+    let token = SecretString::from(token_text.to_owned());
+    let log_level = match map.remove("log_level") {
+        None | Some(Value::Null) => "info".to_owned(),
+        Some(Value::String(level)) if LOG_LEVELS.contains(&level.as_str()) => level,
+        Some(_) => {
+            return Err(invalid(format!(
+                "log_level must be one of {}",
+                LOG_LEVELS.join(", ")
+            )));
+        }
+    };
+    if let Some(unknown) = map.keys().next() {
+        return Err(invalid(format!(
+            "`{unknown}` is not an option of this add-on version"
+        )));
+    }
+    Ok(Options { token, log_level })
+}
+
+/// Gives `path` to `uid` (its group too), so the gateway can read it once it
+/// runs as that user.
+#[cfg(unix)]
+fn chown(path: &Path, uid: u32) -> std::io::Result<()> {
+    use rustix::fs::{Gid, Uid};
+    let owner = Uid::from_raw(uid);
+    let group = Gid::from_raw(uid);
+    rustix::fs::chown(path, Some(owner), Some(group)).map_err(std::io::Error::from)
+}
+
+#[cfg(not(unix))]
+fn chown(_path: &Path, _uid: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Who should own the token file: [`ADDON_UID`] when running as root (as the
+/// Supervisor starts add-ons), since [`drop_root`] will switch to it; else
+/// nobody new.
+pub fn owner() -> Option<u32> {
+    #[cfg(unix)]
+    if rustix::process::geteuid().is_root() {
+        return Some(ADDON_UID);
+    }
+    None
+}
+
+/// Drops root for [`ADDON_UID`] (group the same, no supplementary groups)
+/// when running as root, as the Supervisor starts the add-on, so the gateway
+/// never serves a request as root. Must run while the process has one thread:
+/// Linux changes the ids of the calling thread only, so before any runtime or
+/// other thread is started. Elsewhere, and when not root, it does nothing.
+#[cfg(target_os = "linux")]
+pub fn drop_root() -> Result<bool, AddonError> {
+    use rustix::process::{Gid, Uid};
+    if !rustix::process::geteuid().is_root() {
+        return Ok(false);
+    }
+    let privileges = |e: rustix::io::Errno| AddonError::Privileges(e.into());
+    let gid = Gid::from_raw(ADDON_UID);
+    let uid = Uid::from_raw(ADDON_UID);
+    rustix::thread::set_thread_groups(&[]).map_err(privileges)?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(privileges)?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(privileges)?;
+    // Checked back: a silent failure would leave the gateway root.
+    if rustix::process::getuid() != uid || rustix::process::geteuid() != uid {
+        return Err(AddonError::Privileges(std::io::Error::other(
+            "the user id did not change",
+        )));
+    }
+    // A change of user resets "dumpable" to the system's suid_dumpable, which
+    // may allow it: forbidden again before the token is read.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(privileges)?;
+    Ok(true)
+}
+
+/// Elsewhere it does nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn drop_root() -> Result<bool, AddonError> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! `prepare` on real files: what the Supervisor writes, what the gateway gets.
+
+use super::*;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+fn listen() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn data_with(options: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("options.json"), options).unwrap();
+    dir
+}
+
+#[test]
+fn options_become_a_private_token_file_and_a_config() {
+    let token = crate::demo::generate_token();
+    let options = serde_json::json!({"joulo_token": token.expose_secret(), "log_level": "debug"});
+    let data = data_with(&options.to_string());
+    let config_path = prepare(data.path(), listen(), None).unwrap();
+    assert_eq!(config_path, data.path().join("gateway.toml"));
+
+    let token_path = data.path().join("joulo_token");
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap(),
+        format!("{}\n", token.expose_secret())
+    );
+    let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(!text.contains(token.expose_secret()), "{text}");
+    let config = crate::config::Config::load(&config_path).unwrap();
+    assert_eq!(config.upstream.token_file, token_path);
+    assert_eq!(config.log.level, "debug");
+    assert_eq!(config.server.listen, listen());
+}
+
+#[test]
+fn an_old_looser_token_file_is_replaced_private() {
+    let token = crate::demo::generate_token();
+    let data = data_with(&serde_json::json!({"joulo_token": token.expose_secret()}).to_string());
+    let token_path = data.path().join("joulo_token");
+    std::fs::write(&token_path, "old").unwrap();
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    prepare(data.path(), listen(), None).unwrap();
+    let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Without log_level: the schema's default.
+    let config = crate::config::Config::load(&data.path().join("gateway.toml")).unwrap();
+    assert_eq!(config.log.level, "info");
+}
+
+#[test]
+fn an_empty_token_says_where_to_set_it_and_writes_nothing() {
+    for options in [
+        r#"{"joulo_token": "", "log_level": "info"}"#,
+        r#"{"joulo_token": "  ", "log_level": "info"}"#,
+        r#"{"log_level": "info"}"#,
+        r#"{"joulo_token": null}"#,
+    ] {
+        let data = data_with(options);
+        let e = prepare(data.path(), listen(), None).unwrap_err();
+        assert!(matches!(e, AddonError::EmptyToken), "{options}: {e}");
+        assert!(e.to_string().contains("Configuration tab"), "{e}");
+        assert!(!data.path().join("joulo_token").exists());
+        assert!(!data.path().join("gateway.toml").exists());
+    }
+}
+
+#[test]
+fn bad_options_are_named_without_their_values() {
+    let token = crate::demo::generate_token();
+    let secret = token.expose_secret();
+    let cases = [
+        (
+            serde_json::json!({"joulo_token": secret, "log_level": secret}).to_string(),
+            "log_level must be one of",
+        ),
+        (
+            serde_json::json!({"joulo_token": secret, "colour": "blue"}).to_string(),
+            "`colour` is not an option",
+        ),
+        (
+            serde_json::json!({"joulo_token": [secret]}).to_string(),
+            "joulo_token must be text",
+        ),
+        (
+            serde_json::json!({"joulo_token": format!("{secret} {secret}")}).to_string(),
+            "one word",
+        ),
+        // Cut off inside the token: serde_json's own message would quote it.
+        (format!(r#"{{"joulo_token": "{secret}"#), "not JSON (line 1"),
+        (serde_json::json!([secret]).to_string(), "not a JSON object"),
+    ];
+    for (options, expected) in cases {
+        let data = data_with(&options);
+        let e = prepare(data.path(), listen(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{e}");
+        assert!(!e.contains(secret), "{e}");
+        assert!(!data.path().join("joulo_token").exists());
+    }
+}
+
+#[test]
+fn missing_options_name_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    let e = prepare(data.path(), listen(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("options.json"), "{e}");
+}

@@ -160,6 +160,7 @@ impl Scratch {
         let here = format!("127.0.0.1:{}", self.port);
         text.replace("cargo run --release --", "joulo-gateway")
             .replace("./target/release/joulo-gateway", "joulo-gateway")
+            .replace("./joulo-gateway ", "joulo-gateway ")
             .replace("gateway.lan:8080", &here)
             .replace("localhost:8080", &here)
             .replace("127.0.0.1:8080", &here)
@@ -328,6 +329,49 @@ fn point_at_mock(text: &str, base_url: &str, ca: &Path, port: u16) -> String {
     out
 }
 
+/// Why a block must not run in a test, if it must not: it would reach past
+/// loopback (tests never send traffic anywhere else) or change the machine.
+fn leaves_the_sandbox(body: &str) -> Option<String> {
+    const MACHINE: [&str; 10] = [
+        "apt",
+        "apt-get",
+        "dpkg",
+        "docker",
+        "pip",
+        "scp",
+        "ssh",
+        "systemctl",
+        "git",
+        "wget",
+    ];
+    for url in body.split("://").skip(1) {
+        let host = url
+            .split(['/', ' ', '"', '\'', '?'])
+            .next()
+            .unwrap_or("")
+            .rsplit_once(':')
+            .map_or(
+                url.split(['/', ' ', '"', '\'']).next().unwrap_or(""),
+                |(h, _)| h,
+            );
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Some(format!("it reaches `{host}`, not loopback"));
+        }
+    }
+    for line in body.lines() {
+        for part in line.split(['|', ';', '&', '(', '`']) {
+            let mut words = part.split_whitespace().skip_while(|w| *w == "sudo");
+            let first = words.next().unwrap_or("");
+            if MACHINE.contains(&first) || (first == "cargo" && words.next() == Some("install")) {
+                return Some(format!(
+                    "`{first}` changes the machine or reaches the network"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Runs one block; Ok(false) when it is not to be run here.
 fn run_block(scratch: &mut Scratch, block: &Block) -> Result<bool, String> {
     if let Some(reason) = block.note.strip_prefix("not-run:") {
@@ -337,6 +381,9 @@ fn run_block(scratch: &mut Scratch, block: &Block) -> Result<bool, String> {
         return Ok(false);
     }
     let body = scratch.localise(&block.body);
+    if let Some(why) = leaves_the_sandbox(&body) {
+        return Err(format!("{why}: mark it `not-run: REASON`"));
+    }
     match (block.language.as_str(), block.note.as_str()) {
         ("console", "") => {
             let mut commands: Vec<(String, Vec<String>)> = Vec::new();
@@ -435,6 +482,10 @@ fn a_failing_or_hanging_block_fails_and_fences_are_read_as_written() {
         run_block(&mut scratch, &short).is_err(),
         "a reason is required"
     );
+    assert!(leaves_the_sandbox("curl -s http://127.0.0.1:8080/x").is_none());
+    assert!(leaves_the_sandbox("curl -fLO https://github.com/a/b").is_some());
+    assert!(leaves_the_sandbox("x && sudo apt install ./a.deb").is_some());
+    assert!(leaves_the_sandbox("git clone x").is_some());
     // A prompt gets the canary and a block that waits for more input ends
     // at end of input rather than hanging.
     let read = scratch

@@ -177,7 +177,10 @@ fn shipped_config_matches_defaults() {
         cache,
         enabled_write_routes,
         extra_params,
+        mqtt,
     } = &s;
+    // Off unless configured: the shipped file has the table commented out.
+    assert!(mqtt.is_none() && d.mqtt.is_none());
     let ServerConfig {
         listen,
         header_timeout,

@@ -8,8 +8,8 @@ use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{ConfigError, defaults};
 use super::upstream::load_roots;
+use super::{ConfigError, defaults};
 
 /// The port of `mqtt://` when the URL names none (IANA).
 const MQTT_PORT: u16 = 1883;
@@ -220,7 +220,10 @@ fn parse_url(text: &str) -> Result<(String, u16, bool), String> {
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return Err("must be only a scheme, a host and a port".to_owned());
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err("names no broker host".to_owned());
     }
@@ -245,9 +248,11 @@ fn check_topic(topic: &str) -> Result<String, String> {
     if ok {
         Ok(topic.to_owned())
     } else {
-        Err("must be segments of letters, digits, `_` and `-` joined by `/` \
+        Err(
+            "must be segments of letters, digits, `_` and `-` joined by `/` \
              (no `+`, `#`, spaces or empty segment), at most 128 characters"
-            .to_owned())
+                .to_owned(),
+        )
     }
 }
 
@@ -287,7 +292,9 @@ mod tests {
         for good in ["homeassistant", "joulo", "home/joulo-2", "a_b"] {
             assert_eq!(check_topic(good).unwrap(), good);
         }
-        for bad in ["", "joulo/", "/joulo", "jou+lo", "#", "a//b", "jo ulo", "jö"] {
+        for bad in [
+            "", "joulo/", "/joulo", "jou+lo", "#", "a//b", "jo ulo", "jö",
+        ] {
             assert!(check_topic(bad).is_err(), "{bad}");
         }
     }

@@ -362,7 +362,11 @@ const fn sensor(key: &'static str, name: &'static str) -> Entity {
 }
 
 /// An energy sensor in kWh.
-const fn energy(key: &'static str, name: &'static str, state_class: Option<&'static str>) -> Entity {
+const fn energy(
+    key: &'static str,
+    name: &'static str,
+    state_class: Option<&'static str>,
+) -> Entity {
     Entity {
         device_class: Some("energy"),
         state_class,
@@ -535,7 +539,10 @@ mod tests {
         assert!(oprit.get("last_session_kwh").is_none());
         let carport = state(&messages, "joulo/charger/c-2/state");
         assert_eq!(carport["last_session_kwh"], json!(12.5));
-        assert!(carport.get("session_kwh").is_none(), "no session: unavailable");
+        assert!(
+            carport.get("session_kwh").is_none(),
+            "no session: unavailable"
+        );
         let meter = state(
             &messages,
             "homeassistant/sensor/joulo/charger_c-2_meter_kwh/config",

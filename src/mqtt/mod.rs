@@ -41,9 +41,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// Bound on connecting to the broker (TCP, TLS and CONNACK), in seconds.
 const CONNECT_TIMEOUT_S: u64 = 10;
-/// The shortest interval between two polls of one route, whatever its ttl (a
-/// route with caching off would otherwise be asked in a loop).
-const MIN_INTERVAL: Duration = Duration::from_secs(15);
+/// The shortest interval between two polls of one route, whatever its ttl.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The interval for a route whose caching is off (ttl 0): not a loop.
+const UNCACHED_INTERVAL: Duration = Duration::from_secs(60);
 /// How long the publisher waits on stop for `offline` to reach the broker.
 const GOODBYE: Duration = Duration::from_secs(2);
 /// Requests the client may queue for the connection task.
@@ -333,8 +334,12 @@ impl Run {
     /// How often `route` is asked: its cache ttl, so every poll gets a fresh
     /// copy and Joulo is asked at most once per ttl for it and every device.
     fn interval(&self, route: RouteId) -> Duration {
-        let policy = self.state.policy.load();
-        policy.cache_config.ttl_for(route).max(MIN_INTERVAL)
+        let ttl = self.state.policy.load().cache_config.ttl_for(route);
+        if ttl.is_zero() {
+            UNCACHED_INTERVAL
+        } else {
+            ttl.max(MIN_INTERVAL)
+        }
     }
 
     /// Asks for `route` as the publisher and takes in the answer.
@@ -344,7 +349,11 @@ impl Run {
                 .map_err(|_| debug!(route = route.config_name(), "answer is not JSON"))
                 .ok(),
             Ok((status, _)) => {
-                debug!(route = route.config_name(), status = status.as_u16(), "no data for MQTT");
+                debug!(
+                    route = route.config_name(),
+                    status = status.as_u16(),
+                    "no data for MQTT"
+                );
                 None
             }
             Err(e) => {
@@ -433,7 +442,9 @@ impl Run {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        stats.last_publish.set(i64::try_from(now).unwrap_or(i64::MAX));
+        stats
+            .last_publish
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
         true
     }
 

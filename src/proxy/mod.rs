@@ -392,7 +392,9 @@ pub(crate) async fn fetch_for_publisher(
             };
             let no_headers = http::HeaderMap::new();
             match &call.kind {
-                CallKind::Forward => call::forward(state, &policy, &call, &no_headers, None).await?,
+                CallKind::Forward => {
+                    call::forward(state, &policy, &call, &no_headers, None).await?
+                }
                 CallKind::Fetch { ttl, copy } => {
                     call::fetch_shared(state, &policy, &call, *ttl, copy.clone(), &no_headers)
                         .await?

@@ -33,10 +33,7 @@ const WAIT: Duration = Duration::from_secs(15);
 /// account, 4 for the gateway.
 const CONFIGS: usize = 2 * 7 + 4 + 4;
 
-/// Whether CI runs these tests: a missing tool is then a failure.
-fn required() -> bool {
-    std::env::var_os("JOULO_GATEWAY_CI").is_some_and(|v| v == "1")
-}
+use support::ci_requires_tools as required;
 
 /// The `mosquitto` binary, if installed.
 fn mosquitto() -> Option<PathBuf> {
@@ -465,19 +462,9 @@ async fn a_two_charger_household_appears_as_devices_with_their_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_discovery_payload_passes_home_assistants_own_schemas() {
-    let python =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools/homeassistant/bin/python");
-    if !python.exists() {
-        assert!(
-            !required(),
-            "the Home Assistant venv is missing (.ci/run makes it under target/ci-tools/homeassistant)"
-        );
-        eprintln!(
-            "no Home Assistant venv at {}: schema check skipped",
-            python.display()
-        );
+    let Some(python) = support::ha_python() else {
         return;
-    }
+    };
     let Some(broker) = Broker::start(None) else {
         return;
     };
@@ -518,29 +505,8 @@ async fn every_discovery_payload_passes_home_assistants_own_schemas() {
 /// Runs `tests/it/support/ha_discovery.py` on `configs`: whether all passed,
 /// and its report.
 fn validate(python: &Path, configs: &BTreeMap<String, String>) -> (bool, String) {
-    use std::io::Write;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/ha_discovery.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let input = json!({"prefix": "homeassistant", "messages": configs}).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), report)
+    support::run_python(python, "ha_discovery.py", &input)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

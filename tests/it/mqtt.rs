@@ -767,3 +767,121 @@ fn the_last_will_says_offline_when_the_gateway_dies() {
     }));
     assert!(offline, "the broker did not publish the last will");
 }
+
+/// The shipped `gateway.toml`'s ttls and `configuration.yaml`'s
+/// `scan_interval`s for /chargers, /sessions and /energy (15 s, 60 s, 10 min),
+/// divided by [`SPEED`] for [`sped_up_calls`].
+const SHIPPED_INTERVALS: [(&str, &str, u64); 3] = [
+    ("chargers", "/chargers", 15),
+    ("sessions", "/sessions?limit=1", 60),
+    ("energy", "/energy", 600),
+];
+
+/// How much faster than the shipped schedule [`sped_up_calls`] runs. Any
+/// ttl of 2 s or more keeps one call per ttl window: a poll that lands in a
+/// copy's last second (when the gateway counts it stale) fetches, and the
+/// other poller then finds a fresh copy.
+const SPEED: u64 = 5;
+
+/// Upstream calls by path against the simulated household in `real` seconds
+/// of real time, everything [`SPEED`] times faster than shipped: the MQTT
+/// publisher (`mqtt`, to a real broker) and/or a Home Assistant polling the
+/// `rest:` resources at their `scan_interval`s (`rest`, from 127.0.0.43).
+async fn sped_up_calls(mqtt: bool, rest: bool, real: Duration) -> BTreeMap<String, u64> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    let broker = Broker::start(None).expect("mosquitto");
+    let sim = Sim::start().await;
+    let mut extra = String::new();
+    for (route, _, seconds) in SHIPPED_INTERVALS {
+        extra.push_str(&format!(
+            "[routes.{route}]\nttl = \"{}s\"\n",
+            seconds / SPEED
+        ));
+    }
+    if mqtt {
+        extra.push_str(&format!("[mqtt]\nurl = \"{}\"\n", broker.url()));
+    }
+    let gw = TestGateway::start_with(&sim.base_url, &sim.ca.ca_pem, &extra).await;
+    sim.sim.rotate_token(SecretString::from(gw.token.clone()));
+    let start = tokio::time::Instant::now();
+    let mut pollers = Vec::new();
+    if rest {
+        let addr = gw.addr;
+        for (n, (_, target, seconds)) in SHIPPED_INTERVALS.into_iter().enumerate() {
+            let mut connector = HttpConnector::new();
+            connector.set_local_address(Some("127.0.0.43".parse().unwrap()));
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            let uri: http::Uri = format!("http://{addr}{target}").parse().unwrap();
+            let every = Duration::from_secs(seconds / SPEED);
+            pollers.push(tokio::spawn(async move {
+                // Each resource on its own phase, as Home Assistant's are.
+                let mut next = start + Duration::from_millis(700 * (n as u64 + 1));
+                while next < start + real {
+                    tokio::time::sleep_until(next).await;
+                    let response = client.get(uri.clone()).await.unwrap();
+                    assert_eq!(response.status(), 200, "{uri}");
+                    let _ = response.into_body().collect().await;
+                    next += every;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep_until(start + real).await;
+    for poller in pollers {
+        poller.await.unwrap();
+    }
+    let by_path = sim.sim.stats.by_path.lock().unwrap().clone();
+    gw.shutdown().await;
+    by_path
+}
+
+/// The note's figure: upstream calls an hour with the MQTT publisher and
+/// Home Assistant's `rest:` sensors side by side, against each alone. Two
+/// real minutes at five times the shipped pace (ten shipped minutes), run
+/// on demand: `cargo test --test it calls_an_hour -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "two minutes of real time; run for the figures"]
+async fn calls_an_hour_with_mqtt_and_rest_side_by_side() {
+    if mosquitto().is_none() {
+        return;
+    }
+    let real = Duration::from_secs(120);
+    let (mqtt, rest, both) = tokio::join!(
+        sped_up_calls(true, false, real),
+        sped_up_calls(false, true, real),
+        sped_up_calls(true, true, real),
+    );
+    // Shipped time covered, and the factor to an hour of it.
+    let per_hour = 3600 / (real.as_secs() * SPEED);
+    let hourly = |calls: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        calls
+            .iter()
+            .map(|(p, n)| (p.clone(), n * per_hour))
+            .collect()
+    };
+    eprintln!(
+        "upstream calls per hour (measured over {} real s at {SPEED}x the shipped pace, x{per_hour}):\n  \
+         MQTT alone      {:?}\n  rest: alone     {:?}\n  MQTT and rest:  {:?}",
+        real.as_secs(),
+        hourly(&mqtt),
+        hourly(&rest),
+        hourly(&both)
+    );
+    for (_, path, seconds) in SHIPPED_INTERVALS {
+        let windows = real.as_secs() * SPEED / seconds;
+        let path = path.split('?').next().unwrap();
+        for (name, calls) in [("mqtt", &mqtt), ("rest", &rest), ("both", &both)] {
+            let n = calls.get(path).copied().unwrap_or(0);
+            assert!(
+                n <= windows + 1,
+                "{name} {path}: {n} calls for {windows} ttl windows"
+            );
+        }
+    }
+}

@@ -393,4 +393,18 @@ mod tests {
         );
         assert!(restart_needed(&old, &old).is_empty());
     }
+
+    /// `[mqtt]` is read at start: turning it on, off or changing it by a
+    /// reload is named, not applied.
+    #[test]
+    fn the_mqtt_table_is_read_at_start() {
+        let path = std::path::Path::new("/etc/jg/gateway.toml");
+        let off = Config::from_toml("", path).unwrap();
+        let on = Config::from_toml("[mqtt]\nurl = \"mqtt://broker.lan\"\n", path).unwrap();
+        let other = Config::from_toml("[mqtt]\nurl = \"mqtt://broker.lan:1884\"\n", path).unwrap();
+        assert_eq!(restart_needed(&off, &on), ["mqtt"]);
+        assert_eq!(restart_needed(&on, &off), ["mqtt"]);
+        assert_eq!(restart_needed(&on, &other), ["mqtt"]);
+        assert!(restart_needed(&on, &on).is_empty());
+    }
 }

@@ -408,20 +408,21 @@ impl Run {
             }
         }
         for topic in gone {
-            self.publish(topic.clone(), String::new());
-            self.sent.remove(&topic);
+            // Kept until the clear is queued, so the next sync tries again.
+            if self.send(&topic, String::new()) {
+                self.sent.remove(&topic);
+            }
         }
     }
 
     /// Publishes one retained message the broker is to keep while it
     /// describes the household, remembering it as sent.
     fn publish(&mut self, topic: String, payload: String) {
-        if !self.send(&topic, payload.clone()) {
-            self.sent.remove(&topic);
-        } else if payload.is_empty() {
-            self.sent.remove(&topic);
-        } else {
+        // Not queued: forgotten, so the next sync sends it.
+        if self.send(&topic, payload.clone()) {
             self.sent.insert(topic, payload);
+        } else {
+            self.sent.remove(&topic);
         }
     }
 

@@ -471,3 +471,53 @@ fn this_month() -> String {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     now.get(..7).unwrap_or_default().to_owned()
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The password file is held to the token file's rules and its value
+    /// shows nowhere: not in the publisher's debug output, not in an error.
+    #[test]
+    fn the_password_file_is_held_to_the_token_files_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mqtt_password");
+        // Made at run time, never a literal.
+        let secret: String = ["pw", "Q7x", "Lm2"].concat();
+        files::write_private(&file, &format!("{secret}\n")).unwrap();
+        let mut config = MqttConfig::new("mqtt://127.0.0.1:1883").unwrap();
+        config.username = Some("joulo".into());
+        config.password = Some(MqttPassword::File(file.clone()));
+        let publisher = Publisher::build(&config).unwrap();
+        assert_eq!(
+            publisher.password.as_ref().unwrap().expose_secret(),
+            secret
+        );
+        assert!(!format!("{publisher:?}").contains(&secret));
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = Publisher::build(&config).unwrap_err().to_string();
+        assert!(refused.contains("mqtt.password_file"), "{refused}");
+        assert!(!refused.contains(&secret), "{refused}");
+
+        files::write_private(&dir.path().join("empty"), "\n").unwrap();
+        config.password = Some(MqttPassword::File(dir.path().join("empty")));
+        assert!(matches!(
+            Publisher::build(&config),
+            Err(MqttError::EmptyPassword { .. })
+        ));
+    }
+
+    /// `mqtts://` verifies the broker: a TLS client config is built (and a
+    /// bad extra root is an error at start, not at the first connection).
+    #[test]
+    fn mqtts_builds_a_verifying_tls_config() {
+        let mut config = MqttConfig::new("mqtts://broker.lan").unwrap();
+        assert!(Publisher::build(&config).unwrap().tls.is_some());
+        config.extra_roots = vec![rustls::pki_types::CertificateDer::from(vec![1, 2, 3])];
+        assert!(matches!(Publisher::build(&config), Err(MqttError::Tls(_))));
+        let plain = MqttConfig::new("mqtt://broker.lan").unwrap();
+        assert!(Publisher::build(&plain).unwrap().tls.is_none());
+    }
+}

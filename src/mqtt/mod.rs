@@ -490,10 +490,7 @@ mod tests {
         config.username = Some("joulo".into());
         config.password = Some(MqttPassword::File(file.clone()));
         let publisher = Publisher::build(&config).unwrap();
-        assert_eq!(
-            publisher.password.as_ref().unwrap().expose_secret(),
-            secret
-        );
+        assert_eq!(publisher.password.as_ref().unwrap().expose_secret(), secret);
         assert!(!format!("{publisher:?}").contains(&secret));
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();

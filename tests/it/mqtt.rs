@@ -108,6 +108,43 @@ impl Broker {
         Some(broker)
     }
 
+    /// A broker taking anyone on a plain port (for the recorder) and on a
+    /// TLS port presenting `ca`'s certificate for 127.0.0.1.
+    fn start_tls(ca: &DemoCa) -> Option<(Broker, u16)> {
+        let bin = mosquitto()?;
+        let dir = tempfile::tempdir().unwrap();
+        let free = || {
+            StdListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, tls_port) = (free(), free());
+        let cert = dir.path().join("broker.pem");
+        let key = dir.path().join("broker.key");
+        std::fs::write(&cert, &ca.leaf_cert_pem).unwrap();
+        std::fs::write(&key, &ca.leaf_key_pem).unwrap();
+        let conf = format!(
+            "per_listener_settings false\npersistence false\nlog_dest none\nuser root\n\
+             allow_anonymous true\nlistener {port} 127.0.0.1\nlistener {tls_port} 127.0.0.1\n\
+             certfile {}\nkeyfile {}\n",
+            cert.display(),
+            key.display()
+        );
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut broker = Broker {
+            port,
+            conf: path,
+            bin,
+            child: None,
+            _dir: dir,
+        };
+        broker.run();
+        Some((broker, tls_port))
+    }
+
     /// Starts the process and waits (bounded) until it accepts connections.
     fn run(&mut self) {
         let child = Command::new(&self.bin)
@@ -893,4 +930,47 @@ async fn calls_an_hour_with_mqtt_and_rest_side_by_side() {
             );
         }
     }
+}
+
+/// `mqtts://` verifies the broker: trusted through `ca_file` the publisher
+/// connects and publishes; without it (a certificate no built-in root
+/// vouches for) it never connects, and says so once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_publishes_to_a_verified_broker_and_refuses_an_unknown_one() {
+    let sim = Sim::start().await;
+    let Some((broker, tls_port)) = Broker::start_tls(&sim.ca) else {
+        return;
+    };
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    // The sim's CA signed the broker's certificate too; the gateway's folder
+    // holds it as ca.pem.
+    let trusted = TestGateway::start_with(
+        &sim.base_url,
+        &sim.ca.ca_pem,
+        &format!("{FAST_TTLS}[mqtt]\nurl = \"{url}\"\nca_file = \"ca.pem\"\n"),
+    )
+    .await;
+    sim.sim
+        .rotate_token(SecretString::from(trusted.token.clone()));
+    let recorder = Recorder::start(&broker, None);
+    until_published(&recorder).await;
+    trusted.shutdown().await;
+
+    let untrusted = TestGateway::start_with(
+        &sim.base_url,
+        &sim.ca.ca_pem,
+        &format!("[mqtt]\nurl = \"{url}\"\n"),
+    )
+    .await;
+    let broker_name = format!("127.0.0.1:{tls_port}");
+    let warned = eventually(WAIT, || async {
+        support::logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&broker_name) && l.contains("MQTT broker"))
+    })
+    .await;
+    assert!(warned, "no warning about the unverified broker");
+    let (_, _, body) = untrusted.get("/status").await;
+    assert_eq!(support::json(&body)["mqtt"]["connected"], false, "{body}");
+    untrusted.shutdown().await;
 }

@@ -152,6 +152,9 @@ pub(crate) enum Caller {
     Address(IpAddr),
     /// A device that presented its key.
     Device(Arc<str>),
+    /// The gateway's own MQTT publisher: it holds no key and has no address,
+    /// and is a device of its own for the budget's shares.
+    Publisher,
 }
 
 impl fmt::Display for Caller {
@@ -159,6 +162,7 @@ impl fmt::Display for Caller {
         match self {
             Caller::Address(ip) => write!(f, "{ip}"),
             Caller::Device(name) => f.write_str(name),
+            Caller::Publisher => f.write_str("mqtt publisher"),
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::logging::LogLevel;
+use crate::mqtt::{MqttError, Publisher};
 use crate::state::{AppState, StateError};
 use crate::token::{TokenError, TokenSource};
 use crate::watch::Hangups;
@@ -35,6 +36,8 @@ pub struct Gateway {
     config_reload: Option<(PathBuf, LogLevel)>,
     /// Whether SIGHUP stops the gateway instead of reloading.
     on_hangup: OnHangup,
+    /// The MQTT publisher, when `[mqtt]` is configured.
+    publisher: Option<Publisher>,
 }
 
 /// What SIGHUP does.
@@ -56,6 +59,9 @@ pub enum StartError {
     /// The upstream TLS settings or the LAN certificate.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The MQTT broker's password file or TLS settings.
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
 }
 
 impl Gateway {
@@ -79,12 +85,14 @@ impl Gateway {
     /// [`Gateway::token_source`].
     pub fn build_with(config: &Config, tokens: TokenSource) -> Result<Gateway, StartError> {
         tokens.reload()?;
+        let publisher = config.mqtt.as_ref().map(Publisher::build).transpose()?;
         let state = Arc::new(AppState::new(config, tokens)?);
         Ok(Gateway {
             config: config.clone(),
             state,
             config_reload: None,
             on_hangup: OnHangup::Reload,
+            publisher,
         })
     }
 
@@ -133,10 +141,14 @@ impl Gateway {
             state,
             config_reload,
             on_hangup,
+            publisher,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = Stopped(stop_rx);
         let mut background = background_tasks(&config, &state, config_reload, &signals, &stopped);
+        if let Some(publisher) = publisher {
+            background.push(tokio::spawn(publisher.run(state.clone(), stopped.wait())));
+        }
         let mut hangups = signals.hangups();
         background.push(tokio::spawn(signals.run(stopped.wait())));
 
@@ -161,8 +173,8 @@ impl Gateway {
 
 /// Every task that runs beside the accept loop, each until `stopped`: the
 /// token and LAN certificate watchers and the `gateway.toml` reload, each
-/// given SIGHUP by `signals`. A new background task (such as an MQTT
-/// publisher) is started here, and so is stopped and awaited with the rest.
+/// given SIGHUP by `signals`. The MQTT publisher (`[mqtt]`) is started
+/// beside them in `run`, and so is stopped and awaited with the rest.
 fn background_tasks(
     config: &Config,
     state: &Arc<AppState>,

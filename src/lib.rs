@@ -10,7 +10,7 @@
 //! - The program: [`Gateway`] (`build` checks everything that can fail, `serve`
 //!   runs it) and [`StartError`], [`shutdown_signal`], [`Cli`], [`Command`] and
 //!   [`Failure`] (the command line and its exit codes), [`init_logging`],
-//!   [`LogLevel`] and [`redact`], [`forbid_core_dumps`], [`gen_key_text`] and
+//!   [`LogLevel`] and [`redact`], [`MqttError`], [`forbid_core_dumps`], [`gen_key_text`] and
 //!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`]; the
 //!   add-on's [`addon_prepare`], [`addon_owner`], [`addon_drop_root`], [`addon_config_path`],
 //!   [`ADDON_UID`] and [`AddonError`], and the Supervisor's client
@@ -55,6 +55,9 @@
 //!   on shutdown is answered there.
 //! - `reload`: `gateway.toml` re-read on SIGHUP (passed on by `gateway`'s
 //!   hub), applied to new requests.
+//! - `mqtt`: the Home Assistant publisher (`[mqtt]`): polls through the
+//!   request path as a device of its own and publishes MQTT discovery and
+//!   states (`mqtt/discovery`, pure), retained, reconnecting with back-off.
 //!
 //! Connections:
 //! - `server`: accepts connections (HTTP/1.1 and HTTP/2, plain or over
@@ -144,6 +147,7 @@ mod idle;
 mod lan_tls;
 mod logging;
 mod metrics;
+mod mqtt;
 mod ops;
 mod params;
 mod proxy;
@@ -173,6 +177,7 @@ pub use gen_key::{GenKeyError, gen_key_text};
 pub use hardening::forbid_core_dumps;
 pub use healthcheck::{HealthError, Target as HealthcheckTarget};
 pub use logging::{LogLevel, init as init_logging, redact};
+pub use mqtt::MqttError;
 pub use params::QuerySchema;
 pub use refusals::{LINES_PER_ADDRESS, LOG_INTERVAL};
 pub use reload::{Reloaded, reload_once};

@@ -210,6 +210,45 @@ impl Gauges {
     }
 }
 
+/// The MQTT publisher's state, for `/metrics` and `/status`.
+#[derive(Debug, Default)]
+pub(crate) struct MqttStats {
+    /// Whether `[mqtt]` is configured (the publisher runs).
+    pub enabled: bool,
+    /// 1 while the publisher is connected to the broker.
+    pub connected: Gauge,
+    /// Messages handed to the broker (discovery, states, availability).
+    pub published: Counter,
+    /// Unix time of the last message handed to the broker; 0 before one.
+    pub last_publish: Gauge,
+}
+
+impl MqttStats {
+    /// The publisher's series, registered in `registry`.
+    pub(crate) fn new(enabled: bool, registry: &mut Registry) -> MqttStats {
+        let stats = MqttStats {
+            enabled,
+            ..MqttStats::default()
+        };
+        registry.register(
+            "mqtt_connected",
+            "1 while the MQTT publisher is connected to the broker",
+            stats.connected.clone(),
+        );
+        registry.register(
+            "mqtt_published",
+            "MQTT messages published (discovery, states, availability)",
+            stats.published.clone(),
+        );
+        registry.register(
+            "mqtt_last_publish_timestamp_seconds",
+            "Unix time of the last MQTT message published (0: none yet)",
+            stats.last_publish.clone(),
+        );
+        stats
+    }
+}
+
 /// Prometheus' own text format (0.0.4) from prometheus-client's OpenMetrics
 /// text, for scrapers and tools that do not ask for OpenMetrics (`promtool
 /// check metrics` among them). The samples are the same; what differs is the

@@ -172,7 +172,26 @@ fn status(state: &AppState) -> serde_json::Value {
         },
         "last_upstream_error": last_error,
         "devices": policy.devices.request_counts(),
+        "mqtt": mqtt_status(state),
     })
+}
+
+/// The MQTT publisher's part of `/status`; `null` when it is off.
+fn mqtt_status(state: &AppState) -> Option<serde_json::Value> {
+    let mqtt = &state.mqtt;
+    if !mqtt.enabled {
+        return None;
+    }
+    let last = u64::try_from(mqtt.last_publish.get()).unwrap_or(0);
+    let last_publish = (last > 0).then(|| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(last);
+        humantime::format_rfc3339_seconds(at).to_string()
+    });
+    Some(serde_json::json!({
+        "connected": mqtt.connected.get() == 1,
+        "published": mqtt.published.get(),
+        "last_publish": last_publish,
+    }))
 }
 
 /// Why the gateway cannot usefully serve, if it cannot. Any allowed client

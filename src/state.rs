@@ -21,7 +21,7 @@ use crate::config::{
     CacheConfig, Config, LimitsConfig, LogConfig, ServerConfig, TlsFiles, UpstreamConfig,
 };
 use crate::lan_tls::{LanTls, LanTlsError};
-use crate::metrics::{DeviceCounters, DeviceFamilies, Gauges, RequestCounters};
+use crate::metrics::{DeviceCounters, DeviceFamilies, Gauges, MqttStats, RequestCounters};
 use crate::params::QuerySchema;
 use crate::routes::RouteTable;
 use crate::token::TokenSource;
@@ -75,6 +75,8 @@ pub struct AppState {
     pub(crate) requests: RequestCounters,
     /// Budget, back-off and token state, set before each scrape.
     pub(crate) gauges: Gauges,
+    /// The MQTT publisher's connection and messages.
+    pub(crate) mqtt: MqttStats,
     /// Larger request heads get 431.
     pub(crate) max_header_size: usize,
     /// Larger request bodies get 413.
@@ -178,6 +180,7 @@ impl AppState {
         tokens.register_metrics(&mut registry);
         device_families.register(&mut registry);
         gauges.register(&mut registry);
+        let mqtt = MqttStats::new(config.mqtt.is_some(), &mut registry);
         registry.register(
             "config_reloads",
             "Re-reads of gateway.toml (SIGHUP), by result",
@@ -196,6 +199,7 @@ impl AppState {
             },
             requests,
             gauges,
+            mqtt,
             max_header_size: config.server.max_header_size,
             max_request_body: config.server.max_request_body,
             body_timeout: config.server.header_timeout,
@@ -263,6 +267,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         cache: _,
         enabled_write_routes: _,
         extra_params: _,
+        mqtt,
     } = old;
     let ServerConfig {
         listen,
@@ -356,6 +361,13 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             *token_poll_interval != nu.token_poll_interval,
         ),
         ("log.format", *format != new.log.format),
+        (
+            "mqtt",
+            match (mqtt, &new.mqtt) {
+                (Some(old), Some(new)) => old.differs_from(new),
+                (old, new) => old.is_some() != new.is_some(),
+            },
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -380,5 +392,19 @@ mod tests {
             ["upstream.http2", "upstream.token_credential"]
         );
         assert!(restart_needed(&old, &old).is_empty());
+    }
+
+    /// `[mqtt]` is read at start: turning it on, off or changing it by a
+    /// reload is named, not applied.
+    #[test]
+    fn the_mqtt_table_is_read_at_start() {
+        let path = std::path::Path::new("/etc/jg/gateway.toml");
+        let off = Config::from_toml("", path).unwrap();
+        let on = Config::from_toml("[mqtt]\nurl = \"mqtt://broker.lan\"\n", path).unwrap();
+        let other = Config::from_toml("[mqtt]\nurl = \"mqtt://broker.lan:1884\"\n", path).unwrap();
+        assert_eq!(restart_needed(&off, &on), ["mqtt"]);
+        assert_eq!(restart_needed(&on, &off), ["mqtt"]);
+        assert_eq!(restart_needed(&on, &other), ["mqtt"]);
+        assert!(restart_needed(&on, &on).is_empty());
     }
 }

@@ -41,3 +41,7 @@ pub(crate) const CACHE_TTL: Duration = Duration::from_secs(15);
 pub(crate) const STALE_IF_ERROR: Duration = Duration::from_secs(600);
 pub(crate) const MAX_ENTRIES: usize = 512;
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
+/// `[mqtt] discovery_prefix`: Home Assistant's own default.
+pub(crate) const MQTT_DISCOVERY_PREFIX: &str = "homeassistant";
+/// `[mqtt] base_topic`.
+pub(crate) const MQTT_BASE_TOPIC: &str = "joulo";

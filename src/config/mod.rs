@@ -5,7 +5,7 @@
 //!
 //! Each table has its own module holding its raw and validated types side by
 //! side and its checks: `server`, `upstream`, `log`, `limits`, `cache`,
-//! `routes` (`[routes.<name>]`) and `access` (`[access]`, `[[clients]]`,
+//! `routes` (`[routes.<name>]`), `mqtt` and `access` (`[access]`, `[[clients]]`,
 //! `allowed_hosts`, route scopes and `[ops]`). This module reads the file, runs those
 //! checks and the ones that span tables.
 
@@ -25,6 +25,7 @@ mod choices;
 pub(crate) mod defaults;
 mod limits;
 mod log;
+mod mqtt;
 mod routes;
 mod server;
 mod upstream;
@@ -32,6 +33,7 @@ mod upstream;
 pub use cache::CacheConfig;
 pub use limits::LimitsConfig;
 pub use log::{LogConfig, LogFormat};
+pub use mqtt::{MqttConfig, MqttPassword};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Http2, TrustRoots, UpstreamConfig};
 
@@ -139,6 +141,9 @@ struct RawConfig {
     /// `[routes.<name>]`, by route name as written.
     #[serde(default)]
     routes: BTreeMap<String, routes::RawRoute>,
+    /// `[mqtt]`: the Home Assistant publisher, off when absent.
+    #[serde(default)]
+    mqtt: Option<mqtt::RawMqtt>,
 }
 
 /// The whole validated configuration.
@@ -161,6 +166,8 @@ pub struct Config {
     /// Query parameters beyond Joulo's documented ones, by route, from
     /// `[routes.<name>] extra_params`: for a parameter Joulo adds later.
     pub extra_params: HashMap<RouteId, Vec<String>>,
+    /// The MQTT publisher for Home Assistant; `None`: off.
+    pub mqtt: Option<MqttConfig>,
 }
 
 impl Config {
@@ -297,6 +304,7 @@ fn validate(
     let cache = cache::validate(&raw.cache, path)?;
     let routes = routes::validate(&raw.routes, path)?;
     write_routes_have_keys(&routes.enabled_write_routes, &access, path)?;
+    let mqtt = mqtt::validate(raw.mqtt, path, base_dir)?;
 
     Ok(Config {
         server,
@@ -310,6 +318,7 @@ fn validate(
         },
         enabled_write_routes: routes.enabled_write_routes,
         extra_params: routes.extra_params,
+        mqtt,
     })
 }
 

@@ -177,7 +177,10 @@ fn shipped_config_matches_defaults() {
         cache,
         enabled_write_routes,
         extra_params,
+        mqtt,
     } = &s;
+    // Off unless configured: the shipped file has the table commented out.
+    assert!(mqtt.is_none() && d.mqtt.is_none());
     let ServerConfig {
         listen,
         header_timeout,
@@ -283,4 +286,72 @@ fn shipped_config_matches_defaults() {
         Duration::from_secs(600)
     );
     assert_eq!(s.cache.ttl_for(RouteId::AddCharger), Duration::ZERO);
+}
+
+/// The shipped file's commented `[mqtt]` example, uncommented, is a valid
+/// publisher (less `ca_file`, whose PEM is read at once); its keys and
+/// defaults are the code's.
+#[test]
+fn the_shipped_mqtt_example_validates_and_its_defaults_match() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# [mqtt]").expect("the [mqtt] example");
+    let example: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#') && !l.starts_with("# Device keys"))
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with('#') && !l.starts_with("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mqtt = parse(&example).unwrap().mqtt.expect("[mqtt] set");
+    assert_eq!(
+        (mqtt.host.as_str(), mqtt.port, mqtt.tls),
+        ("broker.lan", 1883, false)
+    );
+    assert_eq!(mqtt.username.as_deref(), Some("joulo"));
+    assert!(
+        matches!(&mqtt.password, Some(MqttPassword::File(p)) if p == Path::new("/etc/jg/mqtt_password"))
+    );
+    assert_eq!(mqtt.discovery_prefix, defaults::MQTT_DISCOVERY_PREFIX);
+    assert_eq!(mqtt.base_topic, defaults::MQTT_BASE_TOPIC);
+}
+
+#[test]
+fn a_bad_mqtt_table_names_its_key() {
+    for (text, key) in [
+        ("[mqtt]\nusername = \"joulo\"", "mqtt.url"),
+        ("[mqtt]\nurl = \"http://broker.lan\"", "mqtt.url"),
+        (
+            "[mqtt]\nurl = \"mqtt://joulo:hunter2-value@broker.lan\"",
+            "mqtt.url",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\npassword_file = \"p\"",
+            "mqtt.password_file",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\nca_file = \"ca.pem\"",
+            "mqtt.ca_file",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\nprotocol = \"5\"",
+            "mqtt.protocol",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\nbase_topic = \"joulo/#\"",
+            "mqtt.base_topic",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\ndiscovery_prefix = \"\"",
+            "mqtt.discovery_prefix",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://b\"\npassword = \"hunter2-value\"",
+            "mqtt.password",
+        ),
+    ] {
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(msg.contains(key), "{text}: {msg}");
+        assert!(!msg.contains("hunter2"), "{text}: {msg}");
+    }
 }

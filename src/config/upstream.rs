@@ -180,7 +180,7 @@ fn parse_base_url(text: &str) -> Result<Uri, String> {
 
 /// Reads the PEM certificates in `file` and checks each is usable as a trust
 /// anchor now, so a bad `ca_file` stops the start rather than the first request.
-fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = files::read_regular(file, FILE_LIMIT)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     // A CA others could edit could vouch for any server: they would get the token.

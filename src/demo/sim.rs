@@ -41,7 +41,13 @@ pub struct JouloSim {
     sessions: Vec<Value>,
     /// What it has been sent.
     pub stats: SimStats,
+    /// A change made to every `/chargers` answer, set by a test (a charger
+    /// added or removed, a field gone) while the simulator runs.
+    charger_edit: std::sync::RwLock<Option<ChargerEdit>>,
 }
+
+/// A change to the simulated charger list, applied to each `/chargers` answer.
+type ChargerEdit = Box<dyn Fn(&mut Vec<Value>) + Send + Sync>;
 
 impl JouloSim {
     /// A simulated account accepting `token`.
@@ -51,6 +57,7 @@ impl JouloSim {
             started: Instant::now(),
             sessions: generate_sessions(SystemTime::now()),
             stats: SimStats::default(),
+            charger_edit: std::sync::RwLock::new(None),
         })
     }
 
@@ -120,7 +127,24 @@ impl JouloSim {
         *write_unpoisoned(&self.token) = token;
     }
 
+    /// Applies `edit` to the charger list of every `/chargers` answer from
+    /// now on (replacing an earlier edit): a charger added in the Joulo app
+    /// (`push`), one removed (`retain`), a field Joulo stops sending.
+    pub fn edit_chargers(&self, edit: impl Fn(&mut Vec<Value>) + Send + Sync + 'static) {
+        *write_unpoisoned(&self.charger_edit) = Some(Box::new(edit));
+    }
+
     fn chargers(&self) -> Value {
+        let mut answer = self.listed_chargers();
+        if let Some(edit) = &*read_unpoisoned(&self.charger_edit)
+            && let Some(list) = answer["chargers"].as_array_mut()
+        {
+            edit(list);
+        }
+        answer
+    }
+
+    fn listed_chargers(&self) -> Value {
         let now = SystemTime::now();
         let elapsed = self.started.elapsed().as_secs_f64();
         // An 11 kW charge that started 47 minutes before the simulator did.
@@ -137,6 +161,9 @@ impl JouloSim {
                     "id": uuid(9, 1),
                     "started_at": timestamp(now - Duration::from_secs(47 * 60) - self.started.elapsed()),
                     "kwh_so_far": kwh_so_far,
+                    // Not in Joulo's documented schema; the card or app that
+                    // started the charge, which evcc tells vehicles by.
+                    "id_tag": "04A2B3C4D5E6F7",
                 },
                 "latest_meter_wh": 4_182_113 + (kwh_so_far * 1000.0) as u64,
                 "meter_updated_at": timestamp(now - Duration::from_secs(20)),

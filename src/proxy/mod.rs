@@ -351,6 +351,67 @@ fn route(
     }))
 }
 
+/// One GET the gateway's own MQTT publisher makes: `route` with `query`,
+/// through the same parameter check, cache, coalescing, budget and back-off
+/// as a device's request, as the device [`Caller::Publisher`] with its own
+/// allowance and share. Home Assistant's `rest:` polls and the publisher so
+/// share cached answers. Returns the status and the whole body (a cached
+/// route's answer is already buffered; a stream is bounded by the upstream
+/// timeout).
+pub(crate) async fn fetch_for_publisher(
+    state: &Arc<AppState>,
+    route: RouteId,
+    query: &str,
+) -> Result<(StatusCode, bytes::Bytes), GatewayError> {
+    use http_body_util::BodyExt;
+    let policy = state.policy.load_full();
+    let who = Caller::Publisher;
+    if !policy.clients.try_acquire(&who) {
+        policy.clients.wait(&who).await?;
+    }
+    let query = policy.schema.canonical(route, query)?;
+    let ttl = policy.cache_config.ttl_for(route);
+    if !state.tokens.is_loaded() {
+        return Err(GatewayError::TokenUnavailable);
+    }
+    let copy = state.cache.lookup(KeyRef::new(route, &query));
+    let now = Instant::now();
+    let response = match copy {
+        Some(copy) if !ttl.is_zero() && copy.is_fresh(now) => state.cache.serve_hit(&copy, now),
+        copy => {
+            let kind = if ttl.is_zero() {
+                CallKind::Forward
+            } else {
+                CallKind::Fetch { ttl, copy }
+            };
+            let call = UpstreamCall {
+                route,
+                query,
+                who,
+                kind,
+            };
+            let no_headers = http::HeaderMap::new();
+            match &call.kind {
+                CallKind::Forward => {
+                    call::forward(state, &policy, &call, &no_headers, None).await?
+                }
+                CallKind::Fetch { ttl, copy } => {
+                    call::fetch_shared(state, &policy, &call, *ttl, copy.clone(), &no_headers)
+                        .await?
+                }
+            }
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let limit = state.upstream.timeout();
+    let body = tokio::time::timeout(limit, body.collect())
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout)?
+        .map_err(GatewayError::UpstreamBody)?
+        .to_bytes();
+    Ok((parts.status, body))
+}
+
 /// The route a request's method and path name.
 fn resolve(policy: &Policy, parts: &Parts) -> Result<RouteId, GatewayError> {
     if parts.method == Method::CONNECT {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support;
 use joulo_gateway::RouteId;
 use joulo_gateway::config::Config;
 
@@ -513,4 +514,49 @@ fn ci_checks_the_release_and_runs_the_images() {
             || changelog.contains(&format!("\n## [{version}] - ")),
         "CHANGELOG.md has neither [Unreleased] nor [{version}]"
     );
+}
+
+/// The shipped `rest:` templates, rendered as Home Assistant renders them:
+/// the meter is unavailable (not 0) while Joulo leaves it out, and "energy
+/// this month" is the current month's entry, or 0 before its first charge
+/// (not last month's, which `months[0]` is until then).
+#[test]
+fn the_shipped_meter_and_month_sensors_never_show_a_false_value() {
+    let Some(python) = support::ha_python() else {
+        return;
+    };
+    let this_month =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..7].to_owned();
+    let render = |chargers: serde_json::Value, energy: serde_json::Value| {
+        let input = serde_json::json!({
+            "config": repo("deploy/homeassistant/configuration.yaml"),
+            "answers": {"/chargers": chargers, "/energy": energy},
+        });
+        let (ok, out) = support::run_python(&python, "ha_rest_templates.py", &input.to_string());
+        assert!(ok, "{out}");
+        support::json(&out)
+    };
+    let charger = |meter: Option<u64>| {
+        let mut c = serde_json::json!({"id": "c1", "status": "available", "is_charging": false});
+        if let Some(wh) = meter {
+            c["latest_meter_wh"] = wh.into();
+        }
+        serde_json::json!({"chargers": [c]})
+    };
+    let energy = |months: serde_json::Value| serde_json::json!({"total_kwh": 100.0, "total_ere_credits": 5.0, "total_sessions": 9, "months": months});
+    let with_current = energy(serde_json::json!([
+        {"month": this_month, "kwh": 7.5, "ere_credits": 0.4, "sessions": 1},
+        {"month": "1999-01", "kwh": 92.5, "ere_credits": 4.6, "sessions": 8},
+    ]));
+    let out = render(charger(Some(4_190_735)), with_current);
+    assert_eq!(out["joulo_charger_meter"]["value"], "4190.735", "{out}");
+    assert_eq!(out["joulo_month_kwh"]["value"], "7.5", "{out}");
+
+    let last_month_only = energy(serde_json::json!([
+        {"month": "1999-01", "kwh": 92.5, "ere_credits": 4.6, "sessions": 8},
+    ]));
+    let out = render(charger(None), last_month_only);
+    assert_eq!(out["joulo_charger_meter"]["available"], false, "{out}");
+    assert_eq!(out["joulo_charger_status"]["available"], true, "{out}");
+    assert_eq!(out["joulo_month_kwh"]["value"], "0", "{out}");
 }

@@ -21,6 +21,7 @@ mod faults;
 mod gateway;
 mod hostile;
 mod household;
+mod mqtt;
 mod positive;
 mod refusals;
 mod release;

@@ -671,3 +671,56 @@ impl LanCert {
         )
     }
 }
+
+/// Whether CI runs the tests (`JOULO_GATEWAY_CI=1`, set by `.ci/run`): a
+/// tool a test needs (mosquitto, the Home Assistant venv) is then required.
+pub fn ci_requires_tools() -> bool {
+    std::env::var_os("JOULO_GATEWAY_CI").is_some_and(|v| v == "1")
+}
+
+/// The Python of the Home Assistant venv `.ci/run` makes under
+/// `target/ci-tools/homeassistant`, if it is there; outside CI a missing
+/// venv skips the test that needs it (with a note), under CI it fails it.
+pub fn ha_python() -> Option<PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/ci-tools/homeassistant/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        !ci_requires_tools(),
+        "the Home Assistant venv is missing (.ci/run makes it under target/ci-tools/homeassistant)"
+    );
+    eprintln!(
+        "no Home Assistant venv at {}: check skipped",
+        python.display()
+    );
+    None
+}
+
+/// Runs `script` (under `tests/it/support`) with `python`, `input` on its
+/// stdin: whether it succeeded, and what it printed.
+pub fn run_python(python: &std::path::Path, script: &str, input: &str) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/support")
+        .join(script);
+    let mut child = Command::new(python)
+        .arg(script)
+        .env("TZ", "UTC")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), report)
+}

@@ -12,7 +12,7 @@
 //!   [`Failure`] (the command line and its exit codes), [`init_logging`],
 //!   [`LogLevel`] and [`redact`], [`MqttError`], [`forbid_core_dumps`], [`gen_key_text`] and
 //!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`]; the
-//!   add-on's [`addon_prepare`], [`addon_owner`], [`addon_drop_root`], [`addon_config_path`],
+//!   add-on's [`addon_prepare`], [`addon_mqtt_from_supervisor`], [`addon_owner`], [`addon_drop_root`], [`addon_config_path`],
 //!   [`ADDON_UID`] and [`AddonError`], and the Supervisor's client
 //!   [`Supervisor`] ([`MqttService`], [`SupervisorError`]).
 //! - [`config`]: `gateway.toml` and its validated types. A module rather than
@@ -168,7 +168,8 @@ pub use access::{generate_key, key_sha256_hex};
 pub use addon::supervisor::{MqttService, Supervisor, SupervisorError};
 pub use addon::{
     ADDON_UID, AddonError, config_path as addon_config_path, drop_root as addon_drop_root,
-    owner as addon_owner, prepare as addon_prepare,
+    mqtt_from_supervisor as addon_mqtt_from_supervisor, owner as addon_owner,
+    prepare as addon_prepare,
 };
 pub use cache::CacheKey;
 pub use cli::{Cli, Command, Failure};

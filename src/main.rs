@@ -9,9 +9,9 @@ use clap::Parser;
 use joulo_gateway::config::{self, Config};
 use joulo_gateway::demo;
 use joulo_gateway::{
-    Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, TokenFileText, addon_config_path,
-    addon_drop_root, addon_owner, addon_prepare, forbid_core_dumps, gen_key_text, init_logging,
-    redact, shutdown_signal,
+    Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, Supervisor, TokenFileText,
+    addon_config_path, addon_drop_root, addon_mqtt_from_supervisor, addon_owner, addon_prepare,
+    forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal,
 };
 use std::path::{Path, PathBuf};
 
@@ -63,6 +63,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             tracing::warn!(error = %e, "cannot forbid core dumps; set LimitCORE=0 (systemd) or ulimit -c 0");
         }
     };
+    let addon = matches!(cli.command, Some(Command::Addon { .. }));
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             let config = Config::load(&cli.config)?;
@@ -111,11 +112,22 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         }
         // The add-on's config was written above.
         Command::Run | Command::Addon { .. } => {
-            let config = Config::load(&cli.config)?;
+            let mut config = Config::load(&cli.config)?;
             let tokens = Gateway::token_source(&config);
             let log_level = init_logging(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
             warn_if_not_joulo(&config);
+            // The add-on's broker comes from the Supervisor, asked once at
+            // start (as the add-on's options are read once): the password
+            // stays in memory, never in a file under /data.
+            if addon && config.mqtt.is_none() {
+                match Supervisor::from_env() {
+                    Ok(supervisor) => {
+                        config.mqtt = runtime()?.block_on(addon_mqtt_from_supervisor(&supervisor));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "MQTT discovery is off"),
+                }
+            }
             // Every check that can fail, before the port is bound.
             let gateway =
                 Gateway::build_with(&config, tokens)?.reload_config_from(cli.config, log_level);

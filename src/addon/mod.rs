@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
+use crate::config::{MqttConfig, MqttPassword};
 use crate::files;
 
 /// The user the add-on's gateway runs as once `/data` is prepared: the same
@@ -130,6 +131,57 @@ pub fn prepare(data: &Path, listen: SocketAddr, owner: Option<u32>) -> Result<Pa
         problem: e.to_string(),
     })?;
     Ok(config)
+}
+
+/// The publisher's config for the broker the Supervisor shares with the
+/// add-on (`services: mqtt:want` in its config.yaml), so a user with the
+/// Mosquitto add-on pastes the token and nothing else. `None` when there is
+/// none, with one log line saying why and what to do: the gateway then runs
+/// without MQTT, as the `rest:` sensors still work.
+pub async fn mqtt_from_supervisor(supervisor: &supervisor::Supervisor) -> Option<MqttConfig> {
+    let service = match supervisor.mqtt_service().await {
+        Ok(service) => service,
+        Err(supervisor::SupervisorError::Status(status)) => {
+            tracing::info!(
+                %status,
+                "no MQTT broker is shared with this add-on: install and start the Mosquitto broker \
+                 add-on (or set up the MQTT integration), then restart this add-on for the \
+                 chargers to appear as devices"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the Supervisor for the MQTT broker; MQTT discovery is off until a restart");
+            return None;
+        }
+    };
+    mqtt_config(service)
+        .inspect(|config| {
+            tracing::info!(host = %config.host, port = config.port, tls = config.tls, "MQTT broker from the Supervisor");
+        })
+        .or_else(|| {
+            tracing::warn!("the Supervisor's MQTT broker has no usable host; MQTT discovery is off");
+            None
+        })
+}
+
+/// The Supervisor's answer as the publisher's config: its host (an IPv6
+/// address without brackets), port, TLS and credentials; topics as default.
+fn mqtt_config(service: supervisor::MqttService) -> Option<MqttConfig> {
+    let host = service.host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || service.port == 0 {
+        return None;
+    }
+    let scheme = if service.ssl { "mqtts" } else { "mqtt" };
+    let authority = if host.contains(':') {
+        format!("[{host}]:{}", service.port)
+    } else {
+        format!("{host}:{}", service.port)
+    };
+    let mut config = MqttConfig::new(&format!("{scheme}://{authority}")).ok()?;
+    config.username = service.username.filter(|u| !u.is_empty());
+    config.password = service.password.map(MqttPassword::Given);
+    Some(config)
 }
 
 /// Where the add-on's `devices` option (issue 23: per-device keys, closed by

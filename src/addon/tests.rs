@@ -114,3 +114,33 @@ fn missing_options_name_the_file() {
         .to_string();
     assert!(e.contains("options.json"), "{e}");
 }
+
+#[test]
+fn the_supervisors_broker_becomes_the_publishers_config() {
+    use super::supervisor::MqttService;
+    use secrecy::ExposeSecret as _;
+    let service = |host: &str, ssl: bool| MqttService {
+        host: host.to_owned(),
+        port: 1883,
+        ssl,
+        username: Some("addons".to_owned()),
+        password: Some(SecretString::from("broker-password".to_owned())),
+        protocol: Some("3.1.1".to_owned()),
+    };
+    let config = super::mqtt_config(service("core-mosquitto", false)).unwrap();
+    assert_eq!(
+        (config.host.as_str(), config.port, config.tls),
+        ("core-mosquitto", 1883, false)
+    );
+    assert_eq!(config.username.as_deref(), Some("addons"));
+    match config.password {
+        Some(crate::config::MqttPassword::Given(p)) => {
+            assert_eq!(p.expose_secret(), "broker-password")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(config.discovery_prefix, "homeassistant");
+    let v6 = super::mqtt_config(service("fd00::5", true)).unwrap();
+    assert_eq!((v6.host.as_str(), v6.tls), ("fd00::5", true));
+    assert!(super::mqtt_config(service("", false)).is_none());
+}

@@ -974,3 +974,121 @@ async fn mqtts_publishes_to_a_verified_broker_and_refuses_an_unknown_one() {
     assert_eq!(support::json(&body)["mqtt"]["connected"], false, "{body}");
     untrusted.shutdown().await;
 }
+
+/// A Supervisor on loopback that shares `broker` as its MQTT service with a
+/// caller presenting `token`, as the real one does for `services: mqtt:want`;
+/// anyone else gets 401. Returns its URL.
+async fn mock_supervisor(token: String, broker_port: u16, password: String) -> String {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (token, password) = (token.clone(), password.clone());
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let allowed = request.uri().path() == "/services/mqtt"
+                        && request
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            == Some(format!("Bearer {token}").as_str());
+                    let body = json!({"result": "ok", "data": {
+                    "host": "127.0.0.1", "port": broker_port, "ssl": false,
+                    "username": "addons", "password": password, "protocol": "3.1.1",
+                    "addon": "core_mosquitto"}});
+                    let response = if allowed {
+                        http::Response::new(Full::new(bytes::Bytes::from(body.to_string())))
+                    } else {
+                        let mut denied = http::Response::new(Full::new(bytes::Bytes::from_static(
+                            b"{\"result\":\"error\",\"message\":\"Unauthorized\"}",
+                        )));
+                        *denied.status_mut() = http::StatusCode::UNAUTHORIZED;
+                        denied
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    url
+}
+
+/// Issue 24, item 6: the add-on needs only the token. Its options become the
+/// config (`addon_prepare`), the broker and its credentials come from the
+/// Supervisor, and the household appears on a broker that takes only those
+/// credentials; neither the token nor the broker's password reaches a topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_addon_takes_its_broker_from_the_supervisor_and_the_household_appears() {
+    let password = support::canary();
+    let Some(broker) = Broker::start(Some(("addons", &password))) else {
+        return;
+    };
+    support::capture_logs();
+    let sim = Sim::start().await;
+    let token = support::canary();
+    sim.sim.rotate_token(SecretString::from(token.clone()));
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("options.json"),
+        json!({"joulo_token": token, "log_level": "info"}).to_string(),
+    )
+    .unwrap();
+    let config_path =
+        joulo_gateway::addon_prepare(data.path(), "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    // The add-on's config names Joulo itself: pointed at the simulated one
+    // here, with its CA and fast ttls; nothing else of it changes.
+    demo::write_private(&data.path().join("ca.pem"), &sim.ca.ca_pem).unwrap();
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(
+            "[upstream]\n",
+            &format!(
+                "[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n",
+                sim.base_url
+            ),
+        )
+        .replace("ttl = \"15s\"", "ttl = \"1s\"")
+        .replace("ttl = \"60s\"", "ttl = \"1s\"")
+        .replace("ttl = \"10m\"", "ttl = \"1s\"");
+    std::fs::write(&config_path, text).unwrap();
+    let mut config = joulo_gateway::config::Config::load(&config_path).unwrap();
+    assert!(config.mqtt.is_none(), "the options name no broker");
+
+    let supervisor_token = support::canary();
+    let url = mock_supervisor(supervisor_token.clone(), broker.port, password.clone()).await;
+    let wrong =
+        joulo_gateway::Supervisor::new(&url, SecretString::from(support::canary())).unwrap();
+    assert!(
+        joulo_gateway::addon_mqtt_from_supervisor(&wrong)
+            .await
+            .is_none(),
+        "a refused Supervisor call leaves MQTT off"
+    );
+    let supervisor =
+        joulo_gateway::Supervisor::new(&url, SecretString::from(supervisor_token.clone())).unwrap();
+    config.mqtt = joulo_gateway::addon_mqtt_from_supervisor(&supervisor).await;
+    assert!(
+        config.mqtt.is_some(),
+        "the Supervisor's broker was not taken"
+    );
+
+    let recorder = Recorder::start(&broker, Some(("addons", &password)));
+    let gateway = joulo_gateway::Gateway::build(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    until_published(&recorder).await;
+    let _ = stop.send(());
+    let _ = served.await;
+    assert_broker_saw_no_secret(&recorder, &[&token, &password, &supervisor_token]);
+    support::assert_no_leak(&[&token, &password, &supervisor_token], &[]);
+}

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::logging::LogLevel;
 use crate::state::{AppState, StateError};
 use crate::token::{TokenError, TokenSource};
-use crate::watch::Hangups;
+use crate::watch::{Baseline, Hangups, LoadedState};
 use crate::{reload, server};
 
 /// A gateway built from a validated config, ready to serve.
@@ -35,6 +35,9 @@ pub struct Gateway {
     config_reload: Option<(PathBuf, LogLevel)>,
     /// Whether SIGHUP stops the gateway instead of reloading.
     on_hangup: OnHangup,
+    /// The devices file's state when the gateway was built: its watcher
+    /// starts from here, so a change made during start-up is not missed.
+    devices_loaded: LoadedState,
 }
 
 /// What SIGHUP does.
@@ -78,6 +81,8 @@ impl Gateway {
     /// [`Gateway::build`] with the token source made by
     /// [`Gateway::token_source`].
     pub fn build_with(config: &Config, tokens: TokenSource) -> Result<Gateway, StartError> {
+        let devices_loaded = LoadedState::default();
+        devices_loaded.record(&[config.access.devices_file.as_path()]);
         tokens.reload()?;
         let state = Arc::new(AppState::new(config, tokens)?);
         Ok(Gateway {
@@ -85,6 +90,7 @@ impl Gateway {
             state,
             config_reload: None,
             on_hangup: OnHangup::Reload,
+            devices_loaded,
         })
     }
 
@@ -133,9 +139,11 @@ impl Gateway {
             state,
             config_reload,
             on_hangup,
+            devices_loaded,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = Stopped(stop_rx);
+        let config_reload = config_reload.map(|(path, log)| (path, log, devices_loaded.baseline()));
         let mut background = background_tasks(&config, &state, config_reload, &signals, &stopped);
         let mut hangups = signals.hangups();
         background.push(tokio::spawn(signals.run(stopped.wait())));
@@ -166,7 +174,7 @@ impl Gateway {
 fn background_tasks(
     config: &Config,
     state: &Arc<AppState>,
-    config_reload: Option<(PathBuf, LogLevel)>,
+    config_reload: Option<(PathBuf, LogLevel, Baseline)>,
     signals: &SignalHub,
     stopped: &Stopped,
 ) -> Vec<JoinHandle<()>> {
@@ -183,11 +191,13 @@ fn background_tasks(
             stopped.wait(),
         )));
     }
-    if let Some((path, log)) = config_reload {
+    if let Some((path, log, loaded)) = config_reload {
         tasks.push(tokio::spawn(reload::watch(
             path,
             state.clone(),
             log,
+            (config.access.devices_file.clone(), loaded),
+            interval,
             signals.hangups(),
             stopped.wait(),
         )));

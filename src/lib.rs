@@ -39,6 +39,8 @@
 //!   calls for.
 //! - `gen_key`: `joulo-gateway gen-key`, a new device key and its
 //!   `[[clients]]` entry.
+//! - `device_cmd`: `joulo-gateway device add/list/remove/rotate`, and what
+//!   `device add` prints once.
 //! - `healthcheck`: `joulo-gateway healthcheck`, asking a running gateway's
 //!   `/healthz` over HTTP or HTTPS.
 //! - `demo` (with `demo/sim`): a simulated Joulo API and a gateway in front of
@@ -91,6 +93,8 @@
 //!   changes by inotify on Linux, polling elsewhere or when inotify fails.
 //!
 //! The checks and their vocabulary:
+//! - `devices`: the devices file `joulo-gateway device` manages (hashes of
+//!   device keys), written atomically, read with the config.
 //! - `config`: `gateway.toml`, parsed then validated into real types, a
 //!   submodule per table; `config/defaults` the defaults in one place,
 //!   `config/choices` the values an enumerated key can take.
@@ -126,6 +130,8 @@ mod cache;
 mod cli;
 pub mod config;
 pub mod demo;
+mod device_cmd;
+mod devices;
 mod event_loop;
 mod files;
 mod gateway;
@@ -155,11 +161,15 @@ mod watch;
 
 pub use access::{generate_key, key_sha256_hex};
 pub use cache::CacheKey;
-pub use cli::{Cli, Command, Failure};
+pub use cli::{Cli, Command, DeviceSubcommand, Failure};
+pub use device_cmd::{DeviceAction, DeviceError, device_command};
+pub use devices::{
+    Device, DevicesError, Ensured, WantedDevice, ensure_devices, load as load_devices,
+};
 pub use gateway::{Gateway, StartError, shutdown_signal};
 pub use gen_key::{GenKeyError, gen_key_text};
 pub use hardening::forbid_core_dumps;
-pub use healthcheck::{HealthError, Target as HealthcheckTarget};
+pub use healthcheck::{HealthError, Target as HealthcheckTarget, ask_joulo_once};
 pub use logging::{LogLevel, init as init_logging, redact};
 pub use params::QuerySchema;
 pub use refusals::{LINES_PER_ADDRESS, LOG_INTERVAL};

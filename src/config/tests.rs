@@ -284,3 +284,33 @@ fn shipped_config_matches_defaults() {
     );
     assert_eq!(s.cache.ttl_for(RouteId::AddCharger), Duration::ZERO);
 }
+
+#[test]
+fn keys_found_after_parsing_are_named_with_their_line() {
+    let hash = "0".repeat(64);
+    for (text, line) in [
+        (
+            format!(
+                "[[clients]]\nname = \"a\"\nkey_sha256 = \"{hash}\"\nscopes = []\n\n\
+                 [[clients]]\nname = \"Bad Name\"\nkey_sha256 = \"{hash}\"\nscopes = []\n"
+            ),
+            7,
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:80\"\n\n[routes.me]\nttl = \"1h\"\nscope = \"me:read\"\n"
+                .to_owned(),
+            6,
+        ),
+        (
+            "# comment\n[access]\nkeyless = true\nallow = [\"0.0.0.0/0\"]\n".to_owned(),
+            4,
+        ),
+        ("[log]\n\nlevel = \"warning\"\n".to_owned(), 3),
+    ] {
+        let err = Config::from_toml(&text, Path::new("/nonexistent/t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("(line {line})")), "{text}: {err}");
+        assert!(!err.contains("line 0"), "{err}");
+    }
+}

@@ -657,15 +657,85 @@ mod tests {
         request.body(()).unwrap().into_parts().0
     }
 
+    /// These tests are about Host, Origin and browser checks, which are the
+    /// same with or without keys: without keys the policy is `keyless`, so a
+    /// LAN address reaches them (closed-by-default has its own test).
     fn policy(clients: Vec<DeviceKey>) -> AccessPolicy {
         AccessPolicy::new(
             AccessConfig {
+                keyless: clients.is_empty(),
                 clients,
                 allowed_hosts: vec!["joulo.example.com".into()],
                 ..AccessConfig::default()
             },
             false,
         )
+    }
+
+    #[test]
+    fn without_device_keys_only_this_host_is_served_unless_keyless() {
+        let closed = AccessPolicy::new(AccessConfig::default(), false);
+        let request = parts(Some("gw.lan"), &[]);
+        for lan in ["192.168.1.5", "10.0.0.2", "fd00::1", "::ffff:192.168.1.5"] {
+            let ip: IpAddr = lan.parse().unwrap();
+            assert_eq!(
+                closed.authenticate(ip, &request),
+                Err(AccessError::NoKeysYet),
+                "{lan}"
+            );
+            assert_eq!(
+                closed.check_ops(ip, &request),
+                Err(AccessError::NoKeysYet),
+                "{lan}"
+            );
+        }
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = host.parse().unwrap();
+            assert!(closed.authenticate(ip, &request).is_ok(), "{host}");
+            assert!(closed.check_ops(ip, &request).is_ok(), "{host}");
+        }
+        // `local_addresses` says what this host is; a test names 127.0.0.1
+        // alone and plays a LAN device from 127.0.0.2.
+        let narrow = AccessPolicy::new(
+            AccessConfig {
+                local: vec!["127.0.0.1/32".parse().unwrap()],
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        assert!(
+            narrow
+                .authenticate("127.0.0.1".parse().unwrap(), &request)
+                .is_ok()
+        );
+        assert_eq!(
+            narrow.authenticate("127.0.0.2".parse().unwrap(), &request),
+            Err(AccessError::NoKeysYet)
+        );
+        let open = AccessPolicy::new(
+            AccessConfig {
+                keyless: true,
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        let lan: IpAddr = "192.168.1.5".parse().unwrap();
+        assert_eq!(open.authenticate(lan, &request), Ok(Caller::Address(lan)));
+        // Once a key exists, keyless changes nothing: every client needs one.
+        let keyed = AccessPolicy::new(
+            AccessConfig {
+                keyless: true,
+                clients: vec![device("ha", &generate_key(), &[Scope::ChargersRead])],
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        for ip in ["192.168.1.5", "127.0.0.1"] {
+            assert_eq!(
+                keyed.authenticate(ip.parse().unwrap(), &request),
+                Err(AccessError::Key)
+            );
+        }
     }
 
     fn device(name: &str, key: &str, scopes: &[Scope]) -> DeviceKey {
@@ -999,8 +1069,22 @@ mod tests {
         assert_eq!(p.check_ops(prometheus, &parts(Some("gw.lan"), &[])), Ok(()));
         let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
         assert_eq!(p.check_ops(mapped, &parts(Some("gw.lan"), &[])), Ok(()));
-        // Without device keys, nothing changes (yet).
+        // Without device keys (issue 23: closed by default), a LAN address
+        // not in [ops] allow is refused; this host and, under keyless, anyone
+        // is let in.
         config.clients.clear();
+        let closed = AccessPolicy::new(config.clone(), false);
+        assert_eq!(
+            closed.check_ops(ip, &parts(Some("gw.lan"), &[])),
+            Err(AccessError::NoKeysYet)
+        );
+        assert_eq!(
+            closed.check_ops(prometheus, &parts(Some("gw.lan"), &[])),
+            Ok(())
+        );
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(closed.check_ops(local, &parts(Some("gw.lan"), &[])), Ok(()));
+        config.keyless = true;
         let keyless = AccessPolicy::new(config, false);
         assert_eq!(keyless.check_ops(ip, &parts(Some("gw.lan"), &[])), Ok(()));
     }

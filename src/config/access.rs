@@ -305,4 +305,65 @@ mod tests {
             assert!(msg.contains(key), "{text:?} gave {msg}");
         }
     }
+
+    #[test]
+    fn keyless_is_refused_with_an_allow_wider_than_the_private_ranges() {
+        for wide in [
+            "0.0.0.0/0",
+            "::/0",
+            "8.8.8.0/24",
+            "100.64.0.0/10",
+            "10.0.0.0/7",
+        ] {
+            let text = format!("[access]\nkeyless = true\nallow = [\"{wide}\"]");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("access.allow") && err.contains("keyless"),
+                "{wide}: {err}"
+            );
+            // Closed (keys required of everyone but this host), it is allowed.
+            let closed = parse(&format!("[access]\nallow = [\"{wide}\"]")).unwrap();
+            assert!(!closed.access.keyless);
+        }
+        let home =
+            parse("[access]\nkeyless = true\nallow = [\"192.168.1.0/24\", \"fd00::/8\"]").unwrap();
+        assert!(home.access.keyless);
+        assert!(parse("[access]\nkeyless = true").unwrap().access.keyless);
+        assert!(!parse("").unwrap().access.keyless, "closed by default");
+    }
+
+    #[test]
+    fn local_addresses_are_this_host_not_a_network() {
+        let c = parse("[access]\nlocal_addresses = [\"127.0.0.1\", \"192.168.1.10\"]").unwrap();
+        assert_eq!(c.access.local.len(), 2);
+        assert_eq!(parse("").unwrap().access.local.len(), 2);
+        for net in ["192.168.1.0/24", "0.0.0.0/0", "::/0"] {
+            let err = parse(&format!("[access]\nlocal_addresses = [\"{net}\"]"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("access.local_addresses"), "{net}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_devices_file_name_must_not_repeat_a_clients_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("devices.toml");
+        crate::devices::add(&devices, "homeassistant", &[Scope::ChargersRead], &[]).unwrap();
+        let hash = "0".repeat(64);
+        let path = dir.path().join("gateway.toml");
+        let ok = crate::config::Config::from_toml("", &path).unwrap();
+        assert_eq!(&*ok.access.clients[0].name, "homeassistant");
+        assert_eq!(ok.access.devices_file, devices);
+        let text = format!(
+            "[[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{hash}\"\nscopes = []\n"
+        );
+        let err = crate::config::Config::from_toml(&text, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unique") && err.contains("homeassistant"),
+            "{err}"
+        );
+    }
 }

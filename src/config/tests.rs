@@ -215,9 +215,16 @@ fn shipped_config_matches_defaults() {
         allow,
         allowed_hosts,
         clients,
+        keyless,
+        local,
+        devices_file,
         route_scopes,
         ops_allow,
     } = access;
+    assert_eq!(*keyless, d.access.keyless);
+    assert!(!keyless, "the shipped config is closed");
+    assert_eq!(*local, d.access.local);
+    assert_eq!(*devices_file, d.access.devices_file);
     assert_eq!(*allow, d.access.allow);
     assert_eq!(*allowed_hosts, d.access.allowed_hosts);
     assert!(clients.is_empty());

@@ -22,8 +22,9 @@ use clap::{Parser, Subcommand};
         so a new token needs `systemctl restart joulo-gateway`."
 )]
 pub struct Cli {
-    /// The config file [default: gateway.toml]. `demo` and `gen-key` read
-    /// none, and refuse it rather than ignore it.
+    /// The config file [default: gateway.toml in the current folder, else
+    /// /etc/joulo-gateway/gateway.toml]. `demo` and `gen-key` read none, and
+    /// refuse it rather than ignore it.
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
     /// What to do; running the gateway when none is given.
@@ -125,11 +126,22 @@ impl From<DeviceSubcommand> for crate::device_cmd::DeviceAction {
 }
 
 impl Cli {
-    /// The config file: `--config`, or `gateway.toml` in the current folder.
+    /// The config file: `--config`; else `gateway.toml` in the current
+    /// folder; else, when that does not exist, the installed one
+    /// (`/etc/joulo-gateway/gateway.toml`, the package's and the container
+    /// image's), so `sudo joulo-gateway device add NAME` and `docker compose
+    /// exec gateway joulo-gateway device add NAME` need no `--config`.
     pub fn config_path(&self) -> PathBuf {
-        self.config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+        if let Some(path) = &self.config {
+            return path.clone();
+        }
+        let here = PathBuf::from(crate::config::DEFAULT_CONFIG_PATH);
+        let installed = PathBuf::from(crate::config::INSTALLED_CONFIG_PATH);
+        if !here.exists() && installed.exists() {
+            installed
+        } else {
+            here
+        }
     }
 }
 

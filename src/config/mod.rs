@@ -38,6 +38,10 @@ pub use upstream::{Http2, TrustRoots, UpstreamConfig};
 /// The file name `joulo-gateway` reads when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "gateway.toml";
 
+/// Where the Debian package and the container image keep the config: read
+/// when no `--config` is given and there is no `gateway.toml` here.
+pub const INSTALLED_CONFIG_PATH: &str = "/etc/joulo-gateway/gateway.toml";
+
 /// Where a systemd `LoadCredential=` puts the token, relative to `$CREDENTIALS_DIRECTORY`.
 const CREDENTIAL_NAME: &str = "joulo_token";
 
@@ -63,9 +67,10 @@ pub enum ConfigError {
     },
     /// There is no file at the path.
     #[error(
-        "no config file at {path} (looked in {}): pass yours with --config PATH \
+        "no config file at {path} (looked for {}{}): pass yours with --config PATH \
          (the Debian package's is /etc/joulo-gateway/gateway.toml)",
-        std::path::absolute(path).unwrap_or_else(|_| path.clone()).display()
+        std::path::absolute(path).unwrap_or_else(|_| path.clone()).display(),
+        if path == Path::new(DEFAULT_CONFIG_PATH) { " and /etc/joulo-gateway/gateway.toml" } else { "" }
     )]
     Missing {
         /// The path looked at, as given.

@@ -16,6 +16,7 @@ mod appliance;
 mod binary;
 mod budget;
 mod deploy;
+mod devices;
 mod faults;
 mod gateway;
 mod hostile;

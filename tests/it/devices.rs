@@ -461,3 +461,82 @@ async fn the_shipped_docker_and_package_configs_refuse_a_lan_request_without_a_k
     }
     assert!(upstream.received().is_empty());
 }
+
+/// `demo`: every curl it prints answers 2xx when pasted in order (the
+/// self-check no longer uses up the burst), each carries the demo device's
+/// key, and `demo` refuses `--config`, which it would ignore.
+#[tokio::test]
+async fn every_curl_the_demo_prints_answers_2xx_in_order_with_the_device_key() {
+    use std::io::{BufRead as _, BufReader};
+    let out = Command::new(BIN)
+        .args(["demo", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = Command::new(BIN)
+        .args([
+            "gen-key",
+            "--name",
+            "x",
+            "--scopes",
+            "chargers:read",
+            "-c",
+            "g.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut curls = Vec::new();
+    let mut printed = String::new();
+    for line in lines.map_while(Result::ok) {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.trim_start().starts_with("curl ") {
+            curls.push(line.clone());
+        }
+        if line.starts_with("Refused") {
+            break;
+        }
+    }
+    assert!(curls.len() >= 5, "{printed}");
+    for curl in &curls {
+        let words: Vec<&str> = curl.split_whitespace().collect();
+        let url = words
+            .iter()
+            .map(|w| w.trim_matches('\''))
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{curl}"));
+        let (addr, target) = url["http://".len()..].split_once('/').unwrap();
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let mut headers = Vec::new();
+        let basic;
+        if let Some(at) = curl.find("X-Gateway-Key: ") {
+            let key = &curl[at + "X-Gateway-Key: ".len()..][..36];
+            headers.push(("x-gateway-key", key.to_owned()));
+        } else if let Some(at) = words.iter().position(|w| *w == "-u") {
+            use base64::Engine as _;
+            basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(words[at + 1])
+            );
+            headers.push(("authorization", basic));
+        } else {
+            panic!("a curl without the device key: {curl}");
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, body) =
+            support::send(addr, Method::GET, &format!("/{target}"), &headers, "").await;
+        assert!(status.is_success(), "{curl}: {status} {body}");
+    }
+    signal(demo.id(), "TERM");
+    demo.wait().unwrap();
+}

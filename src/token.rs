@@ -502,13 +502,7 @@ impl TokenSource {
         match result {
             Ok(mut token) => {
                 self.inner.reloads_ok.inc();
-                if !token.looks_like_joulo() {
-                    warn!(
-                        path = %self.shown_path().display(),
-                        "the token file's token does not look like a Joulo token (joulo_ and \
-                         letters and digits); if Joulo answers 401, check what was copied"
-                    );
-                }
+                let joulo_shaped = token.looks_like_joulo();
                 // Under the write lock, so generations and tokens pair up.
                 token.generation = self
                     .inner
@@ -519,6 +513,15 @@ impl TokenSource {
                 self.inner
                     .rejected
                     .store(false, std::sync::atomic::Ordering::Relaxed);
+                // After the lock: the log writer reads the token to scrub it.
+                drop(current);
+                if !joulo_shaped {
+                    warn!(
+                        path = %self.shown_path().display(),
+                        "the token file's token does not look like a Joulo token (joulo_ and \
+                         letters and digits); if Joulo answers 401, check what was copied"
+                    );
+                }
                 Ok(())
             }
             Err(e) => {
@@ -736,6 +739,28 @@ mod tests {
         assert!(
             UpstreamToken::parse("abc==").is_ok(),
             "base64 padding is not NAME="
+        );
+    }
+
+    #[test]
+    fn the_rejected_token_hint_fits_how_the_token_was_loaded() {
+        // (CREDENTIALS_DIRECTORY is not set for the unit tests.)
+        let plain = TokenSource::with_origin(PathBuf::from("/etc/jg/joulo_token"), None);
+        let hint = plain.rejected_hint();
+        assert!(
+            hint.contains("/etc/jg/joulo_token") && hint.contains("without a restart"),
+            "{hint}"
+        );
+        let credential = TokenSource::with_origin(
+            PathBuf::from("/run/credentials/joulo-gateway.service/joulo_token"),
+            Some(PathBuf::from("/etc/joulo-gateway/joulo_token")),
+        );
+        let hint = credential.rejected_hint();
+        assert!(
+            hint.contains("/etc/joulo-gateway/joulo_token")
+                && hint.contains("systemctl restart joulo-gateway")
+                && !hint.contains("without a restart"),
+            "{hint}"
         );
     }
 

@@ -24,4 +24,5 @@ mod household;
 mod positive;
 mod refusals;
 mod reload;
+mod setup;
 mod untrusted;

@@ -262,22 +262,36 @@ pub fn token_file_candidates(path: &Path) -> Vec<PathBuf> {
 pub struct DeviceKeyHashes(Vec<String>);
 
 impl DeviceKeyHashes {
-    /// The `[[clients]]` hashes in the file at `path`; none if it cannot be
-    /// read or parsed.
+    /// The `[[clients]]` hashes in the file at `path`, and those of the
+    /// devices file it names (`[access] devices_file`, as written, or its
+    /// default); none from a file that cannot be read or parsed.
     pub fn read(path: &Path) -> DeviceKeyHashes {
-        let table: toml::Table = files::read_regular(path, FILE_LIMIT)
-            .ok()
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
-            .unwrap_or_default();
-        let clients = table.get("clients").and_then(toml::Value::as_array);
-        DeviceKeyHashes(
-            clients
+        let table = |path: &Path| -> toml::Table {
+            files::read_regular(path, FILE_LIMIT)
+                .ok()
+                .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+                .unwrap_or_default()
+        };
+        let hashes = |table: &toml::Table, key: &str| -> Vec<String> {
+            table
+                .get(key)
+                .and_then(toml::Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c.get("key_sha256")?.as_str())
                 .map(|hash| hash.trim().to_ascii_lowercase())
-                .collect(),
-        )
+                .collect()
+        };
+        let config = table(path);
+        let devices_file = config
+            .get("access")
+            .and_then(|a| a.get("devices_file"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or(defaults::DEVICES_FILE);
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut all = hashes(&config, "clients");
+        all.extend(hashes(&table(&base_dir.join(devices_file)), "device"));
+        DeviceKeyHashes(all)
     }
 
     /// `text` with every word (between spaces, quotes, backticks, commas and

@@ -1173,8 +1173,12 @@ fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
                 );
                 assert_eq!(out.status.code(), Some(64), "{extra}: {printed}");
                 assert!(!printed.contains(token.as_str()), "{extra}: {printed}");
+                // (Issue 23: a token-shaped device name is refused by the
+                // name rule itself, which quotes nothing.)
                 assert!(
-                    printed.contains("[REDACTED]") || printed.contains("..."),
+                    printed.contains("[REDACTED]")
+                        || printed.contains("...")
+                        || printed.contains("not start like a Joulo token"),
                     "{extra}: {printed}"
                 );
             }

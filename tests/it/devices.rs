@@ -162,6 +162,58 @@ async fn a_reload_removing_the_last_key_leaves_a_keyless_lan_request_with_401() 
     );
 }
 
+/// A devices file that does not validate changes nothing, and the log says
+/// why (naming the file, quoting nothing of it).
+#[tokio::test]
+async fn a_broken_devices_file_changes_nothing_and_the_log_says_why() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(&upstream, THIS_HOST_ONLY).await;
+    let config = gateway.dir.path().join("gateway.toml");
+    let devices = gateway.dir.path().join("devices.toml");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["device", "add", "homeassistant"])
+        .output()
+        .unwrap();
+    let key = printed_key(&String::from_utf8_lossy(&out.stdout));
+    assert!(matches!(
+        reload_once(&config, &gateway.state, &LogLevel::fixed()),
+        Reloaded::Applied { .. }
+    ));
+    assert_eq!(
+        get_with_key("127.0.0.236", gateway.addr, "/chargers", &key).await,
+        200
+    );
+    let good = std::fs::read_to_string(&devices).unwrap();
+    let pasted = joulo_gateway::generate_key();
+    std::fs::write(
+        &devices,
+        format!("{good}\n[[device]]\nname = \"{pasted}\"\n"),
+    )
+    .unwrap();
+    let Reloaded::Refused(why) = reload_once(&config, &gateway.state, &LogLevel::fixed()) else {
+        panic!("a broken devices file was applied");
+    };
+    assert!(why.contains("devices.toml"), "{why}");
+    assert!(!why.contains(&pasted), "{why}");
+    let logged = support::logs();
+    assert!(
+        logged.contains("config reload refused") && logged.contains(&why),
+        "{why}"
+    );
+    assert!(!logged.contains(&pasted));
+    // Still in force: the key works, a keyless LAN request is refused.
+    assert_eq!(
+        get_with_key("127.0.0.236", gateway.addr, "/chargers", &key).await,
+        200
+    );
+    assert_eq!(
+        get_from("127.0.0.236", gateway.addr, "/chargers").await.0,
+        401
+    );
+}
+
 /// `device add` on a running gateway: the key works within 2 s, without a
 /// restart; `device remove` gets 401 within 2 s while another device's
 /// keep-alive connection keeps working; removing the last device closes the

@@ -15,10 +15,11 @@ use clap::{Parser, Subcommand};
 #[command(
     version,
     about,
-    after_long_help = "Settings live in the config file (--config, default gateway.toml; \
-        /etc/joulo-gateway/gateway.toml when installed from the package): every key is \
-        listed there with its default and what it does. SIGHUP re-reads it, the token file \
-        and the LAN certificate; under the systemd unit the token is a copy taken at start, \
+    after_long_help = "Settings live in the config file (--config, default gateway.toml, or \
+        /etc/joulo-gateway/gateway.toml when there is none here, as installed from the package): \
+        every key is listed there with its default and what it does. Device keys live in the \
+        devices file (`joulo-gateway device add NAME`), re-read when it changes. SIGHUP re-reads \
+        the config, the token file and the LAN certificate; under the systemd unit the token is a copy taken at start, \
         so a new token needs `systemctl restart joulo-gateway`."
 )]
 pub struct Cli {

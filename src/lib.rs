@@ -11,7 +11,13 @@
 //!   runs it) and [`StartError`], [`shutdown_signal`], [`Cli`], [`Command`] and
 //!   [`Failure`] (the command line and its exit codes), [`init_logging`],
 //!   [`LogLevel`] and [`redact`], [`forbid_core_dumps`], [`gen_key_text`] and
-//!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`].
+//!   [`GenKeyError`], [`HealthcheckTarget`], [`HealthError`] and
+//!   [`ask_joulo_once`] (`check --online`), [`DeviceSubcommand`],
+//!   [`DeviceAction`], [`device_command`] and [`DeviceError`] (`joulo-gateway
+//!   device ...`).
+//! - The devices file, for the Home Assistant add-on's `devices` option and
+//!   the tests: [`ensure_devices`] ([`WantedDevice`] in, [`Ensured`] out),
+//!   [`load_devices`], [`Device`] and [`DevicesError`].
 //! - [`config`]: `gateway.toml` and its validated types. A module rather than
 //!   re-exports because callers build and edit a [`config::Config`] table by
 //!   table (`config.upstream.http2 = config::Http2::Auto`), and every table's
@@ -49,8 +55,9 @@
 //!   can fail before a socket is opened; `serve` runs the background tasks, the
 //!   one SIGHUP hub and the listener, then drains. What happens on SIGHUP and
 //!   on shutdown is answered there.
-//! - `reload`: `gateway.toml` re-read on SIGHUP (passed on by `gateway`'s
-//!   hub), applied to new requests.
+//! - `reload`: `gateway.toml` and the devices file re-read on SIGHUP (passed
+//!   on by `gateway`'s hub) and when the devices file changes, applied to new
+//!   requests.
 //!
 //! Connections:
 //! - `server`: accepts connections (HTTP/1.1 and HTTP/2, plain or over

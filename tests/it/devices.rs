@@ -592,3 +592,43 @@ async fn every_curl_the_demo_prints_answers_2xx_in_order_with_the_device_key() {
     signal(demo.id(), "TERM");
     demo.wait().unwrap();
 }
+
+/// Compose takes the config and the devices file from the host (so an edit
+/// plus SIGHUP, or `device add` through `docker compose exec gateway`,
+/// applies), the Docker config's devices file lies in the mounted folder,
+/// and `.env.example` names GATEWAY_LAN_IP; the package makes its devices
+/// file root's and 644, and purge removes it.
+#[test]
+fn compose_and_the_package_keep_device_keys_on_the_host() {
+    let repo = |p: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    let compose = std::fs::read_to_string(repo("deploy/docker/compose.yaml")).unwrap();
+    assert!(
+        compose.contains("\nservices:\n  gateway:\n"),
+        "the service is `gateway`"
+    );
+    assert!(compose.contains("- ./gateway.toml:/etc/joulo-gateway/gateway.toml:ro"));
+    assert!(compose.contains("- ./devices:/var/lib/joulo-gateway\n"));
+    assert!(compose.contains("build:"), "compose still builds the image");
+    let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
+    assert_eq!(
+        docker.access.devices_file,
+        Path::new("/var/lib/joulo-gateway/devices.toml")
+    );
+    let env = std::fs::read_to_string(repo("deploy/docker/.env.example")).unwrap();
+    assert!(env.lines().any(|l| l.starts_with("GATEWAY_LAN_IP=")));
+
+    let systemd = Config::load(&repo("deploy/systemd/gateway.toml")).unwrap();
+    assert_eq!(
+        systemd.access.devices_file,
+        Path::new("/etc/joulo-gateway/devices.toml")
+    );
+    let postinst = std::fs::read_to_string(repo("deploy/debian/postinst")).unwrap();
+    assert!(
+        postinst
+            .contains("install -m 644 -o root -g root /dev/null /etc/joulo-gateway/devices.toml")
+    );
+    let postrm = std::fs::read_to_string(repo("deploy/debian/postrm")).unwrap();
+    assert!(postrm.contains("\"$dir\"/devices.toml"));
+    let test_deb = std::fs::read_to_string(repo("deploy/test-deb.sh")).unwrap();
+    assert!(test_deb.contains("a LAN request without a key got"));
+}

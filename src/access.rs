@@ -1,6 +1,7 @@
 //! Who may call: the network allowlist, the Host and Origin checks that stop DNS
 //! rebinding and cross-site requests from a browser on the LAN, and per-device
-//! keys with Joulo's scopes, compared in constant time.
+//! keys with Joulo's scopes, compared in constant time. Closed by default:
+//! while there are no keys, only this host is served without one.
 //!
 //! About 580 lines before its unit tests: the checks are read in the order a
 //! request meets them, and each stays beside the others it must agree with

@@ -100,11 +100,11 @@
 //!   changes by inotify on Linux, polling elsewhere or when inotify fails.
 //!
 //! The checks and their vocabulary:
-//! - `devices`: the devices file `joulo-gateway device` manages (hashes of
-//!   device keys), written atomically, read with the config.
 //! - `config`: `gateway.toml`, parsed then validated into real types, a
 //!   submodule per table; `config/defaults` the defaults in one place,
 //!   `config/choices` the values an enumerated key can take.
+//! - `devices`: the devices file `joulo-gateway device` manages (hashes of
+//!   device keys), written atomically, read with the config.
 //! - `respond`: how errors on the request path look: Joulo-shaped JSON.
 //! - `access`: who may call: the network allowlist, Host, Origin and browser
 //!   checks, per-device keys and their scopes.

@@ -97,7 +97,9 @@ if [ -z "$gateway" ]; then
   cat "$work/demo.err" >&2
   exit 1
 fi
-status=$(curl -s -o "$work/body" -w '%{http_code}' "$gateway/chargers?token=joulo_smoketest")
+# The demo's device key, as its printed curls carry it.
+key=$(grep -o 'jgw_[A-Za-z0-9]\{32\}' "$work/demo.out" | head -n 1)
+status=$(curl -s -o "$work/body" -w '%{http_code}' -H "X-Gateway-Key: $key" "$gateway/chargers?token=joulo_smoketest")
 if [ "$status" != 200 ] || ! grep -q '"chargers"' "$work/body"; then
   echo "build-static: GET /chargers through the demo gave $status" >&2
   exit 1

@@ -24,7 +24,9 @@ fail() {
   exit 1
 }
 work=$(mktemp -d)
+gateway_pid=
 cleanup() {
+  [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null
   dpkg -P joulo-gateway >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -33,6 +35,8 @@ trap cleanup EXIT
 dpkg -i "$deb" | tee "$work/install.out"
 grep -q 'write your Joulo API token into /etc/joulo-gateway/joulo_token' "$work/install.out" ||
   fail "postinst did not say what to do next"
+grep -q 'sudo joulo-gateway device add homeassistant' "$work/install.out" ||
+  fail "postinst did not say how to give a device a key"
 
 # Files where they belong.
 for f in /usr/bin/joulo-gateway \
@@ -92,6 +96,70 @@ token="joulo_$(head -c 4096 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 32)"
   { cat "$work/out" >&2; fail "check with a token"; }
 grep -qF "$token" "$work/out" && fail "check printed the token"
 cat "$work/out"
+grep -q 'no device keys yet: only this host is served' "$work/out" ||
+  fail "check did not say the gateway is closed until a device is added"
+
+# The devices file: root's and 644 (the unit's throwaway user reads it, only
+# root writes it), no device yet.
+[ "$(stat -c '%U:%G %a' /etc/joulo-gateway/devices.toml)" = "root:root 644" ] ||
+  fail "devices file is $(stat -c '%U:%G %a' /etc/joulo-gateway/devices.toml)"
+
+# Closed by default, on the fresh install. The installed config runs from a
+# shell on a loopback port, with only 127.0.0.1 as "this host" ([access]
+# local_addresses) so that 127.0.0.2 plays a LAN device, and base_url on a
+# closed local port so nothing leaves the machine; all else is as installed,
+# the devices file included.
+port=18089
+sed -e "s|^listen = .*|listen = \"127.0.0.1:$port\"|" \
+  -e 's|^\[access\]$|[access]\nlocal_addresses = ["127.0.0.1"]|' \
+  -e 's|^\[upstream\]$|[upstream]\nbase_url = "https://127.0.0.1:9"|' \
+  /etc/joulo-gateway/gateway.toml >"$work/gateway.toml"
+/usr/bin/joulo-gateway --config "$work/gateway.toml" 2>"$work/gateway.log" &
+gateway_pid=$!
+for _ in $(seq 50); do
+  /usr/bin/joulo-gateway healthcheck --url "http://127.0.0.1:$port/healthz" 2>/dev/null && break
+  sleep 0.1
+done
+lan() { curl -s -o "$work/body" -w '%{http_code}' --interface 127.0.0.2 "$@" "http://127.0.0.1:$port/no-such-route"; }
+code=$(lan)
+[ "$code" = 401 ] || fail "a LAN request without a key got $code: $(cat "$work/body")"
+grep -q 'this gateway has no device keys yet: run `joulo-gateway device add NAME`' "$work/body" ||
+  fail "the 401 does not say what to do: $(cat "$work/body")"
+echo "LAN request without a key on the fresh install: $code $(cat "$work/body")"
+
+# `device add` as an admin runs it (no --config: the installed one), and the
+# running gateway takes the key within 2 s (404: past the key check, no route).
+(cd / && /usr/bin/joulo-gateway device add homeassistant) >"$work/added" ||
+  fail "device add: $(cat "$work/added")"
+sed 's/jgw_[A-Za-z0-9]\{32\}/jgw_<shown once>/g' "$work/added"
+key=$(grep -o 'jgw_[A-Za-z0-9]\{32\}' "$work/added" | head -n 1)
+grep -q "joulo_gateway_key: $key" "$work/added" || fail "no secrets.yaml line"
+grep -qF "$key" /etc/joulo-gateway/devices.toml && fail "the devices file holds the key itself"
+[ "$(stat -c '%U:%G %a' /etc/joulo-gateway/devices.toml)" = "root:root 644" ] ||
+  fail "after device add the devices file is $(stat -c '%U:%G %a' /etc/joulo-gateway/devices.toml)"
+seen=
+for _ in $(seq 20); do
+  code=$(lan -H "X-Gateway-Key: $key")
+  [ "$code" = 404 ] && { seen=1; break; }
+  sleep 0.1
+done
+[ -n "$seen" ] || fail "the new key was not taken within 2 s (last: $code)"
+echo "LAN request with the new key: $code (past the key check)"
+[ "$(lan)" = 401 ] || fail "a keyless LAN request is served once a device exists"
+(cd / && /usr/bin/joulo-gateway device list)
+(cd / && /usr/bin/joulo-gateway device remove homeassistant)
+seen=
+for _ in $(seq 20); do
+  code=$(lan -H "X-Gateway-Key: $key")
+  [ "$code" = 401 ] && { seen=1; break; }
+  sleep 0.1
+done
+[ -n "$seen" ] || fail "the removed key still worked after 2 s"
+echo "LAN request with the removed key: $code"
+grep -qF "$key" "$work/gateway.log" && fail "the gateway logged the key"
+kill "$gateway_pid"
+wait "$gateway_pid" 2>/dev/null || true
+gateway_pid=
 
 if command -v systemd-analyze >/dev/null; then
   systemd-analyze verify /usr/lib/systemd/system/joulo-gateway.service 2>&1 | tee "$work/verify" ||

@@ -1,6 +1,7 @@
 //! Who may call: the network allowlist, the Host and Origin checks that stop DNS
 //! rebinding and cross-site requests from a browser on the LAN, and per-device
-//! keys with Joulo's scopes, compared in constant time.
+//! keys with Joulo's scopes, compared in constant time. Closed by default:
+//! while there are no keys, only this host is served without one.
 //!
 //! About 580 lines before its unit tests: the checks are read in the order a
 //! request meets them, and each stays beside the others it must agree with
@@ -36,6 +37,20 @@ pub(crate) const DEFAULT_ALLOW: [&str; 8] = [
     "fc00::/7",
     "fe80::/10",
 ];
+
+/// The addresses that are this host itself when `[access] local_addresses`
+/// is not set: loopback. Only these are served without a key while the
+/// gateway has no device keys (and `[access] keyless` is off).
+pub(crate) const DEFAULT_LOCAL: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// Whether `net` lies inside the ranges allowed by default (loopback, private,
+/// link-local): anything wider reaches beyond a home network.
+pub(crate) fn within_private_ranges(net: &IpNet) -> bool {
+    DEFAULT_ALLOW
+        .iter()
+        .map(|n| n.parse::<IpNet>().expect("defaults parse"))
+        .any(|range| range.contains(net))
+}
 
 /// A Joulo API scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,8 +136,18 @@ pub struct AccessConfig {
     /// Host names accepted beyond IP literals, localhost, single labels and the
     /// home suffixes; lower case.
     pub allowed_hosts: Vec<String>,
-    /// Device keys; when empty, no key is asked for.
+    /// Device keys, from `[[clients]]` and the devices file; when empty,
+    /// only `local` addresses are served (without a key), unless `keyless`.
     pub clients: Vec<DeviceKey>,
+    /// `[access] keyless`: while there are no device keys, every allowed
+    /// address is served without one (a trusted single-user network).
+    pub keyless: bool,
+    /// `[access] local_addresses`: the addresses that are this host itself,
+    /// served without a key while there are no device keys.
+    pub local: Vec<IpNet>,
+    /// `[access] devices_file`: where `joulo-gateway device` keeps device
+    /// keys; watched for changes.
+    pub devices_file: std::path::PathBuf,
     /// Route scopes set in `[routes.<name>] scope`.
     pub route_scopes: HashMap<RouteId, Scope>,
     /// `[ops] allow`: networks that may read `/metrics` and `/status` without
@@ -139,6 +164,12 @@ impl Default for AccessConfig {
                 .collect(),
             allowed_hosts: Vec::new(),
             clients: Vec::new(),
+            keyless: false,
+            devices_file: "devices.toml".into(),
+            local: DEFAULT_LOCAL
+                .iter()
+                .map(|n| n.parse().expect("default ranges parse"))
+                .collect(),
             route_scopes: HashMap::new(),
             ops_allow: Vec::new(),
         }
@@ -196,6 +227,10 @@ pub enum AccessError {
     /// No key, or one that matches no device.
     #[error("Missing or invalid API token")]
     Key,
+    /// A client other than this host while the gateway has no device keys
+    /// at all: closed by default.
+    #[error("Missing or invalid API token")]
+    NoKeysYet,
     /// The device's key lacks the route's scope.
     #[error("Insufficient scope")]
     Scope(Scope),
@@ -302,20 +337,23 @@ impl AccessPolicy {
         self.device_for(&key).map(|_| ()).ok_or(AccessError::Key)
     }
 
-    /// Whether the client may read `/metrics` and `/status`: anyone while no
-    /// device keys are configured; else an address in `[ops] allow` or a key
-    /// holding `gateway:read` (401 without a valid key, 403 with one that
+    /// Whether the client may read `/metrics` and `/status`: an address in
+    /// `[ops] allow`; while no device keys are configured, whoever would be
+    /// served without a key (this host, or anyone under `keyless`); else a
+    /// key holding `gateway:read` (401 without a valid key, 403 with one that
     /// lacks the scope).
     pub(crate) fn check_ops(&self, client: IpAddr, parts: &Parts) -> Result<(), AccessError> {
         let client = client.to_canonical();
-        if self.config.clients.is_empty()
-            || self
-                .config
-                .ops_allow
-                .iter()
-                .any(|net| net.contains(&client))
+        if self
+            .config
+            .ops_allow
+            .iter()
+            .any(|net| net.contains(&client))
         {
             return Ok(());
+        }
+        if self.config.clients.is_empty() {
+            return self.keyless_allowed(client);
         }
         let key = presented_key(&parts.headers).ok_or(AccessError::Key)?;
         let device = self.device_for(&key).ok_or(AccessError::Key)?;
@@ -327,19 +365,34 @@ impl AccessPolicy {
     }
 
     /// Who is calling: the device whose key the request carries, or, when no keys
-    /// are configured, the client address.
+    /// are configured, the client address, if this host or `keyless` lets it
+    /// in.
     pub(crate) fn authenticate(
         &self,
         client: IpAddr,
         parts: &Parts,
     ) -> Result<Caller, AccessError> {
         if self.config.clients.is_empty() {
-            return Ok(Caller::Address(client.to_canonical()));
+            let client = client.to_canonical();
+            return self
+                .keyless_allowed(client)
+                .map(|()| Caller::Address(client));
         }
         let key = presented_key(&parts.headers).ok_or(AccessError::Key)?;
         self.device_for(&key)
             .map(|d| Caller::Device(d.name.clone()))
             .ok_or(AccessError::Key)
+    }
+
+    /// Without device keys: this host is served, and every allowed address
+    /// under `keyless`; anyone else is told to add a device. Closed unless
+    /// opened: a reload that removes the last key lands here too.
+    fn keyless_allowed(&self, client: IpAddr) -> Result<(), AccessError> {
+        if self.config.keyless || self.config.local.iter().any(|net| net.contains(&client)) {
+            Ok(())
+        } else {
+            Err(AccessError::NoKeysYet)
+        }
     }
 
     /// Whether `caller` may use `route`.
@@ -567,13 +620,22 @@ pub fn generate_key() -> String {
     key
 }
 
-/// Whether `name` is acceptable as a device name: 1-64 of `A-Za-z0-9-_.`.
+/// What a device name may be, for error messages.
+pub(crate) const DEVICE_NAME_RULE: &str = "must be 1-32 characters of a-z, 0-9, '-' or '_', and not \
+     start like a Joulo token (joulo_) or a device key (jgw_)";
+
+/// Whether `name` is acceptable as a device name: 1-32 of `a-z0-9_-`, and
+/// not shaped like a Joulo token or a device key. Names are published on
+/// `/metrics` and `/status` and in every access-log line: a secret pasted
+/// as a name must not be accepted.
 pub(crate) fn valid_device_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 32
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(KEY_PREFIX)
+        && !name.starts_with("joulo_")
 }
 
 /// Lower-case hex SHA-256 of a key, as `key_sha256` holds it.
@@ -600,15 +662,85 @@ mod tests {
         request.body(()).unwrap().into_parts().0
     }
 
+    /// These tests are about Host, Origin and browser checks, which are the
+    /// same with or without keys: without keys the policy is `keyless`, so a
+    /// LAN address reaches them (closed-by-default has its own test).
     fn policy(clients: Vec<DeviceKey>) -> AccessPolicy {
         AccessPolicy::new(
             AccessConfig {
+                keyless: clients.is_empty(),
                 clients,
                 allowed_hosts: vec!["joulo.example.com".into()],
                 ..AccessConfig::default()
             },
             false,
         )
+    }
+
+    #[test]
+    fn without_device_keys_only_this_host_is_served_unless_keyless() {
+        let closed = AccessPolicy::new(AccessConfig::default(), false);
+        let request = parts(Some("gw.lan"), &[]);
+        for lan in ["192.168.1.5", "10.0.0.2", "fd00::1", "::ffff:192.168.1.5"] {
+            let ip: IpAddr = lan.parse().unwrap();
+            assert_eq!(
+                closed.authenticate(ip, &request),
+                Err(AccessError::NoKeysYet),
+                "{lan}"
+            );
+            assert_eq!(
+                closed.check_ops(ip, &request),
+                Err(AccessError::NoKeysYet),
+                "{lan}"
+            );
+        }
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = host.parse().unwrap();
+            assert!(closed.authenticate(ip, &request).is_ok(), "{host}");
+            assert!(closed.check_ops(ip, &request).is_ok(), "{host}");
+        }
+        // `local_addresses` says what this host is; a test names 127.0.0.1
+        // alone and plays a LAN device from 127.0.0.2.
+        let narrow = AccessPolicy::new(
+            AccessConfig {
+                local: vec!["127.0.0.1/32".parse().unwrap()],
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        assert!(
+            narrow
+                .authenticate("127.0.0.1".parse().unwrap(), &request)
+                .is_ok()
+        );
+        assert_eq!(
+            narrow.authenticate("127.0.0.2".parse().unwrap(), &request),
+            Err(AccessError::NoKeysYet)
+        );
+        let open = AccessPolicy::new(
+            AccessConfig {
+                keyless: true,
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        let lan: IpAddr = "192.168.1.5".parse().unwrap();
+        assert_eq!(open.authenticate(lan, &request), Ok(Caller::Address(lan)));
+        // Once a key exists, keyless changes nothing: every client needs one.
+        let keyed = AccessPolicy::new(
+            AccessConfig {
+                keyless: true,
+                clients: vec![device("ha", &generate_key(), &[Scope::ChargersRead])],
+                ..AccessConfig::default()
+            },
+            false,
+        );
+        for ip in ["192.168.1.5", "127.0.0.1"] {
+            assert_eq!(
+                keyed.authenticate(ip.parse().unwrap(), &request),
+                Err(AccessError::Key)
+            );
+        }
     }
 
     fn device(name: &str, key: &str, scopes: &[Scope]) -> DeviceKey {
@@ -942,8 +1074,22 @@ mod tests {
         assert_eq!(p.check_ops(prometheus, &parts(Some("gw.lan"), &[])), Ok(()));
         let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
         assert_eq!(p.check_ops(mapped, &parts(Some("gw.lan"), &[])), Ok(()));
-        // Without device keys, nothing changes (yet).
+        // Without device keys (issue 23: closed by default), a LAN address
+        // not in [ops] allow is refused; this host and, under keyless, anyone
+        // is let in.
         config.clients.clear();
+        let closed = AccessPolicy::new(config.clone(), false);
+        assert_eq!(
+            closed.check_ops(ip, &parts(Some("gw.lan"), &[])),
+            Err(AccessError::NoKeysYet)
+        );
+        assert_eq!(
+            closed.check_ops(prometheus, &parts(Some("gw.lan"), &[])),
+            Ok(())
+        );
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(closed.check_ops(local, &parts(Some("gw.lan"), &[])), Ok(()));
+        config.keyless = true;
         let keyless = AccessPolicy::new(config, false);
         assert_eq!(keyless.check_ops(ip, &parts(Some("gw.lan"), &[])), Ok(()));
     }

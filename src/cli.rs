@@ -24,16 +24,19 @@ const VERSION: &str = concat!(
 #[command(
     version = VERSION,
     about,
-    after_long_help = "Settings live in the config file (--config, default gateway.toml; \
-        /etc/joulo-gateway/gateway.toml when installed from the package): every key is \
-        listed there with its default and what it does. SIGHUP re-reads it, the token file \
-        and the LAN certificate; under the systemd unit the token is a copy taken at start, \
+    after_long_help = "Settings live in the config file (--config, default gateway.toml, or \
+        /etc/joulo-gateway/gateway.toml when there is none here, as installed from the package): \
+        every key is listed there with its default and what it does. Device keys live in the \
+        devices file (`joulo-gateway device add NAME`), re-read when it changes. SIGHUP re-reads \
+        the config, the token file and the LAN certificate; under the systemd unit the token is a copy taken at start, \
         so a new token needs `systemctl restart joulo-gateway`."
 )]
 pub struct Cli {
-    /// The config file.
-    #[arg(long, short, global = true, default_value = crate::config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    /// The config file [default: gateway.toml in the current folder, else
+    /// /etc/joulo-gateway/gateway.toml]. `demo` and `gen-key` read none, and
+    /// refuse it rather than ignore it.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
     /// What to do; running the gateway when none is given.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -44,8 +47,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Run,
-    /// Validate the config and the token file, then exit (0 = valid, 64 = not).
-    Check,
+    /// Validate the config, the devices file and the token file, then exit
+    /// (0 = valid, 64 = not).
+    Check {
+        /// Also ask Joulo once (GET /me, through the gateway's own request
+        /// path; it counts against the token's budget) whether it accepts
+        /// the token. Nothing of the answer is printed.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Manage device keys in the devices file ([access] devices_file); the
+    /// running gateway re-reads it when it changes, no restart.
+    Device {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeviceSubcommand,
+    },
     /// Make a key for one device and print it once, with its `[[clients]]` entry.
     GenKey {
         /// The device's name, as the access log will show it.
@@ -88,6 +105,71 @@ pub enum Command {
     },
 }
 
+/// `joulo-gateway device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceSubcommand {
+    /// Make a key for a new device, keep its SHA-256 in the devices file,
+    /// and print the key once with the Home Assistant lines that use it.
+    Add {
+        /// The device's name: 1-32 of a-z, 0-9, '-', '_'.
+        name: String,
+        /// Comma-separated scopes [default: chargers:read,sessions:read,energy:read];
+        /// also chargers:write, and gateway:read for /metrics and /status.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// List the devices: name, scopes, when added, and the requests the
+    /// running gateway has seen from each (when this host may read its
+    /// /status).
+    List,
+    /// Remove a device: its key gets 401 from its next request.
+    Remove {
+        /// The device's name.
+        name: String,
+    },
+    /// Give a device a new key (printed once); the old one gets 401.
+    Rotate {
+        /// The device's name.
+        name: String,
+    },
+}
+
+impl From<DeviceSubcommand> for crate::device_cmd::DeviceAction {
+    fn from(sub: DeviceSubcommand) -> Self {
+        use crate::device_cmd::DeviceAction;
+        match sub {
+            DeviceSubcommand::Add { name, scopes } => DeviceAction::Add { name, scopes },
+            DeviceSubcommand::List => DeviceAction::List,
+            DeviceSubcommand::Remove { name } => DeviceAction::Remove { name },
+            DeviceSubcommand::Rotate { name } => DeviceAction::Rotate { name },
+        }
+    }
+}
+
+impl Cli {
+    /// The config file: `--config`; else `gateway.toml` in the current
+    /// folder; else, when that does not exist, the installed one
+    /// (`/etc/joulo-gateway/gateway.toml`, the package's and the container
+    /// image's), so `sudo joulo-gateway device add NAME` and `docker compose
+    /// exec gateway joulo-gateway device add NAME` need no `--config`.
+    pub fn config_path(&self) -> PathBuf {
+        // The add-on writes its own, from its options.
+        if let Some(Command::Addon { data, .. }) = &self.command {
+            return crate::addon::config_path(data);
+        }
+        if let Some(path) = &self.config {
+            return path.clone();
+        }
+        let here = PathBuf::from(crate::config::DEFAULT_CONFIG_PATH);
+        let installed = PathBuf::from(crate::config::INSTALLED_CONFIG_PATH);
+        if !here.exists() && installed.exists() {
+            installed
+        } else {
+            here
+        }
+    }
+}
+
 /// Exit status for a bad config, token file or argument (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
@@ -102,6 +184,11 @@ pub enum Failure {
     GenKey(crate::gen_key::GenKeyError),
     /// The add-on's options: 64.
     Addon(crate::addon::AddonError),
+    /// A `device` command: 64, or 1 when the devices file could not be
+    /// written.
+    Device(crate::device_cmd::DeviceError),
+    /// An option the command does not use (`--config` for `demo`): 64.
+    Usage(String),
     /// Anything else (logging, the runtime, the listener, a failed health
     /// check, the demo): 1.
     Other(anyhow::Error),
@@ -131,6 +218,12 @@ impl From<crate::addon::AddonError> for Failure {
     }
 }
 
+impl From<crate::device_cmd::DeviceError> for Failure {
+    fn from(e: crate::device_cmd::DeviceError) -> Failure {
+        Failure::Device(e)
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
         Failure::Other(e)
@@ -141,10 +234,16 @@ impl Failure {
     /// The exit status it calls for.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Failure::Config(_) | Failure::Start(_) | Failure::GenKey(_) | Failure::Addon(_) => {
-                ExitCode::from(EXIT_CONFIG)
-            }
-            Failure::Other(_) => ExitCode::FAILURE,
+            Failure::Device(crate::device_cmd::DeviceError::Devices(
+                crate::devices::DevicesError::Write { .. },
+            ))
+            | Failure::Other(_) => ExitCode::FAILURE,
+            Failure::Config(_)
+            | Failure::Start(_)
+            | Failure::GenKey(_)
+            | Failure::Addon(_)
+            | Failure::Device(_)
+            | Failure::Usage(_) => ExitCode::from(EXIT_CONFIG),
         }
     }
 
@@ -158,6 +257,8 @@ impl Failure {
             Failure::Start(e) => e,
             Failure::GenKey(e) => e,
             Failure::Addon(e) => e,
+            Failure::Device(e) => e,
+            Failure::Usage(text) => return text.clone(),
             Failure::Other(e) => e.as_ref(),
         };
         let mut text = String::new();

@@ -21,7 +21,7 @@ use crate::logging::LogLevel;
 use crate::mqtt::{MqttError, Publisher};
 use crate::state::{AppState, StateError};
 use crate::token::{TokenError, TokenSource};
-use crate::watch::Hangups;
+use crate::watch::{Baseline, Hangups, LoadedState};
 use crate::{reload, server};
 
 /// A gateway built from a validated config, ready to serve.
@@ -38,6 +38,9 @@ pub struct Gateway {
     on_hangup: OnHangup,
     /// The MQTT publisher, when `[mqtt]` is configured.
     publisher: Option<Publisher>,
+    /// The devices file's state when the gateway was built: its watcher
+    /// starts from here, so a change made during start-up is not missed.
+    devices_loaded: LoadedState,
 }
 
 /// What SIGHUP does.
@@ -84,6 +87,8 @@ impl Gateway {
     /// [`Gateway::build`] with the token source made by
     /// [`Gateway::token_source`].
     pub fn build_with(config: &Config, tokens: TokenSource) -> Result<Gateway, StartError> {
+        let devices_loaded = LoadedState::default();
+        devices_loaded.record(&[config.access.devices_file.as_path()]);
         tokens.reload()?;
         let publisher = config.mqtt.as_ref().map(Publisher::build).transpose()?;
         let state = Arc::new(AppState::new(config, tokens)?);
@@ -93,6 +98,7 @@ impl Gateway {
             config_reload: None,
             on_hangup: OnHangup::Reload,
             publisher,
+            devices_loaded,
         })
     }
 
@@ -142,9 +148,11 @@ impl Gateway {
             config_reload,
             on_hangup,
             publisher,
+            devices_loaded,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = Stopped(stop_rx);
+        let config_reload = config_reload.map(|(path, log)| (path, log, devices_loaded.baseline()));
         let mut background = background_tasks(&config, &state, config_reload, &signals, &stopped);
         if let Some(publisher) = publisher {
             background.push(tokio::spawn(publisher.run(state.clone(), stopped.wait())));
@@ -178,7 +186,7 @@ impl Gateway {
 fn background_tasks(
     config: &Config,
     state: &Arc<AppState>,
-    config_reload: Option<(PathBuf, LogLevel)>,
+    config_reload: Option<(PathBuf, LogLevel, Baseline)>,
     signals: &SignalHub,
     stopped: &Stopped,
 ) -> Vec<JoinHandle<()>> {
@@ -195,11 +203,13 @@ fn background_tasks(
             stopped.wait(),
         )));
     }
-    if let Some((path, log)) = config_reload {
+    if let Some((path, log, loaded)) = config_reload {
         tasks.push(tokio::spawn(reload::watch(
             path,
             state.clone(),
             log,
+            (config.access.devices_file.clone(), loaded),
+            interval,
             signals.hangups(),
             stopped.wait(),
         )));

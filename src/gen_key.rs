@@ -7,7 +7,7 @@ use crate::access::{Scope, generate_key, key_sha256_hex, valid_device_name};
 #[derive(Debug, thiserror::Error)]
 pub enum GenKeyError {
     /// The name would not be accepted in `[[clients]]`.
-    #[error("--name `{0}`: must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'")]
+    #[error("--name `{0}`: {rule}", rule = crate::access::DEVICE_NAME_RULE)]
     Name(String),
     /// An unknown scope.
     #[error(
@@ -38,7 +38,8 @@ pub fn gen_key_text(name: &str, scopes: &[String]) -> Result<String, GenKeyError
     Ok(format!(
         "Key for \"{name}\" (shown once; the gateway keeps only its hash):\n\n  {key}\n\n\
          Give it to the device (Home Assistant: secrets.yaml, used with authentication: basic),\n\
-         then add this to gateway.toml and reload the gateway (systemctl reload joulo-gateway, or SIGHUP):\n\n\
+         then add this to gateway.toml and reload the gateway (systemctl reload joulo-gateway, or SIGHUP);\n\
+         `joulo-gateway device add NAME` does all of this for you, no reload needed:\n\n\
          [[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nscopes = [{scope_list}]\n",
         hash = key_sha256_hex(&key),
     ))

@@ -86,7 +86,7 @@ pub enum HealthError {
         url: Uri,
         /// The connection or TLS failure.
         #[source]
-        source: Box<hyper_util::client::legacy::Error>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An answer other than 200.
     #[error("{url} answered {status}")]
@@ -99,6 +99,9 @@ pub enum HealthError {
     /// rustls refused the settings.
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
+    /// `check --online` could not start its gateway.
+    #[error("cannot start the gateway to ask Joulo: {0}")]
+    Online(String),
 }
 
 impl Target {
@@ -150,6 +153,44 @@ impl Target {
 
     /// Asks once; `Ok` only for a 200 within 3 s.
     pub async fn check(&self) -> Result<(), HealthError> {
+        let (status, _) = self.get(self.url.clone(), TIMEOUT).await?;
+        if status != http::StatusCode::OK {
+            return Err(HealthError::Status {
+                url: self.url.clone(),
+                status,
+            });
+        }
+        Ok(())
+    }
+
+    /// The same gateway's `path` (such as `/status`), asked once the same
+    /// way: its status and body, within 3 s.
+    pub(crate) async fn get_path(
+        &self,
+        path: &str,
+    ) -> Result<(http::StatusCode, Bytes), HealthError> {
+        self.get_path_within(path, TIMEOUT).await
+    }
+
+    /// [`Target::get_path`] within `wait`.
+    async fn get_path_within(
+        &self,
+        path: &str,
+        wait: Duration,
+    ) -> Result<(http::StatusCode, Bytes), HealthError> {
+        let mut parts = self.url.clone().into_parts();
+        parts.path_and_query = Some(path.parse().expect("a fixed path parses"));
+        let url = Uri::from_parts(parts).expect("the health URL with another path");
+        self.get(url, wait).await
+    }
+
+    /// One GET of `url` within `wait`: the status and the body.
+    async fn get(
+        &self,
+        url: Uri,
+        wait: Duration,
+    ) -> Result<(http::StatusCode, Bytes), HealthError> {
+        use http_body_util::BodyExt as _;
         let tls = self.tls_config()?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
@@ -160,21 +201,31 @@ impl Target {
             .enable_http1()
             .wrap_connector(tcp);
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-        let url = self.url.clone();
-        let response = tokio::time::timeout(TIMEOUT, client.get(url.clone()))
+        let request = http::Request::get(url.clone())
+            .body(Empty::new())
+            .expect("a GET with a valid URI");
+        let unreachable =
+            |source: Box<dyn std::error::Error + Send + Sync>| HealthError::Unreachable {
+                url: url.clone(),
+                source,
+            };
+        let exchange = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(wait, exchange)
             .await
             .map_err(|_| HealthError::Timeout(url.clone()))?
-            .map_err(|source| HealthError::Unreachable {
-                url: url.clone(),
-                source: Box::new(source),
-            })?;
-        if response.status() != http::StatusCode::OK {
-            return Err(HealthError::Status {
-                url,
-                status: response.status(),
-            });
-        }
-        Ok(())
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig, HealthError> {
@@ -204,6 +255,48 @@ impl Target {
                 .with_no_client_auth(),
         };
         Ok(config)
+    }
+}
+
+/// `check --online`: one `GET /me` to Joulo through the gateway's own request
+/// path (a gateway built from `config`, serving only this process on a
+/// loopback port, with no device keys), so the token is injected exactly as
+/// when serving. Returns the status the gateway answered; the body is
+/// dropped unread. The call counts against the token's budget like any other.
+pub async fn ask_joulo_once(config: &Config) -> Result<http::StatusCode, HealthError> {
+    let mut config = config.clone();
+    config.server.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    config.server.tls = None;
+    config.access.clients.clear();
+    config.access.keyless = false;
+    config.access.allow = vec!["127.0.0.1/32".parse().expect("an address parses")];
+    config.access.local = config.access.allow.clone();
+    let gateway =
+        crate::gateway::Gateway::build(&config).map_err(|e| HealthError::Online(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| HealthError::Online(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| HealthError::Online(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let target = Target {
+        url: format!("http://{addr}/healthz")
+            .parse()
+            .expect("a socket address makes a URI"),
+        trust: Trust::None,
+    };
+    // Joulo's own answer may take up to the upstream timeout.
+    let wait = config.upstream.timeout + TIMEOUT;
+    let answer = tokio::time::timeout(wait, target.get_path_within("/me", wait)).await;
+    let _ = stop.send(());
+    let _ = served.await;
+    match answer {
+        Ok(answer) => answer.map(|(status, _)| status),
+        Err(_) => Err(HealthError::Timeout(target.url)),
     }
 }
 

@@ -11,10 +11,16 @@
 //!   runs it) and [`StartError`], [`shutdown_signal`], [`Cli`], [`Command`] and
 //!   [`Failure`] (the command line and its exit codes), [`init_logging`],
 //!   [`LogLevel`] and [`redact`], [`MqttError`], [`forbid_core_dumps`], [`gen_key_text`] and
-//!   [`GenKeyError`], [`HealthcheckTarget`] and [`HealthError`]; the
-//!   add-on's [`addon_prepare`], [`addon_mqtt_from_supervisor`], [`addon_owner`], [`addon_drop_root`], [`addon_config_path`],
-//!   [`ADDON_UID`] and [`AddonError`], and the Supervisor's client
-//!   [`Supervisor`] ([`MqttService`], [`SupervisorError`]).
+//!   [`GenKeyError`], [`HealthcheckTarget`], [`HealthError`] and
+//!   [`ask_joulo_once`] (`check --online`), [`DeviceSubcommand`],
+//!   [`DeviceAction`], [`device_command`] and [`DeviceError`] (`joulo-gateway
+//!   device ...`); the add-on's [`addon_prepare`], [`addon_mqtt_from_supervisor`],
+//!   [`addon_owner`], [`addon_drop_root`], [`addon_config_path`], [`ADDON_UID`] and
+//!   [`AddonError`], and the Supervisor's client [`Supervisor`] ([`MqttService`],
+//!   [`SupervisorError`]).
+//! - The devices file, for the Home Assistant add-on's `devices` option and
+//!   the tests: [`ensure_devices`] ([`WantedDevice`] in, [`Ensured`] out),
+//!   [`load_devices`], [`Device`] and [`DevicesError`].
 //! - [`config`]: `gateway.toml` and its validated types. A module rather than
 //!   re-exports because callers build and edit a [`config::Config`] table by
 //!   table (`config.upstream.http2 = config::Http2::Auto`), and every table's
@@ -42,6 +48,8 @@
 //!   calls for.
 //! - `gen_key`: `joulo-gateway gen-key`, a new device key and its
 //!   `[[clients]]` entry.
+//! - `device_cmd`: `joulo-gateway device add/list/remove/rotate`, and what
+//!   `device add` prints once.
 //! - `healthcheck`: `joulo-gateway healthcheck`, asking a running gateway's
 //!   `/healthz` over HTTP or HTTPS.
 //! - `addon`: `joulo-gateway addon`, the Home Assistant add-on: its options
@@ -53,8 +61,9 @@
 //!   can fail before a socket is opened; `serve` runs the background tasks, the
 //!   one SIGHUP hub and the listener, then drains. What happens on SIGHUP and
 //!   on shutdown is answered there.
-//! - `reload`: `gateway.toml` re-read on SIGHUP (passed on by `gateway`'s
-//!   hub), applied to new requests.
+//! - `reload`: `gateway.toml` and the devices file re-read on SIGHUP (passed
+//!   on by `gateway`'s hub) and when the devices file changes, applied to new
+//!   requests.
 //! - `mqtt`: the Home Assistant publisher (`[mqtt]`): polls through the
 //!   request path as a device of its own and publishes MQTT discovery and
 //!   states (`mqtt/discovery`, pure), retained, reconnecting with back-off.
@@ -103,6 +112,8 @@
 //! - `config`: `gateway.toml`, parsed then validated into real types, a
 //!   submodule per table; `config/defaults` the defaults in one place,
 //!   `config/choices` the values an enumerated key can take.
+//! - `devices`: the devices file `joulo-gateway device` manages (hashes of
+//!   device keys), written atomically, read with the config.
 //! - `respond`: how errors on the request path look: Joulo-shaped JSON.
 //! - `access`: who may call: the network allowlist, Host, Origin and browser
 //!   checks, per-device keys and their scopes.
@@ -136,6 +147,8 @@ mod cache;
 mod cli;
 pub mod config;
 pub mod demo;
+mod device_cmd;
+mod devices;
 mod event_loop;
 mod files;
 mod gateway;
@@ -172,11 +185,15 @@ pub use addon::{
     prepare as addon_prepare,
 };
 pub use cache::CacheKey;
-pub use cli::{Cli, Command, Failure};
+pub use cli::{Cli, Command, DeviceSubcommand, Failure};
+pub use device_cmd::{DeviceAction, DeviceError, device_command};
+pub use devices::{
+    Device, DevicesError, Ensured, WantedDevice, ensure_devices, load as load_devices,
+};
 pub use gateway::{Gateway, StartError, shutdown_signal};
 pub use gen_key::{GenKeyError, gen_key_text};
 pub use hardening::forbid_core_dumps;
-pub use healthcheck::{HealthError, Target as HealthcheckTarget};
+pub use healthcheck::{HealthError, Target as HealthcheckTarget, ask_joulo_once};
 pub use logging::{LogLevel, init as init_logging, redact};
 pub use mqtt::MqttError;
 pub use params::QuerySchema;

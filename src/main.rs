@@ -10,8 +10,8 @@ use joulo_gateway::config::{self, Config};
 use joulo_gateway::demo;
 use joulo_gateway::{
     Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, Supervisor, TokenFileText,
-    addon_config_path, addon_drop_root, addon_mqtt_from_supervisor, addon_owner, addon_prepare,
-    forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal,
+    addon_drop_root, addon_mqtt_from_supervisor, addon_owner, addon_prepare, ask_joulo_once,
+    device_command, forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal,
 };
 use std::path::{Path, PathBuf};
 
@@ -25,10 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config_path = match &cli.command {
-        Some(Command::Addon { data, .. }) => addon_config_path(data),
-        _ => cli.config.clone(),
-    };
+    let config_path = cli.config_path();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -54,7 +51,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     // The add-on: its options become a config under /data, written as root
     // (the Supervisor's /data is root's), then the gateway runs unprivileged.
     if let Some(Command::Addon { data, listen }) = &cli.command {
-        cli.config = addon_prepare(data, *listen, addon_owner())?;
+        cli.config = Some(addon_prepare(data, *listen, addon_owner())?);
         // Before the runtime starts a thread: the ids change for this one.
         addon_drop_root()?;
     }
@@ -64,9 +61,16 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         }
     };
     let addon = matches!(cli.command, Some(Command::Addon { .. }));
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
-            let config = Config::load(&cli.config)?;
+    let config_path = cli.config_path();
+    let command = cli.command.unwrap_or(Command::Run);
+    if cli.config.is_some() && matches!(command, Command::Demo { .. } | Command::GenKey { .. }) {
+        return Err(Failure::Usage(
+            "--config: `demo` and `gen-key` read no config file; leave --config out".to_owned(),
+        ));
+    }
+    match command {
+        Command::Check { online } => {
+            let config = Config::load(&config_path)?;
             let tokens = Gateway::token_source(&config);
             // So a too-open token file's warning is shown.
             init_logging(&config.log, Some(tokens.clone()))?;
@@ -75,17 +79,47 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             // Builds what a run would: the token, upstream TLS settings, the
             // LAN certificate.
             Gateway::build_with(&config, tokens)?;
+            if config.access.keyless {
+                tracing::warn!(
+                    "[access] keyless = true: every allowed address is served without a device \
+                     key while there are none; any device on those networks can use the token"
+                );
+            }
             // Through the redactor like any error: a token pasted into a path
             // or URL that happens to work is still not echoed.
             let line = format!(
-                "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token",
-                cli.config.display(),
+                "{}: valid; listens on {}, forwards to {}, token file {} holds a usable token; {}",
+                config_path.display(),
                 config.server.listen,
                 config.upstream.base_url,
-                config.upstream.token_file.display()
+                config.upstream.token_file.display(),
+                access_summary(&config),
             );
             let line = token_file_text(&config).redact(&line, REDACTED);
             println!("{}", redact(&line, None));
+            if online {
+                let runtime = runtime()?;
+                let _guard = runtime.enter();
+                let answer = runtime.block_on(ask_joulo_once(&config));
+                let line = match answer {
+                    Ok(status) if status.is_success() => {
+                        println!("online: Joulo accepted the token (GET /me answered {status})");
+                        return Ok(());
+                    }
+                    Ok(status) if status.as_u16() == 401 || status.as_u16() == 403 => format!(
+                        "online: Joulo refused the token (GET /me answered {status}): write a \
+                         valid token (Joulo app: Settings > API) into {}",
+                        config.upstream.token_file.display()
+                    ),
+                    Ok(status) => format!("online: GET /me answered {status}; see the log above"),
+                    Err(e) => format!("online: could not ask Joulo: {e}"),
+                };
+                return Err(Failure::Other(anyhow::anyhow!(line)));
+            }
+            Ok(())
+        }
+        Command::Device { action } => {
+            print!("{}", device_command(&config_path, action.into())?);
             Ok(())
         }
         Command::GenKey { name, scopes } => {
@@ -95,7 +129,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         Command::Healthcheck { url, ca } => {
             let target = match url {
                 Some(url) => HealthcheckTarget::from_url(url, ca.as_deref()),
-                None => HealthcheckTarget::from_config(&cli.config),
+                None => HealthcheckTarget::from_config(&config_path),
             }
             .map_err(anyhow::Error::from)?;
             let runtime = runtime()?;
@@ -112,7 +146,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         }
         // The add-on's config was written above.
         Command::Run | Command::Addon { .. } => {
-            let mut config = Config::load(&cli.config)?;
+            let mut config = Config::load(&config_path)?;
             let tokens = Gateway::token_source(&config);
             let log_level = init_logging(&config.log, Some(tokens.clone()))?;
             warn_if_dumpable();
@@ -130,7 +164,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             }
             // Every check that can fail, before the port is bound.
             let gateway =
-                Gateway::build_with(&config, tokens)?.reload_config_from(cli.config, log_level);
+                Gateway::build_with(&config, tokens)?.reload_config_from(config_path, log_level);
             // More event loops, if configured, are started by the server.
             let runtime = runtime()?;
             let _guard = runtime.enter();
@@ -160,6 +194,20 @@ fn warn_if_not_joulo(config: &Config) {
             host = %host,
             "upstream.base_url points at {host}, not api.joulo.nl: the Joulo token is sent there"
         );
+    }
+}
+
+/// Who the config lets in without a key, for `check`'s line.
+fn access_summary(config: &Config) -> String {
+    let devices = config.access.clients.len();
+    if devices > 0 {
+        format!("{devices} device key(s); every client needs one")
+    } else if config.access.keyless {
+        "no device keys and keyless = true: every allowed address is served without a key"
+            .to_owned()
+    } else {
+        "no device keys yet: only this host is served; add one with `joulo-gateway device add NAME`"
+            .to_owned()
     }
 }
 

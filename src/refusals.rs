@@ -117,7 +117,7 @@ impl RefusalKind {
                 AccessError::Host(_) => RefusalKind::Host,
                 AccessError::Origin => RefusalKind::Origin,
                 AccessError::CrossSite => RefusalKind::CrossSite,
-                AccessError::Key => RefusalKind::Key,
+                AccessError::Key | AccessError::NoKeysYet => RefusalKind::Key,
                 AccessError::Scope(_) => RefusalKind::Scope,
             },
             GatewayError::HeadersTooLarge { .. } => RefusalKind::HeadTooLarge,

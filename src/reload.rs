@@ -1,5 +1,5 @@
 //! Re-reading `gateway.toml` without a restart: on SIGHUP (`systemctl
-//! reload`), the file is read and validated again and, if valid, its device
+//! reload`) and when the devices file changes, the file is read and validated again and, if valid, its device
 //! keys, access rules, limits, cache settings, routes and log level apply to
 //! new requests at once; a config that fails validation changes nothing.
 
@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::logging::LogLevel;
 use crate::state::AppState;
-use crate::watch::Hangups;
+use crate::watch::{Baseline, Hangups};
 
 /// What one reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +47,12 @@ pub fn reload_once(path: &std::path::Path, state: &AppState, log: &LogLevel) -> 
             "not applied"
         }
     };
+    if config.access.keyless {
+        warn!(
+            "[access] keyless = true: while there are no device keys, every allowed address is \
+             served without one"
+        );
+    }
     info!(
         file = %path.display(),
         devices = config.access.clients.len(),
@@ -62,29 +68,33 @@ pub fn reload_once(path: &std::path::Path, state: &AppState, log: &LogLevel) -> 
     Reloaded::Applied { restart_needed }
 }
 
-/// Reloads the config at `path` on every SIGHUP (`hangups`) until `shutdown`
-/// resolves.
+/// Reloads the config at `path` on every SIGHUP (`hangups`) and whenever
+/// the devices file changes (the same change notification as the token
+/// file's, starting from `loaded`, its state when the config was read),
+/// until `shutdown` resolves.
 pub(crate) async fn watch(
     path: PathBuf,
     state: Arc<AppState>,
     log: LogLevel,
-    mut hangups: Hangups,
+    devices: (PathBuf, Baseline),
+    interval: std::time::Duration,
+    hangups: Hangups,
     shutdown: impl Future<Output = ()>,
 ) {
-    let log = Arc::new(log);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = hangups.next() => {}
-        }
-        let (path, state, log) = (path.clone(), state.clone(), log.clone());
-        // Reading the file blocks; the event loop does not.
-        if tokio::task::spawn_blocking(move || reload_once(&path, &state, &log))
-            .await
-            .is_err()
-        {
-            warn!("the config reload task panicked");
-        }
-    }
+    let (devices_file, loaded) = devices;
+    crate::watch::watch_files(
+        vec![devices_file],
+        loaded,
+        interval,
+        hangups,
+        shutdown,
+        move |trigger| {
+            info!(
+                trigger = trigger.as_str(),
+                "re-reading the config and the devices file"
+            );
+            reload_once(&path, &state, &log);
+        },
+    )
+    .await;
 }

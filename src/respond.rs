@@ -129,7 +129,9 @@ impl GatewayError {
             GatewayError::Route(RouteError::MethodNotAllowed { .. }) | GatewayError::Connect => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            GatewayError::Access(AccessError::Key) => StatusCode::UNAUTHORIZED,
+            GatewayError::Access(AccessError::Key | AccessError::NoKeysYet) => {
+                StatusCode::UNAUTHORIZED
+            }
             GatewayError::Access(AccessError::Host(_)) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Access(_) => StatusCode::FORBIDDEN,
             GatewayError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -198,6 +200,14 @@ impl GatewayError {
                 status,
                 &serde_json::json!({"error": "Insufficient scope", "required_scope": scope.as_str()}),
             ),
+            // Joulo's words, and what the owner has to do about it.
+            GatewayError::Access(AccessError::NoKeysYet) => json_response(
+                status,
+                &serde_json::json!({
+                    "error": message,
+                    "detail": NO_KEYS_YET_DETAIL,
+                }),
+            ),
             _ => json_error(status, &message),
         };
         let headers = response.headers_mut();
@@ -210,7 +220,7 @@ impl GatewayError {
             }
             // RFC 9110 section 11.6.1: a 401 names the schemes that would work.
             // A device key goes in either (Home Assistant sends Basic).
-            GatewayError::Access(AccessError::Key) => {
+            GatewayError::Access(AccessError::Key | AccessError::NoKeysYet) => {
                 headers.append(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"joulo-gateway\", charset=\"UTF-8\""),
@@ -231,6 +241,11 @@ impl GatewayError {
         response
     }
 }
+
+/// The second field of the 401 a LAN device gets while the gateway has no
+/// device keys.
+pub(crate) const NO_KEYS_YET_DETAIL: &str =
+    "this gateway has no device keys yet: run `joulo-gateway device add NAME`";
 
 /// `Retry-After` seconds for a wait: rounded up, at least 1.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {

@@ -77,6 +77,24 @@ impl UpstreamToken {
             return Err("is empty: write your Joulo API token into it (one line), \
                         then start the gateway again");
         }
+        // What a token copied from a shell, a .env file or an HTTP example
+        // brings along: Joulo would answer 401 to every call.
+        if trimmed.starts_with(['"', '\'']) || trimmed.ends_with(['"', '\'']) {
+            return Err("holds the token in quotes: write the token alone, without quotes");
+        }
+        if trimmed
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        {
+            return Err("starts with `Bearer `: write the token alone; the gateway adds `Bearer`");
+        }
+        if let Some((name, _)) = trimmed.split_once('=')
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err("holds a `NAME=` assignment (such as JOULO_TOKEN=): write the token alone");
+        }
         if trimmed.chars().any(|c| c.is_whitespace()) {
             return Err("holds whitespace inside the token (one token, on one line, expected)");
         }
@@ -93,6 +111,15 @@ impl UpstreamToken {
             secret: SecretString::from(trimmed),
             generation: 0,
         })
+    }
+
+    /// Whether it is shaped like the tokens Joulo issues: `joulo_` and
+    /// letters and digits.
+    pub(crate) fn looks_like_joulo(&self) -> bool {
+        let secret = self.secret.expose_secret();
+        secret
+            .strip_prefix("joulo_")
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
     }
 
     /// `text` with every occurrence of the token replaced by `replacement`,
@@ -415,6 +442,24 @@ impl TokenSource {
         &self.inner.path
     }
 
+    /// What to do when Joulo rejects the token, right for how it was loaded:
+    /// a systemd credential is a copy made at start, so a new token needs a
+    /// restart; a plain file is re-read when it changes.
+    pub(crate) fn rejected_hint(&self) -> String {
+        if self.is_credential() {
+            format!(
+                "put the current token in {} and restart: systemctl restart joulo-gateway (the \
+                 unit's credential is a copy made at start, not re-read)",
+                self.shown_path().display()
+            )
+        } else {
+            format!(
+                "put the current token in {}; it is picked up without a restart",
+                self.shown_path().display()
+            )
+        }
+    }
+
     /// The file an admin edits: the credential's source when known.
     fn shown_path(&self) -> &Path {
         self.inner.origin.as_deref().unwrap_or(&self.inner.path)
@@ -457,6 +502,7 @@ impl TokenSource {
         match result {
             Ok(mut token) => {
                 self.inner.reloads_ok.inc();
+                let joulo_shaped = token.looks_like_joulo();
                 // Under the write lock, so generations and tokens pair up.
                 token.generation = self
                     .inner
@@ -467,6 +513,15 @@ impl TokenSource {
                 self.inner
                     .rejected
                     .store(false, std::sync::atomic::Ordering::Relaxed);
+                // After the lock: the log writer reads the token to scrub it.
+                drop(current);
+                if !joulo_shaped {
+                    warn!(
+                        path = %self.shown_path().display(),
+                        "the token file's token does not look like a Joulo token (joulo_ and \
+                         letters and digits); if Joulo answers 401, check what was copied"
+                    );
+                }
                 Ok(())
             }
             Err(e) => {
@@ -657,6 +712,57 @@ fn read_token_file(path: &Path, origin: Option<&Path>) -> Result<UpstreamToken, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_pasted_with_quotes_a_name_or_bearer_are_refused_with_what_to_do() {
+        let token = format!("joulo_{}", "Ab3".repeat(11).get(..32).unwrap());
+        for (raw, words) in [
+            (format!("\"{token}\"\n"), "quotes"),
+            (format!("'{token}'"), "quotes"),
+            (format!("JOULO_TOKEN={token}\n"), "JOULO_TOKEN="),
+            (format!("Bearer {token}"), "Bearer"),
+            (format!("bearer {token}"), "Bearer"),
+        ] {
+            let problem = UpstreamToken::parse(&raw)
+                .err()
+                .unwrap_or_else(|| panic!("{raw}"));
+            assert!(problem.contains(words), "{problem}");
+            assert!(!problem.contains(&token));
+        }
+        let fine = UpstreamToken::parse(&token).unwrap();
+        assert!(fine.looks_like_joulo());
+        assert!(
+            !UpstreamToken::parse("sk-abc_def")
+                .unwrap()
+                .looks_like_joulo()
+        );
+        assert!(
+            UpstreamToken::parse("abc==").is_ok(),
+            "base64 padding is not NAME="
+        );
+    }
+
+    #[test]
+    fn the_rejected_token_hint_fits_how_the_token_was_loaded() {
+        // (CREDENTIALS_DIRECTORY is not set for the unit tests.)
+        let plain = TokenSource::with_origin(PathBuf::from("/etc/jg/joulo_token"), None);
+        let hint = plain.rejected_hint();
+        assert!(
+            hint.contains("/etc/jg/joulo_token") && hint.contains("without a restart"),
+            "{hint}"
+        );
+        let credential = TokenSource::with_origin(
+            PathBuf::from("/run/credentials/joulo-gateway.service/joulo_token"),
+            Some(PathBuf::from("/etc/joulo-gateway/joulo_token")),
+        );
+        let hint = credential.rejected_hint();
+        assert!(
+            hint.contains("/etc/joulo-gateway/joulo_token")
+                && hint.contains("systemctl restart joulo-gateway")
+                && !hint.contains("without a restart"),
+            "{hint}"
+        );
+    }
 
     #[test]
     fn parse_trims_and_rejects_bad_tokens() {

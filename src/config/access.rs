@@ -10,7 +10,10 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::routes::RawRoute;
-use crate::access::{AccessConfig, DEFAULT_ALLOW, DeviceKey, Scope};
+use crate::access::{
+    AccessConfig, DEFAULT_ALLOW, DEFAULT_LOCAL, DEVICE_NAME_RULE, DeviceKey, Scope,
+    within_private_ranges,
+};
 use crate::routes::RouteId;
 
 /// `[access]` as written.
@@ -19,6 +22,13 @@ use crate::routes::RouteId;
 pub(super) struct RawAccess {
     /// Client networks or addresses allowed at all; unset means the private ranges.
     pub(super) allow: Option<Vec<String>>,
+    /// Serve every allowed address without a key while there are no device
+    /// keys; unset means false (closed: only this host is served keyless).
+    pub(super) keyless: Option<bool>,
+    /// The addresses that are this host itself; unset means loopback.
+    pub(super) local_addresses: Option<Vec<String>>,
+    /// The devices file; unset means `devices.toml` beside the config.
+    pub(super) devices_file: Option<String>,
 }
 
 /// `[ops]` as written.
@@ -51,6 +61,7 @@ pub(super) fn validate(
     allowed_hosts: Option<&[String]>,
     raw_clients: &[RawClient],
     routes: &BTreeMap<String, RawRoute>,
+    devices: Vec<DeviceKey>,
     path: &Path,
 ) -> Result<AccessConfig, ConfigError> {
     let parse_err = |key: String, message: String| ConfigError::at_key(path, key, message);
@@ -61,6 +72,40 @@ pub(super) fn validate(
             .collect(),
         Some(list) => networks(list, "access.allow", path)?,
     };
+    let keyless = access.keyless.unwrap_or(false);
+    // Keyless access reaches whoever `allow` lets in; beyond the home
+    // ranges that is anyone (a port forward, a VPN, a cloud host).
+    if keyless && let Some(wide) = allow.iter().find(|net| !within_private_ranges(net)) {
+        return Err(parse_err(
+            "access.allow".to_owned(),
+            format!(
+                "`{wide}` reaches beyond the private ranges, and `keyless = true` would serve it \
+                 without a key; remove `keyless` and give each device a key \
+                 (joulo-gateway device add NAME), or allow only private ranges"
+            ),
+        ));
+    }
+    let local = match &access.local_addresses {
+        None => DEFAULT_LOCAL
+            .iter()
+            .map(|n| n.parse().expect("defaults parse"))
+            .collect(),
+        Some(list) => networks(list, "access.local_addresses", path)?,
+    };
+    // This host is loopback, or one of its own addresses: a network here
+    // would serve a whole LAN without keys.
+    if let Some(net) = local
+        .iter()
+        .find(|net| net.prefix_len() != net.max_prefix_len() && !is_loopback(net))
+    {
+        return Err(parse_err(
+            "access.local_addresses".to_owned(),
+            format!(
+                "`{net}` is a network, not this host: list loopback or single addresses of this \
+                 host only"
+            ),
+        ));
+    }
     let ops_allow = networks(ops.allow.as_deref().unwrap_or_default(), "ops.allow", path)?;
     let mut hosts = Vec::new();
     for host in allowed_hosts.into_iter().flatten() {
@@ -91,10 +136,7 @@ pub(super) fn validate(
         let key = |field: &str| format!("clients[{i}].{field}");
         let name = client.name.trim();
         if !crate::access::valid_device_name(name) {
-            return Err(parse_err(
-                key("name"),
-                "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'".to_owned(),
-            ));
+            return Err(parse_err(key("name"), DEVICE_NAME_RULE.to_owned()));
         }
         if clients.iter().any(|c| &*c.name == name) {
             return Err(parse_err(key("name"), format!("`{name}` is used twice")));
@@ -131,6 +173,20 @@ pub(super) fn validate(
         });
     }
 
+    for device in devices {
+        if clients.iter().any(|c| c.name == device.name) {
+            return Err(parse_err(
+                "access.devices_file".to_owned(),
+                format!(
+                    "the device `{}` is also a [[clients]] entry: a name must be unique across \
+                     both; remove one",
+                    device.name
+                ),
+            ));
+        }
+        clients.push(device);
+    }
+
     let mut route_scopes = HashMap::new();
     for (name, route) in routes {
         if let (Some(id), Some(scope)) = (RouteId::from_config_name(name), &route.scope) {
@@ -162,9 +218,21 @@ pub(super) fn validate(
         allow,
         allowed_hosts: hosts,
         clients,
+        keyless,
+        local,
+        // Set by the caller, which knows the config's folder.
+        devices_file: std::path::PathBuf::new(),
         route_scopes,
         ops_allow,
     })
+}
+
+/// Whether `net` lies within loopback.
+fn is_loopback(net: &ipnet::IpNet) -> bool {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse::<ipnet::IpNet>().expect("loopback parses"))
+        .any(|lo| lo.contains(net))
 }
 
 /// Networks (`192.168.1.0/24`) or single addresses, as `key` lists them.
@@ -236,5 +304,66 @@ mod tests {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");
         }
+    }
+
+    #[test]
+    fn keyless_is_refused_with_an_allow_wider_than_the_private_ranges() {
+        for wide in [
+            "0.0.0.0/0",
+            "::/0",
+            "8.8.8.0/24",
+            "100.64.0.0/10",
+            "10.0.0.0/7",
+        ] {
+            let text = format!("[access]\nkeyless = true\nallow = [\"{wide}\"]");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("access.allow") && err.contains("keyless"),
+                "{wide}: {err}"
+            );
+            // Closed (keys required of everyone but this host), it is allowed.
+            let closed = parse(&format!("[access]\nallow = [\"{wide}\"]")).unwrap();
+            assert!(!closed.access.keyless);
+        }
+        let home =
+            parse("[access]\nkeyless = true\nallow = [\"192.168.1.0/24\", \"fd00::/8\"]").unwrap();
+        assert!(home.access.keyless);
+        assert!(parse("[access]\nkeyless = true").unwrap().access.keyless);
+        assert!(!parse("").unwrap().access.keyless, "closed by default");
+    }
+
+    #[test]
+    fn local_addresses_are_this_host_not_a_network() {
+        let c = parse("[access]\nlocal_addresses = [\"127.0.0.1\", \"192.168.1.10\"]").unwrap();
+        assert_eq!(c.access.local.len(), 2);
+        assert_eq!(parse("").unwrap().access.local.len(), 2);
+        for net in ["192.168.1.0/24", "0.0.0.0/0", "::/0"] {
+            let err = parse(&format!("[access]\nlocal_addresses = [\"{net}\"]"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("access.local_addresses"), "{net}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_devices_file_name_must_not_repeat_a_clients_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("devices.toml");
+        crate::devices::add(&devices, "homeassistant", &[Scope::ChargersRead], &[]).unwrap();
+        let hash = "0".repeat(64);
+        let path = dir.path().join("gateway.toml");
+        let ok = crate::config::Config::from_toml("", &path).unwrap();
+        assert_eq!(&*ok.access.clients[0].name, "homeassistant");
+        assert_eq!(ok.access.devices_file, devices);
+        let text = format!(
+            "[[clients]]\nname = \"homeassistant\"\nkey_sha256 = \"{hash}\"\nscopes = []\n"
+        );
+        let err = crate::config::Config::from_toml(&text, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unique") && err.contains("homeassistant"),
+            "{err}"
+        );
     }
 }

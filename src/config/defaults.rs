@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+/// `[access] devices_file`, relative to the config's folder.
+pub(crate) const DEVICES_FILE: &str = "devices.toml";
 pub(crate) const LISTEN: &str = "0.0.0.0:8080";
 pub(crate) const BASE_URL: &str = "https://api.joulo.nl/functions/v1/api";
 /// The compiled-in roots: the gateway verifies Joulo the same way in a

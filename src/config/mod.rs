@@ -40,6 +40,10 @@ pub use upstream::{Http2, TrustRoots, UpstreamConfig};
 /// The file name `joulo-gateway` reads when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "gateway.toml";
 
+/// Where the Debian package and the container image keep the config: read
+/// when no `--config` is given and there is no `gateway.toml` here.
+pub const INSTALLED_CONFIG_PATH: &str = "/etc/joulo-gateway/gateway.toml";
+
 /// Where a systemd `LoadCredential=` puts the token, relative to `$CREDENTIALS_DIRECTORY`.
 const CREDENTIAL_NAME: &str = "joulo_token";
 
@@ -63,18 +67,34 @@ pub enum ConfigError {
         #[source]
         source: FileError,
     },
+    /// There is no file at the path.
+    #[error(
+        "no config file at {path} (looked for {}{}): pass yours with --config PATH \
+         (the Debian package's is /etc/joulo-gateway/gateway.toml)",
+        std::path::absolute(path).unwrap_or_else(|_| path.clone()).display(),
+        if path == Path::new(DEFAULT_CONFIG_PATH) { " and /etc/joulo-gateway/gateway.toml" } else { "" }
+    )]
+    Missing {
+        /// The path looked at, as given.
+        path: PathBuf,
+    },
     /// TOML syntax, an unknown key or a value of the wrong type.
-    #[error("{path}: key `{key}` (line {line}): {message}")]
+    #[error("{path}: key `{key}`{at}: {message}", at = at_line(*line))]
     Parse {
         /// The config file.
         path: PathBuf,
         /// The key the problem is at.
         key: String,
-        /// The line the problem is on.
+        /// The line the problem is on; 0 when the key is not written in the
+        /// file (a missing key).
         line: usize,
         /// What is wrong, as the parser says it.
         message: String,
     },
+    /// The devices file (`[access] devices_file`) could not be read or does
+    /// not validate.
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DevicesError),
     /// A value that parsed but makes no sense for the gateway.
     #[error("{path}: key `{key}`: {message}")]
     Invalid {
@@ -98,7 +118,8 @@ impl ConfigError {
     }
 
     /// A problem at a key named at run time (a route, a `[[clients]]` entry),
-    /// found after parsing, so its line is not known and shows as 0.
+    /// found after parsing: its line is looked up in the text afterwards
+    /// ([`with_line`]).
     fn at_key(path: &Path, key: String, message: String) -> ConfigError {
         ConfigError::Parse {
             path: path.to_owned(),
@@ -178,7 +199,14 @@ impl Config {
             path: path.to_owned(),
             source,
         };
-        let bytes = files::read_regular(path, FILE_LIMIT).map_err(read_err)?;
+        let bytes = match files::read_regular(path, FILE_LIMIT) {
+            Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            other => other.map_err(read_err)?,
+        };
         // Whoever can edit it can send the token elsewhere (base_url and
         // ca_file): not writable by others, nor in a folder they can write.
         files::check_not_writable_by_others(path).map_err(read_err)?;
@@ -200,7 +228,7 @@ impl Config {
         let env_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
             .map(PathBuf::from)
             .filter(|dir| dir.is_absolute() && dir != Path::new("/"));
-        validate(raw, path, base_dir, env_credentials.as_deref())
+        validate(raw, path, base_dir, env_credentials.as_deref()).map_err(|e| with_line(e, text))
     }
 }
 
@@ -241,22 +269,36 @@ pub fn token_file_candidates(path: &Path) -> Vec<PathBuf> {
 pub struct DeviceKeyHashes(Vec<String>);
 
 impl DeviceKeyHashes {
-    /// The `[[clients]]` hashes in the file at `path`; none if it cannot be
-    /// read or parsed.
+    /// The `[[clients]]` hashes in the file at `path`, and those of the
+    /// devices file it names (`[access] devices_file`, as written, or its
+    /// default); none from a file that cannot be read or parsed.
     pub fn read(path: &Path) -> DeviceKeyHashes {
-        let table: toml::Table = files::read_regular(path, FILE_LIMIT)
-            .ok()
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
-            .unwrap_or_default();
-        let clients = table.get("clients").and_then(toml::Value::as_array);
-        DeviceKeyHashes(
-            clients
+        let table = |path: &Path| -> toml::Table {
+            files::read_regular(path, FILE_LIMIT)
+                .ok()
+                .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+                .unwrap_or_default()
+        };
+        let hashes = |table: &toml::Table, key: &str| -> Vec<String> {
+            table
+                .get(key)
+                .and_then(toml::Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c.get("key_sha256")?.as_str())
                 .map(|hash| hash.trim().to_ascii_lowercase())
-                .collect(),
-        )
+                .collect()
+        };
+        let config = table(path);
+        let devices_file = config
+            .get("access")
+            .and_then(|a| a.get("devices_file"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or(defaults::DEVICES_FILE);
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut all = hashes(&config, "clients");
+        all.extend(hashes(&table(&base_dir.join(devices_file)), "device"));
+        DeviceKeyHashes(all)
     }
 
     /// `text` with every word (between spaces, quotes, backticks, commas and
@@ -289,14 +331,26 @@ fn validate(
     base_dir: &Path,
     credentials_dir: Option<&Path>,
 ) -> Result<Config, ConfigError> {
-    let access = access::validate(
+    let devices_file = base_dir.join(
+        raw.access
+            .devices_file
+            .as_deref()
+            .unwrap_or(defaults::DEVICES_FILE),
+    );
+    let devices = crate::devices::load(&devices_file)?
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    let mut access = access::validate(
         &raw.access,
         &raw.ops,
         raw.server.allowed_hosts.as_deref(),
         &raw.clients,
         &raw.routes,
+        devices,
         path,
     )?;
+    access.devices_file = devices_file;
     let server = server::validate(raw.server, path, base_dir)?;
     let upstream = upstream::validate(raw.upstream, path, base_dir, credentials_dir)?;
     let log = log::validate(raw.log, path)?;
@@ -411,6 +465,89 @@ fn without_quoted_values(message: &str) -> String {
         }
     }
     out
+}
+
+/// " (line N)", or nothing when the line is not known.
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" (line {line})")
+    }
+}
+
+/// `e` with the line of its key, when it was found after parsing.
+fn with_line(e: ConfigError, text: &str) -> ConfigError {
+    match e {
+        ConfigError::Parse {
+            path,
+            key,
+            line: 0,
+            message,
+        } => ConfigError::Parse {
+            line: line_of_key(text, &key),
+            path,
+            key,
+            message,
+        },
+        ConfigError::Invalid { path, key, message } if line_of_key(text, key) > 0 => {
+            ConfigError::Parse {
+                line: line_of_key(text, key),
+                path,
+                key: key.to_owned(),
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The 1-based line where dotted `key` (`access.allow`, `clients[1].name`,
+/// `routes.me.scope`) is written in `text`: its own line, else its table's
+/// header; 0 when neither is written.
+fn line_of_key(text: &str, key: &str) -> usize {
+    // The table part and the leaf: `clients[1].name` is the second
+    // `[[clients]]` table's `name`.
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let (table, index) = match table.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let clean = |s: &str| {
+        s.split('.')
+            .map(|p| p.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    let mut header_line = 0;
+    let mut in_target = table.is_empty();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            current = clean(header);
+            in_target = current == table
+                && index.is_none_or(|n| {
+                    seen += 1;
+                    seen == n + 1
+                });
+        } else if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = clean(header);
+            in_target = current == table && index.is_none();
+        } else if in_target && line.split_once('=').is_some_and(|(k, _)| clean(k) == leaf) {
+            return i + 1;
+        } else if table.is_empty() || current.is_empty() {
+            // A dotted key at the top (`access.allow = ...`).
+            if line.split_once('=').is_some_and(|(k, _)| clean(k) == key) {
+                return i + 1;
+            }
+        }
+        if in_target && header_line == 0 && !table.is_empty() && line.starts_with('[') {
+            header_line = i + 1;
+        }
+    }
+    header_line
 }
 
 /// The 1-based line of `offset` and the dotted key defined on it (or the table

@@ -218,9 +218,16 @@ fn shipped_config_matches_defaults() {
         allow,
         allowed_hosts,
         clients,
+        keyless,
+        local,
+        devices_file,
         route_scopes,
         ops_allow,
     } = access;
+    assert_eq!(*keyless, d.access.keyless);
+    assert!(!keyless, "the shipped config is closed");
+    assert_eq!(*local, d.access.local);
+    assert_eq!(*devices_file, d.access.devices_file);
     assert_eq!(*allow, d.access.allow);
     assert_eq!(*allowed_hosts, d.access.allowed_hosts);
     assert!(clients.is_empty());
@@ -353,5 +360,35 @@ fn a_bad_mqtt_table_names_its_key() {
         let msg = parse(text).unwrap_err().to_string();
         assert!(msg.contains(key), "{text}: {msg}");
         assert!(!msg.contains("hunter2"), "{text}: {msg}");
+    }
+}
+
+#[test]
+fn keys_found_after_parsing_are_named_with_their_line() {
+    let hash = "0".repeat(64);
+    for (text, line) in [
+        (
+            format!(
+                "[[clients]]\nname = \"a\"\nkey_sha256 = \"{hash}\"\nscopes = []\n\n\
+                 [[clients]]\nname = \"Bad Name\"\nkey_sha256 = \"{hash}\"\nscopes = []\n"
+            ),
+            7,
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:80\"\n\n[routes.me]\nttl = \"1h\"\nscope = \"me:read\"\n"
+                .to_owned(),
+            6,
+        ),
+        (
+            "# comment\n[access]\nkeyless = true\nallow = [\"0.0.0.0/0\"]\n".to_owned(),
+            4,
+        ),
+        ("[log]\n\nlevel = \"warning\"\n".to_owned(), 3),
+    ] {
+        let err = Config::from_toml(&text, Path::new("/nonexistent/t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("(line {line})")), "{text}: {err}");
+        assert!(!err.contains("line 0"), "{err}");
     }
 }

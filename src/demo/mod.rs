@@ -110,17 +110,30 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
     };
     let gateway_addr = listener.local_addr()?;
+    // The simulated API has no budget to protect: limits generous enough
+    // that the self-check and every printed curl, pasted in order, get 2xx
+    // (with the real defaults the self-check used the device's burst).
     let config_text = format!(
         "# Written by `joulo-gateway demo`; deleted when it stops.\n\
          [server]\nlisten = \"{gateway_addr}\"\n\n\
          [upstream]\nbase_url = \"https://localhost:{port}{prefix}\"\n\
-         token_file = \"{token}\"\nca_file = \"{ca}\"\n",
+         token_file = \"{token}\"\nca_file = \"{ca}\"\n\n\
+         [limits]\nupstream_per_minute = 600\nupstream_burst = 100\n\
+         device_upstream_share = 1.0\n",
         port = sim_addr.port(),
         prefix = sim::API_PREFIX,
         token = token_file.display(),
         ca = ca_file.display(),
     );
     let config_file = dir.write_private("gateway.toml", &config_text)?;
+    // A device with its own key, as `joulo-gateway device add demo` makes
+    // one: the demo goes the way a real setup does.
+    let device_key = crate::devices::add(
+        &dir.path.join(crate::config::defaults::DEVICES_FILE),
+        "demo",
+        &crate::devices::DEFAULT_SCOPES,
+        &[],
+    )?;
     let config = Config::load(&config_file)?;
 
     let tokens = Gateway::token_source(&config);
@@ -144,24 +157,27 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
         token_file.display()
     );
     println!("  gateway              http://{gateway_addr}");
-    println!("  config               {}\n", config_file.display());
+    println!("  config               {}", config_file.display());
+    println!(
+        "  device `demo`        key {device_key} (made as `joulo-gateway device add demo` \
+         makes one; the requests below carry it)\n"
+    );
 
-    self_check(gateway_addr, &sim).await;
+    self_check(gateway_addr, &sim, &device_key).await;
 
     let base = format!("http://{gateway_addr}");
-    println!("\nTry it (Ctrl-C stops the demo):");
-    println!("  curl -s {base}/chargers");
-    println!("  curl -s '{base}/sessions?limit=2&offset=0'");
-    println!("  curl -s {base}/energy");
-    println!("  curl -s {base}/ere-position");
-    println!("  curl -s '{base}/chargers?token=joulo_OldHomeAssistantConfigToken00' # stripped");
-    println!("  curl -si --path-as-is {base}/chargers/../me                # 400");
-    println!("  curl -si -X DELETE {base}/chargers                          # 405");
+    let key = format!("-H 'X-Gateway-Key: {device_key}'");
+    println!("\nTry it (Ctrl-C stops the demo); each answers 200:");
+    println!("  curl -s {key} {base}/chargers");
+    println!("  curl -s {key} '{base}/sessions?limit=2&offset=0'");
+    println!("  curl -s {key} {base}/energy");
+    println!("  curl -s {key} {base}/ere-position");
     println!(
-        "  curl -s '{base}/sessions?limit=2&api_key=x'              # 400: not a Joulo parameter"
+        "  curl -s {key} '{base}/chargers?token=joulo_OldHomeAssistantConfigToken00'   # token stripped"
     );
+    println!("  curl -s -u demo:{device_key} {base}/me   # the key as Home Assistant sends it");
     println!(
-        "  curl -si -X POST {base}/chargers                            # 405: write routes are off"
+        "Refused (the self-check above shows more): the same without the key, from another device: 401."
     );
 
     tokio::select! {
@@ -181,7 +197,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyh
 }
 
 /// Calls the gateway as a device would and prints what came back.
-async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
+async fn self_check(gateway: SocketAddr, sim: &JouloSim, key: &str) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let fake = format!("joulo_{}", "Leaked".repeat(6).get(..32).unwrap_or_default());
     let checks = [
@@ -204,8 +220,11 @@ async fn self_check(gateway: SocketAddr, sim: &JouloSim) {
     for (target, what) in checks {
         let shown = target.replace(&fake, "joulo_…");
         let uri = format!("http://{gateway}{target}");
-        let result = match uri.parse() {
-            Ok(uri) => client.get(uri).await.map_err(|e| e.to_string()),
+        let request = Request::get(uri)
+            .header("x-gateway-key", key)
+            .body(Empty::new());
+        let result = match request {
+            Ok(request) => client.request(request).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match result {

@@ -439,8 +439,9 @@ fn after_upstream_answer(
                     state.cache.purge();
                     warn!(
                         token_file = %state.tokens.path().display(),
+                        fix = %state.tokens.rejected_hint(),
                         "Joulo rejected the token (401): was it rotated or deactivated in the Joulo \
-                         dashboard? Put the current token in the token file; it is picked up without a restart"
+                         dashboard?"
                     );
                 }
                 Rejection::Again => {}

@@ -14,9 +14,9 @@ use http::{Method, StatusCode};
 use joulo_gateway::demo::write_private;
 use support::{MockUpstream, PREFIX, canary};
 
-const BIN: &str = env!("CARGO_BIN_EXE_joulo-gateway");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_joulo-gateway");
 
-fn write_config(dir: &Path, upstream: &MockUpstream, extra: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path, upstream: &MockUpstream, extra: &str) -> std::path::PathBuf {
     write_private(&dir.join("ca.pem"), &upstream.ca_pem).unwrap();
     let path = dir.join("gateway.toml");
     std::fs::write(
@@ -31,7 +31,7 @@ fn write_config(dir: &Path, upstream: &MockUpstream, extra: &str) -> std::path::
     path
 }
 
-fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
@@ -606,7 +606,10 @@ fn generator() -> std::path::PathBuf {
 
 /// Starts the binary with `config` and `env`, and returns it with the address
 /// it listens on and its stderr so far, once it says it is listening.
-fn start_binary(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, SocketAddr, String) {
+pub(crate) fn start_binary(
+    config: &Path,
+    env: &[(&str, &Path)],
+) -> (std::process::Child, SocketAddr, String) {
     let mut command = Command::new(BIN);
     command
         .arg("--config")
@@ -1170,8 +1173,12 @@ fn a_token_of_any_shape_pasted_into_the_config_is_never_printed() {
                 );
                 assert_eq!(out.status.code(), Some(64), "{extra}: {printed}");
                 assert!(!printed.contains(token.as_str()), "{extra}: {printed}");
+                // (Issue 23: a token-shaped device name is refused by the
+                // name rule itself, which quotes nothing.)
                 assert!(
-                    printed.contains("[REDACTED]") || printed.contains("..."),
+                    printed.contains("[REDACTED]")
+                        || printed.contains("...")
+                        || printed.contains("not start like a Joulo token"),
                     "{extra}: {printed}"
                 );
             }

@@ -93,6 +93,10 @@ pub enum Command {
         /// The add-on's private folder.
         #[arg(long, default_value = "/data")]
         data: PathBuf,
+        /// Where the keys of devices added by the `devices` option are
+        /// written, one 0600 file each, for the user to copy.
+        #[arg(long, default_value = "/share/joulo-gateway")]
+        keys: PathBuf,
         /// Where the gateway listens.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,

@@ -50,8 +50,8 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     let hardened = forbid_core_dumps();
     // The add-on: its options become a config under /data, written as root
     // (the Supervisor's /data is root's), then the gateway runs unprivileged.
-    if let Some(Command::Addon { data, listen }) = &cli.command {
-        cli.config = Some(addon_prepare(data, *listen, addon_owner())?);
+    if let Some(Command::Addon { data, keys, listen }) = &cli.command {
+        cli.config = Some(addon_prepare(data, keys, *listen, addon_owner())?);
         // Before the runtime starts a thread: the ids change for this one.
         addon_drop_root()?;
     }

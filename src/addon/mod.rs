@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use crate::config::{MqttConfig, MqttPassword};
+use crate::devices::{self, Ensured, WantedDevice};
 use crate::files;
 
 /// The user the add-on's gateway runs as once `/data` is prepared: the same
@@ -70,6 +71,9 @@ struct Options {
     token: SecretString,
     /// `log_level`: one of [`LOG_LEVELS`].
     log_level: String,
+    /// `devices`: the devices that get a key of their own; the option is the
+    /// whole list, so a device taken out of it loses its key.
+    devices: Vec<WantedDevice>,
 }
 
 /// Where `joulo-gateway addon` writes the config for `data` (the add-on's
@@ -79,9 +83,16 @@ pub fn config_path(data: &Path) -> PathBuf {
 }
 
 /// Reads `data/options.json`, writes the token to `data/joulo_token` (0600,
-/// owned by `owner` when given) and the config to `data/gateway.toml`, and
+/// owned by `owner` when given), the `devices` option to `data/devices.toml`
+/// with each new device's key in `keys/<name>.key` (0600: `/share` is where
+/// the user can reach it), and the config to `data/gateway.toml`, and
 /// returns the config's path. `listen` is where the gateway will listen.
-pub fn prepare(data: &Path, listen: SocketAddr, owner: Option<u32>) -> Result<PathBuf, AddonError> {
+pub fn prepare(
+    data: &Path,
+    keys: &Path,
+    listen: SocketAddr,
+    owner: Option<u32>,
+) -> Result<PathBuf, AddonError> {
     let options_path = data.join("options.json");
     let options = read_options(&options_path)?;
 
@@ -113,7 +124,7 @@ pub fn prepare(data: &Path, listen: SocketAddr, owner: Option<u32>) -> Result<Pa
         token = token_path.display(),
         level = options.log_level,
     );
-    apply_devices(&options, &mut text);
+    apply_devices(&options, data, keys, &mut text)?;
 
     let config = config_path(data);
     // The config holds no secret, and the unprivileged user must read it.
@@ -184,10 +195,55 @@ fn mqtt_config(service: supervisor::MqttService) -> Option<MqttConfig> {
     Some(config)
 }
 
-/// Where the add-on's `devices` option (issue 23: per-device keys, closed by
-/// default) will become `[[clients]]` entries in the config. The option does
-/// not exist yet: `read_options` refuses it as unknown until it is applied here.
-fn apply_devices(_options: &Options, _config: &mut String) {}
+/// The add-on's `devices` option made true: the devices file under `data`
+/// holds exactly the listed devices (one taken out of the option loses its
+/// key, and its key file goes), each new one gets a key in `keys/<name>.key`
+/// (0600) for the user to copy into Home Assistant, and the config names the
+/// devices file. Said on standard error (logging starts later), never a key.
+/// With no devices, only the add-on itself is served without a key (closed
+/// by default); the MQTT publisher needs none.
+fn apply_devices(
+    options: &Options,
+    data: &Path,
+    keys: &Path,
+    config: &mut String,
+) -> Result<(), AddonError> {
+    let file = data.join("devices.toml");
+    let failed = |e: devices::DevicesError| AddonError::Options {
+        path: data.join("options.json"),
+        problem: match e {
+            // The rule, not the value: a token pasted as a name stays unshown.
+            devices::DevicesError::Name(_) => {
+                format!("devices: a name is {}", crate::access::DEVICE_NAME_RULE)
+            }
+            other => other.to_string(),
+        },
+    };
+    for device in devices::load(&file).map_err(failed)? {
+        let name = device.key.name.to_string();
+        if options.devices.iter().all(|wanted| wanted.name != name) {
+            devices::remove(&file, &name).map_err(failed)?;
+            let _ = std::fs::remove_file(keys.join(format!("{name}.key")));
+            eprintln!(
+                "joulo-gateway addon: device `{name}` is no longer in the devices option: its key no longer works"
+            );
+        }
+    }
+    for done in devices::ensure_devices(&options.devices, &file, keys).map_err(failed)? {
+        if let Ensured::Added { name, key_file } = done {
+            eprintln!(
+                "joulo-gateway addon: device `{name}` added: its key is in {} (copy it into \
+                 Home Assistant's secrets.yaml or the device, then delete the file)",
+                key_file.display()
+            );
+        }
+    }
+    config.push_str(&format!(
+        "\n[access]\ndevices_file = \"{}\"\n",
+        file.display()
+    ));
+    Ok(())
+}
 
 /// Parses `options.json`: an object with exactly the add-on's options.
 fn read_options(path: &Path) -> Result<Options, AddonError> {
@@ -237,12 +293,46 @@ fn read_options(path: &Path) -> Result<Options, AddonError> {
             )));
         }
     };
+    let devices = match map.remove("devices") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(wanted_device)
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+        Some(_) => return Err(invalid("devices must be a list".to_owned())),
+    };
     if let Some(unknown) = map.keys().next() {
         return Err(invalid(format!(
             "`{unknown}` is not an option of this add-on version"
         )));
     }
-    Ok(Options { token, log_level })
+    Ok(Options {
+        token,
+        log_level,
+        devices,
+    })
+}
+
+/// One entry of the `devices` option: `name`, and `scopes` as a
+/// comma-separated list (none: the read scopes). Problems name the field,
+/// never its value.
+fn wanted_device(entry: &Value) -> Result<WantedDevice, String> {
+    let name = match entry.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        _ => return Err("devices: each entry needs a name".to_owned()),
+    };
+    let scopes: Vec<String> = match entry.get("scopes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(list)) => list.split(',').map(str::to_owned).collect(),
+        Some(_) => {
+            return Err(
+                "devices: scopes must be text, such as chargers:read,energy:read".to_owned(),
+            );
+        }
+    };
+    let scopes = devices::parse_scopes(&scopes).map_err(|e| format!("devices: {e}"))?;
+    Ok(WantedDevice { name, scopes })
 }
 
 /// Gives `path` to `uid` (its group too), so the gateway can read it once it

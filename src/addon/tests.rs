@@ -19,7 +19,7 @@ fn options_become_a_private_token_file_and_a_config() {
     let token = crate::demo::generate_token();
     let options = serde_json::json!({"joulo_token": token.expose_secret(), "log_level": "debug"});
     let data = data_with(&options.to_string());
-    let config_path = prepare(data.path(), listen(), None).unwrap();
+    let config_path = prepare(data.path(), &data.path().join("keys"), listen(), None).unwrap();
     assert_eq!(config_path, data.path().join("gateway.toml"));
 
     let token_path = data.path().join("joulo_token");
@@ -45,7 +45,7 @@ fn an_old_looser_token_file_is_replaced_private() {
     let token_path = data.path().join("joulo_token");
     std::fs::write(&token_path, "old").unwrap();
     std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    prepare(data.path(), listen(), None).unwrap();
+    prepare(data.path(), &data.path().join("keys"), listen(), None).unwrap();
     let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // Without log_level: the schema's default.
@@ -62,7 +62,7 @@ fn an_empty_token_says_where_to_set_it_and_writes_nothing() {
         r#"{"joulo_token": null}"#,
     ] {
         let data = data_with(options);
-        let e = prepare(data.path(), listen(), None).unwrap_err();
+        let e = prepare(data.path(), &data.path().join("keys"), listen(), None).unwrap_err();
         assert!(matches!(e, AddonError::EmptyToken), "{options}: {e}");
         assert!(e.to_string().contains("Configuration tab"), "{e}");
         assert!(!data.path().join("joulo_token").exists());
@@ -97,7 +97,7 @@ fn bad_options_are_named_without_their_values() {
     ];
     for (options, expected) in cases {
         let data = data_with(&options);
-        let e = prepare(data.path(), listen(), None)
+        let e = prepare(data.path(), &data.path().join("keys"), listen(), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains(expected), "{e}");
@@ -109,7 +109,7 @@ fn bad_options_are_named_without_their_values() {
 #[test]
 fn missing_options_name_the_file() {
     let data = tempfile::tempdir().unwrap();
-    let e = prepare(data.path(), listen(), None)
+    let e = prepare(data.path(), &data.path().join("keys"), listen(), None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("options.json"), "{e}");
@@ -143,4 +143,67 @@ fn the_supervisors_broker_becomes_the_publishers_config() {
     let v6 = super::mqtt_config(service("fd00::5", true)).unwrap();
     assert_eq!((v6.host.as_str(), v6.tls), ("fd00::5", true));
     assert!(super::mqtt_config(service("", false)).is_none());
+}
+
+#[test]
+fn the_devices_option_is_the_list_of_keyed_devices() {
+    let token = crate::demo::generate_token();
+    let data = tempfile::tempdir().unwrap();
+    let keys = data.path().join("share");
+    let write = |devices: serde_json::Value| {
+        let options = serde_json::json!({"joulo_token": token.expose_secret(), "devices": devices});
+        std::fs::write(data.path().join("options.json"), options.to_string()).unwrap();
+        prepare(data.path(), &keys, listen(), None)
+    };
+    let config_path = write(serde_json::json!([
+        {"name": "homeassistant"},
+        {"name": "evcc", "scopes": "chargers:read, sessions:read"}
+    ]))
+    .unwrap();
+    let config = crate::config::Config::load(&config_path).unwrap();
+    assert_eq!(config.access.devices_file, data.path().join("devices.toml"));
+    let key_of = |name: &str| std::fs::read_to_string(keys.join(format!("{name}.key"))).unwrap();
+    let (ha_key, evcc_key) = (key_of("homeassistant"), key_of("evcc"));
+    for name in ["homeassistant", "evcc"] {
+        let mode = std::fs::metadata(keys.join(format!("{name}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let stored = std::fs::read_to_string(data.path().join("devices.toml")).unwrap();
+    assert!(!stored.contains(ha_key.trim()) && !stored.contains(evcc_key.trim()));
+    let devices = crate::devices::load(&data.path().join("devices.toml")).unwrap();
+    let evcc = devices.iter().find(|d| &*d.key.name == "evcc").unwrap();
+    assert_eq!(
+        evcc.key.scopes,
+        [
+            crate::access::Scope::ChargersRead,
+            crate::access::Scope::SessionsRead
+        ]
+    );
+    let hex: String = evcc
+        .key
+        .key_sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, crate::access::key_sha256_hex(evcc_key.trim()));
+
+    // The next start keeps both keys; taking evcc out of the option revokes it.
+    write(serde_json::json!([{"name": "homeassistant"}, {"name": "evcc"}])).unwrap();
+    assert_eq!(key_of("homeassistant"), ha_key);
+    write(serde_json::json!([{"name": "homeassistant"}])).unwrap();
+    let devices = crate::devices::load(&data.path().join("devices.toml")).unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(&*devices[0].key.name, "homeassistant");
+    assert!(!keys.join("evcc.key").exists());
+
+    // A token pasted as a name is refused without being shown.
+    let pasted = crate::demo::generate_token();
+    let e = write(serde_json::json!([{"name": pasted.expose_secret()}])).unwrap_err();
+    assert!(!e.to_string().contains(pasted.expose_secret()), "{e}");
+    assert!(e.to_string().contains("devices"), "{e}");
+    let e = write(serde_json::json!([{"name": "x", "scopes": "chargers:write-all"}])).unwrap_err();
+    assert!(e.to_string().contains("devices"), "{e}");
 }

@@ -318,9 +318,12 @@ fn the_addon_repository_is_complete() {
         .skip_while(|l| *l != "schema:")
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
         .collect();
-    assert_eq!(options, ["joulo_token", "log_level"]);
+    assert_eq!(options, ["joulo_token", "log_level", "devices"]);
+    // The devices option's keys go to /share, where the user can read them.
+    assert!(config.contains("map:\n  - type: share\n    read_only: false\n"));
     let translations = read(&format!("{addon}/translations/en.yaml"));
     for option in &options {
         assert!(

@@ -632,3 +632,64 @@ fn compose_and_the_package_keep_device_keys_on_the_host() {
     let test_deb = std::fs::read_to_string(repo("deploy/test-deb.sh")).unwrap();
     assert!(test_deb.contains("a LAN request without a key got"));
 }
+
+/// The add-on's config, as `joulo-gateway addon` writes it from its options:
+/// closed too. A LAN request without a key gets 401 saying what to do; the
+/// key the `devices` option put in its key file opens it; the add-on itself
+/// (loopback) is served. Only Joulo and "this host" are changed for the test.
+#[tokio::test]
+async fn the_addon_config_refuses_a_lan_request_without_a_key() {
+    let upstream = MockUpstream::start();
+    let data = tempfile::tempdir().unwrap();
+    let keys = data.path().join("share");
+    let options =
+        serde_json::json!({"joulo_token": canary(), "devices": [{"name": "homeassistant"}]});
+    std::fs::write(data.path().join("options.json"), options.to_string()).unwrap();
+    let config_path =
+        joulo_gateway::addon_prepare(data.path(), &keys, "127.0.0.1:0".parse().unwrap(), None)
+            .unwrap();
+    let mut table: toml::Table = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    write_private(&data.path().join("ca.pem"), &upstream.ca_pem).unwrap();
+    let up = table["upstream"].as_table_mut().unwrap();
+    up.insert("base_url".into(), upstream.base_url().into());
+    up.insert("ca_file".into(), "ca.pem".into());
+    let access = table["access"].as_table_mut().unwrap();
+    access.insert(
+        "local_addresses".into(),
+        toml::Value::Array(vec!["127.0.0.1".into()]),
+    );
+    std::fs::write(&config_path, toml::to_string(&table).unwrap()).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let gateway = Gateway::build(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let (status, body) = get_from("127.0.0.236", addr, "/chargers").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        upstream.received().is_empty(),
+        "a keyless LAN request reached Joulo"
+    );
+    let key = std::fs::read_to_string(keys.join("homeassistant.key")).unwrap();
+    let (status, _, body) = support::send(
+        addr,
+        Method::GET,
+        "/chargers",
+        &[("x-gateway-key", key.trim())],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = get_from("127.0.0.1", addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let _ = stop.send(());
+    let _ = served.await;
+}

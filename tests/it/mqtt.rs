@@ -1040,8 +1040,13 @@ async fn the_addon_takes_its_broker_from_the_supervisor_and_the_household_appear
         json!({"joulo_token": token, "log_level": "info"}).to_string(),
     )
     .unwrap();
-    let config_path =
-        joulo_gateway::addon_prepare(data.path(), "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let config_path = joulo_gateway::addon_prepare(
+        data.path(),
+        &data.path().join("keys"),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .unwrap();
     // The add-on's config names Joulo itself: pointed at the simulated one
     // here, with its CA and fast ttls; nothing else of it changes.
     demo::write_private(&data.path().join("ca.pem"), &sim.ca.ca_pem).unwrap();

@@ -608,7 +608,10 @@ fn compose_and_the_package_keep_device_keys_on_the_host() {
     );
     assert!(compose.contains("- ./gateway.toml:/etc/joulo-gateway/gateway.toml:ro"));
     assert!(compose.contains("- ./devices:/var/lib/joulo-gateway\n"));
-    assert!(compose.contains("build:"), "compose still builds the image");
+    // The published image, pulled for upgrades: nothing is compiled on the host.
+    assert!(!compose.contains("build:"), "compose builds nothing");
+    assert!(compose.contains("    image: ghcr.io/joulo-gateway/joulo-gateway:"));
+    assert!(compose.contains("docker compose pull"), "upgrades are documented");
     let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
     assert_eq!(
         docker.access.devices_file,

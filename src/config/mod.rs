@@ -358,7 +358,7 @@ fn validate(
     let cache = cache::validate(&raw.cache, path)?;
     let routes = routes::validate(&raw.routes, path)?;
     write_routes_have_keys(&routes.enabled_write_routes, &access, path)?;
-    let mqtt = mqtt::validate(raw.mqtt, path, base_dir)?;
+    let mqtt = mqtt::validate(raw.mqtt, path, base_dir, credentials_dir)?;
 
     Ok(Config {
         server,

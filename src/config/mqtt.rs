@@ -116,12 +116,21 @@ impl MqttConfig {
     }
 }
 
+/// The systemd credential the unit's drop-in may pass the broker password
+/// as (`LoadCredential=mqtt_password:...`), as it passes the token.
+pub(crate) const PASSWORD_CREDENTIAL: &str = "mqtt_password";
+
 /// Checks `[mqtt]`; `None` when the table is absent or has no `url` (the
-/// publisher is off). Relative paths are taken from `base_dir`.
+/// publisher is off). Relative paths are taken from `base_dir`. Under
+/// systemd (`credentials_dir`, `$CREDENTIALS_DIRECTORY`) a credential named
+/// [`PASSWORD_CREDENTIAL`] is read instead of `password_file`: the service's
+/// throwaway user cannot read root's file, and `check` run from a shell
+/// still reads the file itself.
 pub(super) fn validate(
     raw: Option<RawMqtt>,
     path: &Path,
     base_dir: &Path,
+    credentials_dir: Option<&Path>,
 ) -> Result<Option<MqttConfig>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
@@ -184,7 +193,11 @@ pub(super) fn validate(
             .map_err(|m| ConfigError::invalid(path, "mqtt.ca_file", m))?;
     }
     config.username = username;
-    config.password = password_file.map(|file| MqttPassword::File(base_dir.join(file)));
+    let credential = credentials_dir
+        .map(|dir| dir.join(PASSWORD_CREDENTIAL))
+        .filter(|copy| copy.exists());
+    config.password = password_file
+        .map(|file| MqttPassword::File(credential.unwrap_or_else(|| base_dir.join(file))));
     if let Some(prefix) = discovery_prefix {
         config.discovery_prefix = check_topic(&prefix)
             .map_err(|m| ConfigError::invalid(path, "mqtt.discovery_prefix", m))?;

@@ -392,3 +392,31 @@ fn keys_found_after_parsing_are_named_with_their_line() {
         assert!(!err.contains("line 0"), "{err}");
     }
 }
+
+/// Under the systemd unit the broker password is the credential the drop-in
+/// copies (the throwaway user cannot read root's file); from a shell, and
+/// without that credential, `password_file` itself.
+#[test]
+fn the_mqtt_password_is_the_systemd_credential_when_there_is_one() {
+    let text =
+        "[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"/etc/jg/mqtt_password\"\n";
+    let credentials = tempfile::tempdir().unwrap();
+    let with = |dir: Option<&Path>| {
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let config = validate(raw, Path::new("t.toml"), Path::new("/etc/jg"), dir).unwrap();
+        match config.mqtt.unwrap().password {
+            Some(MqttPassword::File(path)) => path,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(with(None), Path::new("/etc/jg/mqtt_password"));
+    assert_eq!(
+        with(Some(credentials.path())),
+        Path::new("/etc/jg/mqtt_password")
+    );
+    std::fs::write(credentials.path().join("mqtt_password"), "pw\n").unwrap();
+    assert_eq!(
+        with(Some(credentials.path())),
+        credentials.path().join("mqtt_password")
+    );
+}

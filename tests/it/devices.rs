@@ -611,7 +611,10 @@ fn compose_and_the_package_keep_device_keys_on_the_host() {
     // The published image, pulled for upgrades: nothing is compiled on the host.
     assert!(!compose.contains("build:"), "compose builds nothing");
     assert!(compose.contains("    image: ghcr.io/joulo-gateway/joulo-gateway:"));
-    assert!(compose.contains("docker compose pull"), "upgrades are documented");
+    assert!(
+        compose.contains("docker compose pull"),
+        "upgrades are documented"
+    );
     let docker = Config::load(&repo("deploy/docker/gateway.toml")).unwrap();
     assert_eq!(
         docker.access.devices_file,

@@ -251,6 +251,11 @@ impl AccessPolicy {
         AccessPolicy { config, https }
     }
 
+    /// How many device keys it holds (`[[clients]]` and the devices file).
+    pub(crate) fn key_count(&self) -> usize {
+        self.config.clients.len()
+    }
+
     /// Whether the client address may use the gateway at all. IPv4-mapped IPv6
     /// addresses (from a dual-stack listener) are checked as IPv4.
     pub(crate) fn check_network(&self, client: IpAddr) -> Result<(), AccessError> {

@@ -37,6 +37,24 @@ pub fn reload_once(path: &std::path::Path, state: &AppState, log: &LogLevel) -> 
             return Reloaded::Refused(e.to_string());
         }
     };
+    // Under `keyless = true`, no keys means every allowed address is served
+    // without one. A devices file truncated by an editor, deleted, or a bind
+    // mount gone looks just like "the last key removed": a reload does not
+    // open the gateway that way (outside review, 23); a restart does, on
+    // purpose.
+    let keys_now = state.policy.load().access.key_count();
+    if config.access.keyless && config.access.clients.is_empty() && keys_now > 0 {
+        state.count_reload(false);
+        let why = format!(
+            "this reload would remove the last device key while [access] keyless = true, which \
+             would serve every allowed address without a key; the {keys_now} key(s) stay. If the \
+             devices file ({}) was emptied or removed by mistake, restore it; to run keyless on \
+             purpose, restart the gateway",
+            config.access.devices_file.display()
+        );
+        error!(reason = %why, "config reload refused; the previous settings stay in force");
+        return Reloaded::Refused(why);
+    }
     let restart_needed = state.reload(&config);
     state.count_reload(true);
     let level = match log.apply(&config.log.level) {

@@ -208,6 +208,12 @@ impl GatewayError {
                     "detail": NO_KEYS_YET_DETAIL,
                 }),
             ),
+            // Joulo's words would send the user to the Joulo token: the
+            // detail says it is the device's own key that is missing.
+            GatewayError::Access(AccessError::Key) => json_response(
+                status,
+                &serde_json::json!({"error": message, "detail": MISSING_KEY_DETAIL}),
+            ),
             _ => json_error(status, &message),
         };
         let headers = response.headers_mut();
@@ -246,6 +252,13 @@ impl GatewayError {
 /// device keys.
 pub(crate) const NO_KEYS_YET_DETAIL: &str =
     "this gateway has no device keys yet: run `joulo-gateway device add NAME`";
+
+/// The second field of the 401 for a missing or unknown device key, once
+/// the gateway has keys: Joulo's "API token" would send the user to check
+/// the Joulo token, which the device never holds.
+pub(crate) const MISSING_KEY_DETAIL: &str = "this gateway needs the device's own key (not the Joulo \
+     token): the password of HTTP Basic, `Authorization: Bearer KEY` or `X-Gateway-Key: KEY`; \
+     `joulo-gateway device add NAME` makes one";
 
 /// `Retry-After` seconds for a wait: rounded up, at least 1.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
@@ -368,7 +381,7 @@ mod tests {
         assert!(challenges[1].to_str().unwrap().starts_with("Bearer realm="));
         assert_eq!(
             body_json(r).await,
-            serde_json::json!({"error": "Missing or invalid API token"})
+            serde_json::json!({"error": "Missing or invalid API token", "detail": MISSING_KEY_DETAIL})
         );
         let r =
             GatewayError::Access(AccessError::Scope(crate::access::Scope::EnergyRead)).response();

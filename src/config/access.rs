@@ -92,17 +92,17 @@ pub(super) fn validate(
             .collect(),
         Some(list) => networks(list, "access.local_addresses", path)?,
     };
-    // This host is loopback, or one of its own addresses: a network here
-    // would serve a whole LAN without keys.
-    if let Some(net) = local
-        .iter()
-        .find(|net| net.prefix_len() != net.max_prefix_len() && !is_loopback(net))
-    {
+    // "This host" is loopback only. A LAN address, even one of this host's
+    // own, is what other devices arrive from too (behind Docker's userland
+    // proxy every LAN client is the bridge address), and a public one is
+    // anybody: those get a key, never a keyless pass (outside review, 23).
+    if let Some(net) = local.iter().find(|net| !is_loopback(net)) {
         return Err(parse_err(
             "access.local_addresses".to_owned(),
             format!(
-                "`{net}` is a network, not this host: list loopback or single addresses of this \
-                 host only"
+                "`{net}` is not loopback: only this machine's loopback addresses (127.0.0.0/8, \
+                 ::1) are served without a key; any other address is a device: give it a key \
+                 with `joulo-gateway device add NAME`"
             ),
         ));
     }
@@ -333,11 +333,21 @@ mod tests {
     }
 
     #[test]
-    fn local_addresses_are_this_host_not_a_network() {
-        let c = parse("[access]\nlocal_addresses = [\"127.0.0.1\", \"192.168.1.10\"]").unwrap();
+    fn local_addresses_are_loopback_only() {
+        let c = parse("[access]\nlocal_addresses = [\"127.0.0.1\", \"::1\"]").unwrap();
         assert_eq!(c.access.local.len(), 2);
         assert_eq!(parse("").unwrap().access.local.len(), 2);
-        for net in ["192.168.1.0/24", "0.0.0.0/0", "::/0"] {
+        // A network, this host's LAN address, a Docker bridge, a public
+        // address: each would serve someone else without a key.
+        for net in [
+            "192.168.1.0/24",
+            "0.0.0.0/0",
+            "::/0",
+            "192.168.1.10",
+            "172.17.0.1",
+            "8.8.8.8",
+            "2001:4860:4860::8888",
+        ] {
             let err = parse(&format!("[access]\nlocal_addresses = [\"{net}\"]"))
                 .unwrap_err()
                 .to_string();

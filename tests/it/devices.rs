@@ -259,10 +259,15 @@ async fn device_add_and_remove_apply_to_the_running_gateway_within_2_s() {
         .await
         .expect("the new key works within 2 s, no restart");
     eprintln!("device add: the key worked after {took:?}");
-    // A keyless LAN request stays refused, now without the hint (keys exist).
+    // A keyless LAN request stays refused, now with what a device must send
+    // rather than the no-keys-yet hint (keys exist).
     let (status, body) = get_from("127.0.0.233", addr, "/chargers").await;
     assert_eq!(status, 401);
-    assert!(json(&body).get("detail").is_none(), "{body}");
+    assert_ne!(json(&body)["detail"], WHAT_TO_DO, "{body}");
+    assert!(
+        body.contains("the device's own key (not the Joulo token)"),
+        "{body}"
+    );
 
     let (code, out, err) = device(&config, &["add", "tablet", "--scopes", "chargers:read"]);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -698,4 +703,63 @@ async fn the_addon_config_refuses_a_lan_request_without_a_key() {
     assert_eq!(status, 200, "{body}");
     let _ = stop.send(());
     let _ = served.await;
+}
+
+/// Under `keyless = true`, a devices file emptied or deleted (an editor
+/// truncating it, a bind mount gone) would look like "the last key removed"
+/// and serve every allowed address without a key: such a reload is refused
+/// and the keys stay (outside review of 23); a restart is the way back to
+/// keyless on purpose.
+#[tokio::test]
+async fn under_keyless_a_devices_file_emptied_or_deleted_does_not_open_the_gateway() {
+    let upstream = MockUpstream::start();
+    let gateway = TestGateway::start_on(
+        &upstream,
+        "[access]\nlocal_addresses = [\"127.0.0.1\"]\nkeyless = true\n",
+    )
+    .await;
+    let config = gateway.dir.path().join("gateway.toml");
+    let devices = gateway.dir.path().join("devices.toml");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["device", "add", "homeassistant"])
+        .output()
+        .unwrap();
+    let key = printed_key(&String::from_utf8_lossy(&out.stdout));
+    assert!(matches!(
+        reload_once(&config, &gateway.state, &LogLevel::fixed()),
+        Reloaded::Applied { .. }
+    ));
+    assert_eq!(
+        get_from("127.0.0.241", gateway.addr, "/chargers").await.0,
+        401
+    );
+    let calls = upstream.received().len();
+    for break_it in [
+        (|path: &Path| std::fs::write(path, "")) as fn(&Path) -> std::io::Result<()>,
+        |path: &Path| std::fs::remove_file(path),
+    ] {
+        let kept = std::fs::read_to_string(&devices).unwrap();
+        break_it(&devices).unwrap();
+        let outcome = reload_once(&config, &gateway.state, &LogLevel::fixed());
+        assert!(
+            matches!(&outcome, Reloaded::Refused(why) if why.contains("keyless")),
+            "{outcome:?}"
+        );
+        let before = upstream.received().len();
+        let (status, body) = get_from("127.0.0.241", gateway.addr, "/chargers").await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(
+            upstream.received().len(),
+            before,
+            "a keyless call reached Joulo"
+        );
+        assert_eq!(
+            get_with_key("127.0.0.241", gateway.addr, "/chargers", &key).await,
+            200,
+            "the keys stay"
+        );
+        std::fs::write(&devices, kept).unwrap();
+    }
 }

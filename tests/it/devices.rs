@@ -735,7 +735,6 @@ async fn under_keyless_a_devices_file_emptied_or_deleted_does_not_open_the_gatew
         get_from("127.0.0.241", gateway.addr, "/chargers").await.0,
         401
     );
-    let calls = upstream.received().len();
     for break_it in [
         (|path: &Path| std::fs::write(path, "")) as fn(&Path) -> std::io::Result<()>,
         |path: &Path| std::fs::remove_file(path),

@@ -395,8 +395,8 @@ fn write_routes_have_keys(
                 path,
                 format!("routes.{}.enabled", route.config_name()),
                 format!(
-                    "an account-changing route needs device keys: add a [[clients]] entry whose \
-                     scopes include \"{scope}\" (joulo-gateway gen-key --name NAME --scopes {scope}); \
+                    "an account-changing route needs a device key whose scopes include \"{scope}\" \
+                     (joulo-gateway device add NAME --scopes {scope}, or a [[clients]] entry); \
                      without one any device on an allowed network could use it",
                     scope = scope.as_str()
                 ),

@@ -213,8 +213,8 @@ pub(crate) fn check_not_writable_by_others(path: &Path) -> Result<(), FileError>
         if mode & 0o022 != 0 {
             return Err(FileError::Exposed {
                 problem: format!(
-                    "it is writable by group or others (mode {mode:04o}), who could point the \
-                     gateway and its token elsewhere; run `chmod go-w` on it"
+                    "it is writable by group or others (mode {mode:04o}), who could change where the \
+                     gateway sends its token or who may use it; run `chmod go-w` on it"
                 ),
             });
         }
@@ -222,7 +222,7 @@ pub(crate) fn check_not_writable_by_others(path: &Path) -> Result<(), FileError>
             return Err(FileError::Exposed {
                 problem: format!(
                     "it belongs to uid {}, neither the gateway's user (uid {me}) nor root, who \
-                     could point the gateway and its token elsewhere",
+                     could change where the gateway sends its token or who may use it",
                     stat.st_uid
                 ),
             });

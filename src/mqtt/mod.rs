@@ -12,6 +12,7 @@ mod discovery;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rumqttc::{
@@ -49,6 +50,10 @@ const UNCACHED_INTERVAL: Duration = Duration::from_secs(60);
 const GOODBYE: Duration = Duration::from_secs(2);
 /// Requests the client may queue for the connection task.
 const QUEUE: usize = 256;
+/// The least time between two resends of everything for Home Assistant's
+/// birth messages: a flood of them, from anyone who may publish on the
+/// broker, costs one resend per gap.
+const RESEND_GAP: Duration = Duration::from_secs(5);
 
 /// What the publisher polls, each at its route's ttl.
 const POLLED: [(RouteId, &str); 3] = [
@@ -129,9 +134,11 @@ impl Publisher {
         let topics = Topics::new(&self.config);
         let (client, eventloop) = AsyncClient::new(self.options(&topics), QUEUE);
         let (events_tx, events) = mpsc::unbounded_channel();
+        let birth_pending = Arc::new(AtomicBool::new(false));
         let driver = tokio::spawn(drive(
             eventloop,
             events_tx,
+            birth_pending.clone(),
             state.clone(),
             topics.birth(),
             format!("{}:{}", self.config.host, self.config.port),
@@ -143,6 +150,9 @@ impl Publisher {
             household: Household::default(),
             sent: HashMap::new(),
             connected: false,
+            birth_pending,
+            last_resend: None,
+            resend_waiting: false,
         };
         run.serve(events, stopped).await;
         run.goodbye(driver).await;
@@ -215,6 +225,7 @@ enum Link {
 async fn drive(
     mut eventloop: EventLoop,
     events: mpsc::UnboundedSender<Link>,
+    birth_pending: Arc<AtomicBool>,
     state: Arc<AppState>,
     birth: String,
     broker: String,
@@ -238,7 +249,13 @@ async fn drive(
                 let _ = events.send(Link::Up);
             }
             Ok(Event::Incoming(Packet::Publish(message))) => {
-                if message.topic == birth && &message.payload[..] == b"online" {
+                // Anyone who may publish on the broker can send this, as
+                // often as they like: one is queued at a time, so the queue
+                // cannot grow (the publisher takes it from there).
+                if message.topic == birth
+                    && &message.payload[..] == b"online"
+                    && !birth_pending.swap(true, Ordering::AcqRel)
+                {
                     let _ = events.send(Link::Birth);
                 }
             }
@@ -283,6 +300,14 @@ struct Run {
     sent: HashMap<String, String>,
     /// Whether the broker is connected now.
     connected: bool,
+    /// Set by the connection task while a birth message waits for this
+    /// task: at most one is queued.
+    birth_pending: Arc<AtomicBool>,
+    /// When everything was last published again.
+    last_resend: Option<Instant>,
+    /// A birth message came within [`RESEND_GAP`] of the last resend: the
+    /// next one is due when the gap is over.
+    resend_waiting: bool,
 }
 
 impl Run {
@@ -297,7 +322,13 @@ impl Run {
         let mut due = [Instant::now(); POLLED.len()];
         loop {
             let next = *due.iter().min().expect("three routes");
+            let resend_at = self
+                .last_resend
+                .map_or_else(Instant::now, |last| last + RESEND_GAP);
             tokio::select! {
+                () = tokio::time::sleep_until(resend_at), if self.resend_waiting => {
+                    self.resend_all();
+                }
                 () = &mut stopped => return,
                 link = events.recv() => match link {
                     Some(Link::Up) => {
@@ -310,9 +341,18 @@ impl Run {
                         {
                             debug!("MQTT request queue full; the birth subscription waits for the next connection");
                         }
-                        self.sync(true);
+                        self.resend_all();
                     }
-                    Some(Link::Birth) => self.sync(true),
+                    Some(Link::Birth) => {
+                        self.birth_pending.store(false, Ordering::Release);
+                        // A burst of birth messages (Home Assistant restarts
+                        // take seconds; anyone on the broker can send more)
+                        // costs one resend per gap, not one each.
+                        match self.last_resend {
+                            Some(last) if last.elapsed() < RESEND_GAP => self.resend_waiting = true,
+                            _ => self.resend_all(),
+                        }
+                    }
                     Some(Link::Down) => self.connected = false,
                     None => return,
                 },
@@ -383,6 +423,13 @@ impl Run {
         if gateway.token_problem {
             gateway.joulo_connected = false;
         }
+    }
+
+    /// Publishes everything again (a new connection, Home Assistant's birth).
+    fn resend_all(&mut self) {
+        self.resend_waiting = false;
+        self.last_resend = Some(Instant::now());
+        self.sync(true);
     }
 
     /// Publishes what changed since the broker last heard, discovery configs

@@ -705,6 +705,44 @@ async fn home_assistants_birth_message_gets_everything_again() {
     gw.shutdown().await;
 }
 
+/// Anyone who may publish on the broker can send Home Assistant's birth
+/// message as often as they like: 200 of them cost at most two more rounds
+/// of discovery (one per resend gap), not 200, and queue nothing without
+/// bound in the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_birth_messages_costs_one_resend_per_gap() {
+    let Some(broker) = Broker::start(None) else {
+        return;
+    };
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, &broker, "").await;
+    let recorder = Recorder::start(&broker, None);
+    until_published(&recorder).await;
+    let before = recorder.configs_seen();
+    for _ in 0..200 {
+        recorder
+            .client
+            .publish("homeassistant/status", QoS::AtMostOnce, false, "online")
+            .await
+            .unwrap();
+    }
+    // The first resend comes within a gap (5 s) of the last one, the
+    // deferred one a gap later; then nothing more.
+    let again = eventually(WAIT, || async {
+        recorder.configs_seen() >= before + CONFIGS
+    })
+    .await;
+    assert!(again, "the birth messages got no resend");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let resent = recorder.configs_seen() - before;
+    assert!(
+        resent <= 2 * CONFIGS,
+        "200 birth messages cost {resent} discovery messages ({} rounds)",
+        resent / CONFIGS
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_data_goes_unavailable_and_token_rejected_turns_on() {
     let Some(broker) = Broker::start(None) else {

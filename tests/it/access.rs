@@ -171,9 +171,15 @@ async fn device_keys_by_bearer_basic_and_header_never_travel_upstream() {
             .map(|v| v.to_str().unwrap().split(' ').next().unwrap().to_owned())
             .collect();
         assert_eq!(challenges, ["Basic", "Bearer"]);
-        assert_eq!(
-            json(&body),
-            serde_json::json!({"error": "Missing or invalid API token"})
+        // Joulo's words, and (since the second review of 23) a detail saying
+        // it is the device's own key that is missing, not the Joulo token.
+        let body = json(&body);
+        assert_eq!(body["error"], "Missing or invalid API token");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("the device's own key (not the Joulo token)")),
+            "{body}"
         );
     }
 

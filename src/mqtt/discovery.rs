@@ -44,9 +44,15 @@ impl Topics {
         format!("{}/status", self.prefix)
     }
 
-    /// A client id the broker tells apart from another gateway's.
+    /// A client id the broker tells apart from another gateway's, with a
+    /// random part per run: a predictable one lets any client on the broker
+    /// take the gateway's session over, and two gateways with the same
+    /// `base_topic` would keep disconnecting each other (outside review).
     pub(super) fn client_id(&self) -> String {
-        format!("joulo-gateway-{}", self.node)
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).expect("the OS random source works");
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        format!("joulo-gateway-{}-{suffix}", self.node)
     }
 
     /// The discovery config topic of one entity.
@@ -96,6 +102,30 @@ pub(super) struct Household {
     pub energy: Option<Map<String, Value>>,
     /// The gateway's own state.
     pub gateway: GatewayState,
+    /// Whether the last `/chargers` poll got an answer: while it does not,
+    /// every data entity is unavailable, the account's too (not its last
+    /// figures, up to 10 minutes old).
+    pub joulo_ok: bool,
+    /// Whether `/chargers` was polled at all: the gateway's own state is not
+    /// published before (it would say "0 calls left, not connected").
+    pub polled: bool,
+    /// Chargers past [`MAX_CHARGERS`] in the last answer, left out.
+    pub left_out: usize,
+}
+
+/// The most chargers published: a home has one or two. An answer listing
+/// thousands (a broken or hostile upstream) would otherwise make every poll
+/// rebuild and publish thousands of devices (outside review of 24: 40,000
+/// stalled the gateway for every device).
+pub(super) const MAX_CHARGERS: usize = 32;
+
+/// The longest text value published in a state or device block: Home
+/// Assistant drops a state over 255 characters.
+const MAX_TEXT: usize = 64;
+
+/// `text` cut to [`MAX_TEXT`] characters.
+fn short(text: &str) -> String {
+    text.chars().take(MAX_TEXT).collect()
 }
 
 /// The gateway device's values.
@@ -111,14 +141,12 @@ pub(super) struct GatewayState {
     pub last_error: Option<String>,
 }
 
-/// A Joulo id fit for topics and unique ids: letters, digits, `-` and `_`,
-/// as Joulo's UUIDs are. Anything else is not published (a `/`, `+` or `#`
-/// would write elsewhere).
+/// A Joulo id fit for topics and unique ids: letters, digits and `-`, as
+/// Joulo's UUIDs are. Anything else is not published: a `/`, `+` or `#`
+/// would write elsewhere, and an `_` would make `charger_<id>_<field>`
+/// ambiguous (ids `x` and `x_last` would share a topic).
 pub(super) fn topic_safe(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 impl Household {
@@ -126,18 +154,26 @@ impl Household {
     /// charger gone is dropped, so its topics are cleared); `None` (Joulo
     /// could not be asked) keeps the devices and empties their states.
     pub(super) fn set_chargers(&mut self, answer: Option<&Value>) {
+        self.polled = true;
         let Some(list) = answer.and_then(|a| a.get("chargers")?.as_array()) else {
+            self.joulo_ok = false;
             for charger in self.chargers.values_mut() {
                 charger.state = None;
             }
             return;
         };
+        self.joulo_ok = true;
+        self.left_out = 0;
         let mut chargers = BTreeMap::new();
         for entry in list {
             let Some(id) = entry.get("id").and_then(Value::as_str) else {
                 continue;
             };
             if !topic_safe(id) {
+                continue;
+            }
+            if chargers.len() >= MAX_CHARGERS && !chargers.contains_key(id) {
+                self.left_out += 1;
                 continue;
             }
             let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_owned);
@@ -148,7 +184,9 @@ impl Household {
                     nickname: text("nickname")
                         .map(|n| n.chars().take(100).collect())
                         .unwrap_or_else(|| format!("Charger {}", &id[..id.len().min(8)])),
-                    connection_type: text("connection_type").unwrap_or_else(|| "unknown".into()),
+                    connection_type: text("connection_type")
+                        .map(|t| short(&t))
+                        .unwrap_or_else(|| "unknown".into()),
                     state: Some(charger_state(entry)),
                 },
             );
@@ -219,7 +257,7 @@ impl Household {
 
         for charger in self.chargers.values() {
             let device = json!({
-                "identifiers": [format!("joulo_charger_{}", charger.id)],
+                "identifiers": [format!("{}_charger_{}", topics.node, charger.id)],
                 "name": charger.nickname,
                 "manufacturer": "Joulo",
                 "model": charger.connection_type,
@@ -231,7 +269,7 @@ impl Household {
                 device: &device,
                 state_topic: &state_topic,
                 object_prefix: format!("charger_{}", charger.id),
-                unique_prefix: format!("joulo_{}", charger.id),
+                unique_prefix: format!("{}_{}", topics.node, charger.id),
             };
             for entity in CHARGER_ENTITIES {
                 place.entity(entity, true, &mut out);
@@ -268,9 +306,10 @@ impl Household {
         for entity in ACCOUNT_ENTITIES {
             place.entity(entity, true, &mut out);
         }
+        let energy = self.energy.clone().filter(|_| self.joulo_ok);
         out.insert(
             account_topic,
-            Value::Object(self.energy.clone().unwrap_or_default()).to_string(),
+            Value::Object(energy.unwrap_or_default()).to_string(),
         );
 
         let gateway_topic = format!("{}/gateway/state", topics.base);
@@ -290,6 +329,9 @@ impl Household {
             calls_left,
             last_error,
         } = &self.gateway;
+        if !self.polled {
+            return out;
+        }
         out.insert(
             gateway_topic,
             json!({
@@ -308,7 +350,7 @@ impl Household {
 fn charger_state(entry: &Value) -> Map<String, Value> {
     let mut state = Map::new();
     if let Some(status) = entry.get("status").and_then(Value::as_str) {
-        state.insert("status".into(), json!(status));
+        state.insert("status".into(), json!(short(status)));
     }
     if let Some(charging) = entry.get("is_charging").and_then(Value::as_bool) {
         state.insert("is_charging".into(), json!(charging));
@@ -321,7 +363,7 @@ fn charger_state(entry: &Value) -> Map<String, Value> {
             state.insert("session_kwh".into(), kwh.clone());
         }
         if let Some(tag) = session.get("id_tag").and_then(Value::as_str) {
-            state.insert("id_tag".into(), json!(tag));
+            state.insert("id_tag".into(), json!(short(tag)));
         }
     }
     state
@@ -605,11 +647,46 @@ mod tests {
 
     #[test]
     fn ids_that_are_not_topic_safe_are_not_published() {
-        for bad in ["", "a/b", "a+b", "#", "a b", &"x".repeat(65)] {
+        for bad in ["", "a/b", "a+b", "#", "a b", "x_last", &"x".repeat(65)] {
             assert!(!topic_safe(bad), "{bad}");
         }
         let mut household = Household::default();
         household.set_chargers(Some(&json!({"chargers": [{"id": "x/#", "status": "a"}]})));
         assert!(household.chargers.is_empty());
+    }
+
+    /// Outside review of 24: a hostile `/chargers` list is bounded (at most
+    /// [`MAX_CHARGERS`] devices, text cut), and while Joulo cannot be asked
+    /// the account's figures go unavailable with the chargers'.
+    #[test]
+    fn a_huge_or_hostile_charger_list_is_bounded_and_errors_empty_the_account() {
+        let list: Vec<Value> = (0..5_000)
+            .map(|i| json!({"id": format!("c{i}"), "status": "x".repeat(300), "connection_type": "y".repeat(300)}))
+            .collect();
+        let mut household = Household::default();
+        assert!(
+            household
+                .messages(&topics())
+                .keys()
+                .all(|t| !t.ends_with("gateway/state"))
+        );
+        household.set_chargers(Some(&json!({ "chargers": list })));
+        assert_eq!(household.chargers.len(), MAX_CHARGERS);
+        assert_eq!(household.left_out, 5_000 - MAX_CHARGERS);
+        let messages = household.messages(&topics());
+        assert!(
+            messages.values().all(|m| m.len() < 4096),
+            "a message past 4 KiB"
+        );
+        assert!(messages.keys().any(|t| t.ends_with("gateway/state")));
+
+        let energy = json!({"total_kwh": 10.0, "months": []});
+        household.set_energy(Some(&energy), "2026-12");
+        let account = |h: &Household| state(&h.messages(&topics()), "joulo/account/state");
+        assert_eq!(account(&household)["total_kwh"], json!(10.0));
+        household.set_chargers(None);
+        assert_eq!(account(&household), json!({}), "stale while Joulo fails");
+        household.set_chargers(Some(&json!({"chargers": []})));
+        assert_eq!(account(&household)["total_kwh"], json!(10.0));
     }
 }

@@ -54,6 +54,11 @@ const QUEUE: usize = 256;
 /// birth messages: a flood of them, from anyone who may publish on the
 /// broker, costs one resend per gap.
 const RESEND_GAP: Duration = Duration::from_secs(5);
+/// The largest MQTT packet sent or taken (a discovery config is about 1 KiB).
+const MAX_PACKET: usize = 256 * 1024;
+/// How long a connection must stay up before its outage is over: the
+/// back-off and the one warning per outage hold across shorter ones.
+const STABLE: Duration = Duration::from_secs(30);
 
 /// What the publisher polls, each at its route's ttl.
 const POLLED: [(RouteId, &str); 3] = [
@@ -135,10 +140,12 @@ impl Publisher {
         let (client, eventloop) = AsyncClient::new(self.options(&topics), QUEUE);
         let (events_tx, events) = mpsc::unbounded_channel();
         let birth_pending = Arc::new(AtomicBool::new(false));
+        let birth_off = Arc::new(AtomicBool::new(false));
         let driver = tokio::spawn(drive(
             eventloop,
             events_tx,
             birth_pending.clone(),
+            birth_off.clone(),
             state.clone(),
             topics.birth(),
             format!("{}:{}", self.config.host, self.config.port),
@@ -150,7 +157,9 @@ impl Publisher {
             household: Household::default(),
             sent: HashMap::new(),
             connected: false,
+            queue_full_said: AtomicBool::new(false),
             birth_pending,
+            birth_off,
             last_resend: None,
             resend_waiting: false,
         };
@@ -165,7 +174,7 @@ impl Publisher {
         options
             .set_keep_alive(KEEP_ALIVE)
             .set_clean_session(true)
-            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
                 topics.availability(),
                 "offline",
@@ -226,6 +235,7 @@ async fn drive(
     mut eventloop: EventLoop,
     events: mpsc::UnboundedSender<Link>,
     birth_pending: Arc<AtomicBool>,
+    birth_off: Arc<AtomicBool>,
     state: Arc<AppState>,
     birth: String,
     broker: String,
@@ -234,17 +244,24 @@ async fn drive(
     options.set_connection_timeout(CONNECT_TIMEOUT_S);
     eventloop.set_network_options(options);
     let mut backoff = BACKOFF_FIRST;
+    // An outage lasts until a connection has stayed up for STABLE: a broker
+    // that accepts and then drops (or another client taking the id) is one
+    // outage with one warning and a growing back-off, not one a second.
     let mut outage = false;
+    let mut said_back = false;
+    let mut connected_at: Option<Instant> = None;
+    let mut first = true;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if outage {
-                    info!(broker = %broker, "MQTT broker reachable again");
-                } else {
+                if first {
                     info!(broker = %broker, "connected to the MQTT broker");
+                    first = false;
+                } else if outage && !said_back {
+                    info!(broker = %broker, "MQTT broker reachable again");
+                    said_back = true;
                 }
-                outage = false;
-                backoff = BACKOFF_FIRST;
+                connected_at = Some(Instant::now());
                 state.mqtt.connected.set(1);
                 let _ = events.send(Link::Up);
             }
@@ -267,6 +284,24 @@ async fn drive(
                 if matches!(e, ConnectionError::RequestsDone) {
                     return;
                 }
+                // A retained message on the birth topic past the packet
+                // limit (anyone may publish one) would end every connection
+                // the moment the subscription delivers it: birth messages
+                // are not listened to from then on.
+                if too_big(&e) && !birth_off.swap(true, Ordering::AcqRel) {
+                    warn!(
+                        topic = %birth,
+                        limit_kib = MAX_PACKET / 1024,
+                        "the broker sent a message past the size limit, likely retained on Home \
+                         Assistant's status topic; birth messages are no longer listened to until \
+                         a restart (clear it with an empty retained message)"
+                    );
+                }
+                if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
+                    outage = false;
+                    said_back = false;
+                    backoff = BACKOFF_FIRST;
+                }
                 if outage {
                     debug!(broker = %broker, error = %e, retry_in_s = backoff.as_secs(), "MQTT broker still unreachable");
                 } else {
@@ -285,6 +320,16 @@ async fn drive(
     }
 }
 
+/// Whether the connection ended on an incoming packet past the size limit.
+fn too_big(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
+}
+
 /// The publisher's running state.
 struct Run {
     /// The gateway, asked as a device.
@@ -300,9 +345,15 @@ struct Run {
     sent: HashMap<String, String>,
     /// Whether the broker is connected now.
     connected: bool,
+    /// Whether this sync already said the request queue is full.
+    queue_full_said: AtomicBool,
     /// Set by the connection task while a birth message waits for this
     /// task: at most one is queued.
     birth_pending: Arc<AtomicBool>,
+    /// Set by the connection task when a message past the size limit came
+    /// (a retained one on the birth topic): the birth topic is not
+    /// subscribed to again.
+    birth_off: Arc<AtomicBool>,
     /// When everything was last published again.
     last_resend: Option<Instant>,
     /// A birth message came within [`RESEND_GAP`] of the last resend: the
@@ -334,10 +385,11 @@ impl Run {
                     Some(Link::Up) => {
                         self.connected = true;
                         self.send(&self.topics.availability(), "online".to_owned());
-                        if self
-                            .client
-                            .try_subscribe(self.topics.birth(), QoS::AtLeastOnce)
-                            .is_err()
+                        if !self.birth_off.load(Ordering::Acquire)
+                            && self
+                                .client
+                                .try_subscribe(self.topics.birth(), QoS::AtLeastOnce)
+                                .is_err()
                         {
                             debug!("MQTT request queue full; the birth subscription waits for the next connection");
                         }
@@ -405,7 +457,15 @@ impl Run {
         match route {
             RouteId::Chargers => {
                 household.gateway.joulo_connected = answer.is_some();
+                let before = household.left_out;
                 household.set_chargers(answer.as_ref());
+                if household.left_out > 0 && before == 0 {
+                    warn!(
+                        left_out = household.left_out,
+                        published = discovery::MAX_CHARGERS,
+                        "Joulo lists more chargers than the publisher takes; the rest are not published"
+                    );
+                }
             }
             RouteId::Sessions => household.set_last_session(answer.as_ref()),
             _ => household.set_energy(answer.as_ref(), &this_month()),
@@ -439,6 +499,7 @@ impl Run {
         if !self.connected {
             return;
         }
+        self.queue_full_said.store(false, Ordering::Relaxed);
         let messages = self.household.messages(&self.topics);
         let gone: Vec<String> = self
             .sent
@@ -482,7 +543,13 @@ impl Run {
             .try_publish(topic, QoS::AtLeastOnce, true, payload)
             .is_err()
         {
-            debug!("MQTT request queue full; the message waits for the next full publish");
+            // One line per sync, not per message: a slow broker would
+            // otherwise write one per dropped message (outside review).
+            if !self.queue_full_said.swap(true, Ordering::Relaxed) {
+                debug!(
+                    "MQTT request queue full; what did not fit is published again at the next change or connection"
+                );
+            }
             return false;
         }
         let stats = &self.state.mqtt;

@@ -743,6 +743,55 @@ async fn a_flood_of_birth_messages_costs_one_resend_per_gap() {
     gw.shutdown().await;
 }
 
+/// Anyone who may publish on the broker can leave a retained message past
+/// the gateway's packet limit on Home Assistant's status topic: it used to
+/// end every connection the moment the birth subscription delivered it, for
+/// good (outside review of 24). Now the gateway stops listening to birth
+/// messages, stays connected and publishes the household.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retained_birth_message_does_not_keep_the_publisher_off_the_broker() {
+    let Some(broker) = Broker::start(None) else {
+        return;
+    };
+    let recorder = Recorder::start(&broker, None);
+    let planted = eventually(WAIT, || async {
+        recorder
+            .client
+            .publish(
+                "homeassistant/status",
+                QoS::AtLeastOnce,
+                true,
+                vec![b'x'; 300 * 1024],
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(planted);
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, &broker, "").await;
+    until_published(&recorder).await;
+    // Connected for good: no stream of last wills and reconnects.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let offline = recorder
+        .all()
+        .iter()
+        .filter(|m| m.topic == "joulo/gateway/availability" && m.payload == "offline")
+        .count();
+    assert!(
+        offline <= 1,
+        "{offline} last wills: the publisher kept reconnecting"
+    );
+    assert_eq!(
+        recorder
+            .latest()
+            .get("joulo/gateway/availability")
+            .map(String::as_str),
+        Some("online")
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_data_goes_unavailable_and_token_rejected_turns_on() {
     let Some(broker) = Broker::start(None) else {

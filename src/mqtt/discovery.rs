@@ -63,6 +63,32 @@ impl Topics {
         )
     }
 
+    /// The filters under which this gateway's own retained messages live
+    /// (its discovery configs and its chargers' states): what an earlier
+    /// run left there is cleared once it no longer describes a charger.
+    pub(super) fn own_filters(&self) -> [String; 3] {
+        [
+            format!("{}/sensor/{}/+/config", self.prefix, self.node),
+            format!("{}/binary_sensor/{}/+/config", self.prefix, self.node),
+            format!("{}/charger/+/state", self.base),
+        ]
+    }
+
+    /// Whether `topic` is one [`Topics::own_filters`] covers.
+    pub(super) fn is_own(&self, topic: &str) -> bool {
+        let config = |component: &str| {
+            topic
+                .strip_prefix(&format!("{}/{component}/{}/", self.prefix, self.node))
+                .and_then(|rest| rest.strip_suffix("/config"))
+                .is_some_and(|object| !object.is_empty() && !object.contains('/'))
+        };
+        let state = topic
+            .strip_prefix(&format!("{}/charger/", self.base))
+            .and_then(|rest| rest.strip_suffix("/state"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+        config("sensor") || config("binary_sensor") || state
+    }
+
     /// Whether `topic` is a discovery config (published before the states).
     pub(super) fn is_config(&self, topic: &str) -> bool {
         topic.starts_with(&format!("{}/", self.prefix)) && topic.ends_with("/config")

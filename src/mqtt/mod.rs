@@ -9,7 +9,7 @@
 
 mod discovery;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,11 +141,17 @@ impl Publisher {
         let (events_tx, events) = mpsc::unbounded_channel();
         let birth_pending = Arc::new(AtomicBool::new(false));
         let birth_off = Arc::new(AtomicBool::new(false));
+        let (seen_tx, seen) = mpsc::channel(SEEN_QUEUE);
+        let inbox = Inbox {
+            events: events_tx,
+            birth_pending: birth_pending.clone(),
+            birth_off: birth_off.clone(),
+            seen: seen_tx,
+        };
         let driver = tokio::spawn(drive(
             eventloop,
-            events_tx,
-            birth_pending.clone(),
-            birth_off.clone(),
+            inbox,
+            topics.clone(),
             state.clone(),
             topics.birth(),
             format!("{}:{}", self.config.host, self.config.port),
@@ -160,10 +166,11 @@ impl Publisher {
             queue_full_said: AtomicBool::new(false),
             birth_pending,
             birth_off,
+            leftovers: HashSet::new(),
             last_resend: None,
             resend_waiting: false,
         };
-        run.serve(events, stopped).await;
+        run.serve(events, seen, stopped).await;
         run.goodbye(driver).await;
     }
 
@@ -229,17 +236,40 @@ enum Link {
     Birth,
 }
 
+/// Retained topics of this gateway's seen on the broker, bounded: a flood
+/// of them (anyone may publish there) is dropped past it.
+const SEEN_QUEUE: usize = 1024;
+/// The most leftover topics remembered until Joulo has answered.
+const SEEN_KEPT: usize = 4096;
+
+/// What the connection task tells the publisher, and how.
+struct Inbox {
+    /// Connected, lost, birth.
+    events: mpsc::UnboundedSender<Link>,
+    /// Set while a birth message is queued: at most one is.
+    birth_pending: Arc<AtomicBool>,
+    /// Set when a message past the size limit came: no birth subscription.
+    birth_off: Arc<AtomicBool>,
+    /// This gateway's retained topics seen on the broker, bounded.
+    seen: mpsc::Sender<String>,
+}
+
 /// Drives the broker connection: reconnects with a growing back-off and
 /// warns once per outage (then debug until it is back).
 async fn drive(
     mut eventloop: EventLoop,
-    events: mpsc::UnboundedSender<Link>,
-    birth_pending: Arc<AtomicBool>,
-    birth_off: Arc<AtomicBool>,
+    inbox: Inbox,
+    topics: Topics,
     state: Arc<AppState>,
     birth: String,
     broker: String,
 ) {
+    let Inbox {
+        events,
+        birth_pending,
+        birth_off,
+        seen,
+    } = inbox;
     let mut options = eventloop.network_options();
     options.set_connection_timeout(CONNECT_TIMEOUT_S);
     eventloop.set_network_options(options);
@@ -274,6 +304,11 @@ async fn drive(
                     && !birth_pending.swap(true, Ordering::AcqRel)
                 {
                     let _ = events.send(Link::Birth);
+                } else if message.retain
+                    && !message.payload.is_empty()
+                    && topics.is_own(&message.topic)
+                {
+                    let _ = seen.try_send(message.topic.clone());
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
@@ -354,6 +389,10 @@ struct Run {
     /// (a retained one on the birth topic): the birth topic is not
     /// subscribed to again.
     birth_off: Arc<AtomicBool>,
+    /// This gateway's retained topics found on the broker that this run has
+    /// not published (an earlier run's charger, removed meanwhile): cleared
+    /// at the next sync once Joulo has listed the chargers.
+    leftovers: HashSet<String>,
     /// When everything was last published again.
     last_resend: Option<Instant>,
     /// A birth message came within [`RESEND_GAP`] of the last resend: the
@@ -367,6 +406,7 @@ impl Run {
     async fn serve(
         &mut self,
         mut events: mpsc::UnboundedReceiver<Link>,
+        mut seen: mpsc::Receiver<String>,
         stopped: impl Future<Output = ()>,
     ) {
         tokio::pin!(stopped);
@@ -380,11 +420,22 @@ impl Run {
                 () = tokio::time::sleep_until(resend_at), if self.resend_waiting => {
                     self.resend_all();
                 }
+                Some(topic) = seen.recv() => {
+                    if !self.sent.contains_key(&topic) && self.leftovers.len() < SEEN_KEPT {
+                        self.leftovers.insert(topic);
+                    }
+                    self.clear_leftovers();
+                }
                 () = &mut stopped => return,
                 link = events.recv() => match link {
                     Some(Link::Up) => {
                         self.connected = true;
                         self.send(&self.topics.availability(), "online".to_owned());
+                        for filter in self.topics.own_filters() {
+                            // Retained leftovers of earlier runs come back
+                            // on this subscription.
+                            let _ = self.client.try_subscribe(filter, QoS::AtMostOnce);
+                        }
                         if !self.birth_off.load(Ordering::Acquire)
                             && self
                                 .client
@@ -485,6 +536,23 @@ impl Run {
         }
     }
 
+    /// Clears (an empty retained message) each leftover of an earlier run
+    /// that the household does not describe, once Joulo has listed the
+    /// chargers: before that, every charger would look gone.
+    fn clear_leftovers(&mut self) {
+        if !self.connected || !self.household.joulo_ok || self.leftovers.is_empty() {
+            return;
+        }
+        let current = self.household.messages(&self.topics);
+        let leftovers: Vec<String> = self.leftovers.drain().collect();
+        for topic in leftovers {
+            if !current.contains_key(&topic) && !self.send(&topic, String::new()) {
+                // The queue is full: tried again at the next sync.
+                self.leftovers.insert(topic);
+            }
+        }
+    }
+
     /// Publishes everything again (a new connection, Home Assistant's birth).
     fn resend_all(&mut self) {
         self.resend_waiting = false;
@@ -500,6 +568,7 @@ impl Run {
             return;
         }
         self.queue_full_said.store(false, Ordering::Relaxed);
+        self.clear_leftovers();
         let messages = self.household.messages(&self.topics);
         let gone: Vec<String> = self
             .sent

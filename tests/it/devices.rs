@@ -310,17 +310,23 @@ async fn device_add_and_remove_apply_to_the_running_gateway_within_2_s() {
     // A broken devices file changes nothing (the log says why).
     let devices = dir.path().join("devices.toml");
     let good = std::fs::read_to_string(&devices).unwrap();
+    // Replaced whole (as `device` and editors that rename do): written in
+    // place, the watcher could read it empty halfway (no keys, so every key
+    // refused) and then refuse the broken rest, which made this flaky.
+    let broken = dir.path().join("devices.toml.new");
     std::fs::write(
-        &devices,
+        &broken,
         format!("{good}\n[[device]]\nname = \"Bad Name\"\n"),
     )
     .unwrap();
+    std::fs::rename(&broken, &devices).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         get_with_key("127.0.0.234", addr, "/chargers", &tablet).await,
         200
     );
-    std::fs::write(&devices, &good).unwrap();
+    std::fs::write(&broken, &good).unwrap();
+    std::fs::rename(&broken, &devices).unwrap();
 
     let (code, out, err) = device(&config, &["list"]);
     assert_eq!(code, Some(0), "{out}{err}");

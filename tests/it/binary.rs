@@ -830,29 +830,7 @@ async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connecti
     );
     let (mut child, addr, _) = start_binary(&config, &[]);
     // One keep-alive connection for the device that stays, polling all along.
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .build_http();
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let poller = tokio::spawn({
-        let kept = kept.clone();
-        async move {
-            let mut statuses = Vec::new();
-            while !*stop.borrow_and_update() {
-                let request = http::Request::get(format!("http://{addr}/chargers"))
-                    .header("x-gateway-key", &kept)
-                    .body(http_body_util::Empty::new())
-                    .unwrap();
-                let response = client.request(request).await.unwrap();
-                statuses.push(response.status().as_u16());
-                use http_body_util::BodyExt as _;
-                let _ = response.into_body().collect().await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            statuses
-        }
-    });
+    let poller = support::KeepAlivePoller::start(addr, &kept);
     let tablet = |addr| {
         let revoked = revoked.clone();
         async move {
@@ -884,8 +862,7 @@ async fn sighup_revokes_a_key_within_2_s_while_another_device_keeps_its_connecti
     }
     let refused_after = refused_after.expect("the revoked key was refused within 2 s");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_tx.send(true).unwrap();
-    let statuses = poller.await.unwrap();
+    let statuses = poller.stop().await;
     assert!(statuses.len() > 10, "{}", statuses.len());
     assert!(
         statuses.iter().all(|s| *s == 200),

@@ -283,29 +283,7 @@ async fn device_add_and_remove_apply_to_the_running_gateway_within_2_s() {
     );
 
     // Home Assistant polls on one keep-alive connection all along.
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .build_http();
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let poller = tokio::spawn({
-        let ha = ha.clone();
-        async move {
-            let mut statuses = Vec::new();
-            while !*stop.borrow_and_update() {
-                let request = http::Request::get(format!("http://{addr}/chargers"))
-                    .header("x-gateway-key", &ha)
-                    .body(http_body_util::Empty::new())
-                    .unwrap();
-                let response = client.request(request).await.unwrap();
-                statuses.push(response.status().as_u16());
-                use http_body_util::BodyExt as _;
-                let _ = response.into_body().collect().await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            statuses
-        }
-    });
+    let poller = support::KeepAlivePoller::start(addr, &ha);
 
     // A broken devices file changes nothing (the log says why).
     let devices = dir.path().join("devices.toml");
@@ -356,8 +334,7 @@ async fn device_add_and_remove_apply_to_the_running_gateway_within_2_s() {
     .expect("the removed key gets 401 within 2 s");
     eprintln!("device remove: 401 after {took:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_tx.send(true).unwrap();
-    let statuses = poller.await.unwrap();
+    let statuses = poller.stop().await;
     assert!(statuses.len() > 10, "{}", statuses.len());
     assert!(
         statuses.iter().all(|s| *s == 200),

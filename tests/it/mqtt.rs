@@ -379,6 +379,18 @@ async fn until_published(recorder: &Recorder) {
     );
 }
 
+/// The common start: a broker, the simulated household, a gateway
+/// publishing it and a recorder that has seen it all; `None` without
+/// mosquitto (outside CI).
+async fn published_household() -> Option<(Broker, Sim, TestGateway, Recorder)> {
+    let broker = Broker::start(None)?;
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, &broker, "").await;
+    let recorder = Recorder::start(&broker, None);
+    until_published(&recorder).await;
+    Some((broker, sim, gw, recorder))
+}
+
 /// No secret in any topic or payload the broker carried.
 fn assert_broker_saw_no_secret(recorder: &Recorder, secrets: &[&str]) {
     let all = recorder.all();
@@ -502,13 +514,9 @@ async fn every_discovery_payload_passes_home_assistants_own_schemas() {
     let Some(python) = support::ha_python() else {
         return;
     };
-    let Some(broker) = Broker::start(None) else {
+    let Some((_broker, _sim, gw, recorder)) = published_household().await else {
         return;
     };
-    let sim = Sim::start().await;
-    let gw = gateway(&sim, &broker, "").await;
-    let recorder = Recorder::start(&broker, None);
-    until_published(&recorder).await;
     let configs = recorder.configs();
     assert_eq!(configs.len(), CONFIGS);
     let (ok, report) = validate(&python, &configs);
@@ -548,13 +556,9 @@ fn validate(python: &Path, configs: &BTreeMap<String, String>) -> (bool, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charger_added_appears_and_one_removed_is_cleared_without_a_restart() {
-    let Some(broker) = Broker::start(None) else {
+    let Some((_broker, sim, gw, recorder)) = published_household().await else {
         return;
     };
-    let sim = Sim::start().await;
-    let gw = gateway(&sim, &broker, "").await;
-    let recorder = Recorder::start(&broker, None);
-    until_published(&recorder).await;
     let carport = recorder.charger_id("Carport").unwrap();
 
     let garage = "5a1e2f3c-0000-4000-a000-0000000000aa";
@@ -600,13 +604,9 @@ async fn a_charger_added_appears_and_one_removed_is_cleared_without_a_restart() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_meter_is_unavailable_never_zero() {
-    let Some(broker) = Broker::start(None) else {
+    let Some((_broker, sim, gw, recorder)) = published_household().await else {
         return;
     };
-    let sim = Sim::start().await;
-    let gw = gateway(&sim, &broker, "").await;
-    let recorder = Recorder::start(&broker, None);
-    until_published(&recorder).await;
     let oprit = recorder.charger_id("Oprit").unwrap();
     sim.sim.edit_chargers(|list| {
         if let Some(first) = list.first_mut().and_then(Value::as_object_mut) {
@@ -711,13 +711,9 @@ async fn home_assistants_birth_message_gets_everything_again() {
 /// bound in the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_birth_messages_costs_one_resend_per_gap() {
-    let Some(broker) = Broker::start(None) else {
+    let Some((_broker, _sim, gw, recorder)) = published_household().await else {
         return;
     };
-    let sim = Sim::start().await;
-    let gw = gateway(&sim, &broker, "").await;
-    let recorder = Recorder::start(&broker, None);
-    until_published(&recorder).await;
     let before = recorder.configs_seen();
     for _ in 0..200 {
         recorder
@@ -849,13 +845,9 @@ async fn an_earlier_runs_charger_gone_meanwhile_is_cleared_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_data_goes_unavailable_and_token_rejected_turns_on() {
-    let Some(broker) = Broker::start(None) else {
+    let Some((_broker, sim, gw, recorder)) = published_household().await else {
         return;
     };
-    let sim = Sim::start().await;
-    let gw = gateway(&sim, &broker, "").await;
-    let recorder = Recorder::start(&broker, None);
-    until_published(&recorder).await;
     let oprit = recorder.charger_id("Oprit").unwrap();
     let charger_topic = format!("joulo/charger/{oprit}/state");
 

@@ -724,3 +724,42 @@ pub fn run_python(python: &std::path::Path, script: &str, input: &str) -> (bool,
     report.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), report)
 }
+
+/// A device polling `/chargers` with `key` every 10 ms on one keep-alive
+/// connection, until stopped: what a reload or a key change must not
+/// disturb.
+pub struct KeepAlivePoller {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<u16>>,
+}
+
+impl KeepAlivePoller {
+    pub fn start(addr: SocketAddr, key: &str) -> KeepAlivePoller {
+        let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .build_http();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let key = key.to_owned();
+        let task = tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !*stopped.borrow_and_update() {
+                let request = http::Request::get(format!("http://{addr}/chargers"))
+                    .header("x-gateway-key", &key)
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                statuses.push(response.status().as_u16());
+                let _ = response.into_body().collect().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        });
+        KeepAlivePoller { stop, task }
+    }
+
+    /// Stops polling; every status it got, in order.
+    pub async fn stop(self) -> Vec<u16> {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+}

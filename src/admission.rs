@@ -35,9 +35,29 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// The most of a refused client's request head read before it is answered.
 const MAX_REFUSED_HEAD: usize = 16 * 1024;
 
-/// Refused connections being answered at once; past this they are closed
-/// unanswered, so a flood of them costs a bounded number of tasks.
+/// Refused connections being answered at once; past this they are held
+/// unanswered (see [`HOLD_REFUSED`]), so a flood of them costs a bounded
+/// number of tasks.
 const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+
+/// How long a refused connection that gets no answer (from a flooding
+/// address, or outside `[access] allow` or past its address's quota once
+/// the answers in flight are taken or on an HTTPS listener) is held,
+/// unread, before it is closed. Closed at once, a client that reconnects
+/// whenever it is closed made the gateway accept and close 36,000
+/// connections a second (500 addresses, 1,000 connections against 512
+/// places), the listen queue overflowed and an allowed device's SYN waited
+/// a second for its retransmit; held, each of its loops costs one accept a
+/// second.
+const HOLD_REFUSED: Duration = Duration::from_secs(1);
+
+/// The most refused connections held at once (fewer when the process may
+/// not open that many files; see [`held_places`]).
+const MAX_HELD_REFUSED: usize = 1024;
+
+/// Files kept for everything but connections: the listener, upstream and
+/// MQTT connections, the watched files, the log.
+const FILES_HEADROOM: usize = 128;
 
 /// Open connections, for the connection limits and for choosing which
 /// connection makes room.
@@ -88,6 +108,10 @@ pub(crate) enum Refusal {
     /// Every slot and every spare one is taken while connections make room,
     /// and the client's address holds about as many as any other.
     Full,
+    /// Every slot is taken and the client's address is flooding the gateway
+    /// with refused requests: it may not make another connection go. Closed
+    /// unanswered: it has had its answers.
+    Flooding,
 }
 
 impl Refusal {
@@ -97,6 +121,9 @@ impl Refusal {
             Refusal::Network => "outside [access] allow",
             Refusal::PerIpQuota => "past server.max_connections_per_ip",
             Refusal::Full => "past server.max_connections, connections making room",
+            Refusal::Flooding => {
+                "past server.max_connections, from an address past its allowance of refusals"
+            }
         }
     }
 }
@@ -119,12 +146,29 @@ impl Admission {
     /// connection of the address holding the most is asked to close (see
     /// [`Ticket::close_signal`]): a newcomer never waits for a slot, and a
     /// device holding many connections makes room before one holding few.
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
+    ///
+    /// `flooding` says whether the address is flooding the gateway with
+    /// refused requests (asked only once every slot is taken): such a
+    /// newcomer makes no one go. Without this, 500 keyless addresses holding
+    /// two connections each, and opening another whenever one was dropped,
+    /// kept the gateway making room for them (160,000 connections in 5 s),
+    /// and an allowed device's connections were refused or waited a second
+    /// for their SYN to be taken (bench/refusal-flood).
+    pub(crate) fn admit(
+        &self,
+        ip: IpAddr,
+        flooding: impl FnOnce() -> bool,
+    ) -> Result<Ticket, Refusal> {
         let address = address_key(ip);
         let mut registry = lock_unpoisoned(&self.registry);
         let count = registry.per_address.get(&address).copied().unwrap_or(0);
         if count >= self.per_address {
             return Err(Refusal::PerIpQuota);
+        }
+        // The places of connections asked to make room are for the devices
+        // they made room for, not for the flooder.
+        if registry.open.len() >= self.max && flooding() {
+            return Err(Refusal::Flooding);
         }
         if registry.open.len() >= self.max + self.reserve {
             // A client that reconnects as fast as its connections are
@@ -160,6 +204,12 @@ impl Admission {
             close,
             admission: self.clone(),
         })
+    }
+
+    /// The most connections open at once: every slot and twice the spare
+    /// places (the dropped ones not yet gone).
+    pub(crate) fn most_open(&self) -> usize {
+        self.max + 2 * self.reserve
     }
 
     /// Open connections.
@@ -339,8 +389,10 @@ pub(crate) struct Refuser {
     /// is closed unanswered.
     answers: Option<RefusalAnswers>,
     /// Refusals being answered; past `MAX_REFUSALS_IN_FLIGHT` a refused
-    /// connection is closed unanswered.
+    /// connection is held unanswered.
     in_flight: Arc<Semaphore>,
+    /// Refused connections held unanswered; past its places, closed at once.
+    held: Arc<Semaphore>,
 }
 
 /// The answer for each [`Refusal`].
@@ -354,8 +406,9 @@ struct RefusalAnswers {
 }
 
 impl Refuser {
-    /// A refuser for a plain (`https` false) or HTTPS listener.
-    pub(crate) fn new(https: bool) -> Refuser {
+    /// A refuser for a plain (`https` false) or HTTPS listener that admits
+    /// up to `most_open` connections.
+    pub(crate) fn new(https: bool, most_open: usize) -> Refuser {
         let answers = (!https).then(|| RefusalAnswers {
             network: refusal_response(StatusCode::FORBIDDEN, &AccessError::Network.to_string()),
             per_ip: refusal_response(
@@ -370,22 +423,34 @@ impl Refuser {
         Refuser {
             answers,
             in_flight: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+            held: Arc::new(Semaphore::new(held_places(most_open))),
         }
     }
 
-    /// Answers and closes `stream`, or just closes it. Never waits.
+    /// Answers and closes `stream`, or holds it unanswered for
+    /// [`HOLD_REFUSED`], or just closes it. Never waits.
     pub(crate) fn refuse(&self, mut stream: TcpStream, client: SocketAddr, why: Refusal) {
         debug!(client = %client, reason = why.as_str(), "connection refused");
-        let Some(answers) = &self.answers else {
+        let answer = self.answers.as_ref().and_then(|answers| match why {
+            Refusal::Network => Some(&answers.network),
+            Refusal::PerIpQuota => Some(&answers.per_ip),
+            Refusal::Full => Some(&answers.full),
+            Refusal::Flooding => None,
+        });
+        let permit = answer.and_then(|_| self.in_flight.clone().try_acquire_owned().ok());
+        let (Some(answer), Some(permit)) = (answer.cloned(), permit) else {
+            // A device refused only because slots are being freed is closed
+            // at once, free to try again: it may be anyone's.
+            if why == Refusal::Full {
+                return;
+            }
+            if let Ok(held) = self.held.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(HOLD_REFUSED).await;
+                    drop((stream, held));
+                });
+            }
             return;
-        };
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return;
-        };
-        let answer = match why {
-            Refusal::Network => answers.network.clone(),
-            Refusal::PerIpQuota => answers.per_ip.clone(),
-            Refusal::Full => answers.full.clone(),
         };
         tokio::spawn(async move {
             let _permit = permit;
@@ -405,6 +470,38 @@ impl Refuser {
             })
             .await;
         });
+    }
+}
+
+/// How many refused connections may be held: [`MAX_HELD_REFUSED`], or fewer
+/// if the process may not open that many files beside `most_open`
+/// connections. The soft limit on open files is raised to the hard one first
+/// (under systemd 1,024 and 524,288 unless the unit says otherwise).
+fn held_places(most_open: usize) -> usize {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let raised = Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                debug!(error = %e, "cannot raise the limit on open files");
+            }
+        }
+        let files = getrlimit(Resource::Nofile)
+            .current
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        files
+            .saturating_sub(most_open + MAX_REFUSALS_IN_FLIGHT + FILES_HEADROOM)
+            .min(MAX_HELD_REFUSED)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = most_open;
+        MAX_HELD_REFUSED
     }
 }
 
@@ -463,24 +560,28 @@ mod tests {
         assert_eq!(address_key(ip("::ffff:192.168.1.20")), ip("192.168.1.20"));
         assert_eq!(address_key(ip("192.168.1.20")), ip("192.168.1.20"));
         let admission = Admission::new(100, 2);
-        let _a = admission.admit(ip("2001:db8:1:2::1")).unwrap();
-        let _b = admission.admit(ip("2001:db8:1:2::ffff:2")).unwrap();
+        let _a = admission.admit(ip("2001:db8:1:2::1"), || false).unwrap();
+        let _b = admission
+            .admit(ip("2001:db8:1:2::ffff:2"), || false)
+            .unwrap();
         assert_eq!(
-            admission.admit(ip("2001:db8:1:2:1::3")).err(),
+            admission.admit(ip("2001:db8:1:2:1::3"), || false).err(),
             Some(Refusal::PerIpQuota),
             "a third address of the same /64"
         );
-        assert!(admission.admit(ip("2001:db8:1:3::1")).is_ok());
+        assert!(admission.admit(ip("2001:db8:1:3::1"), || false).is_ok());
     }
 
     #[test]
     fn the_per_address_quota_frees_on_drop_and_leaves_nothing_behind() {
         let admission = Admission::new(100, 2);
-        let first = admission.admit(ip("192.168.1.20")).unwrap();
-        let second = admission.admit(ip("::ffff:192.168.1.20")).unwrap();
-        assert!(admission.admit(ip("192.168.1.20")).is_err());
+        let first = admission.admit(ip("192.168.1.20"), || false).unwrap();
+        let second = admission
+            .admit(ip("::ffff:192.168.1.20"), || false)
+            .unwrap();
+        assert!(admission.admit(ip("192.168.1.20"), || false).is_err());
         drop(first);
-        let third = admission.admit(ip("192.168.1.20")).unwrap();
+        let third = admission.admit(ip("192.168.1.20"), || false).unwrap();
         drop((second, third));
         let registry = lock_unpoisoned(&admission.registry);
         assert!(registry.open.is_empty() && registry.per_address.is_empty());
@@ -490,9 +591,9 @@ mod tests {
     #[test]
     fn past_the_limit_the_busiest_address_makes_room_and_newcomers_are_never_held() {
         let admission = Admission::new(4, 4);
-        let victim = admission.admit(ip("10.0.0.1")).unwrap();
+        let victim = admission.admit(ip("10.0.0.1"), || false).unwrap();
         let attacker: Vec<_> = (0..3)
-            .map(|_| admission.admit(ip("10.0.0.2")).unwrap())
+            .map(|_| admission.admit(ip("10.0.0.2"), || false).unwrap())
             .collect();
         assert!(
             !victim.close.is_asked() && attacker.iter().all(|t| !t.close.is_asked()),
@@ -500,18 +601,21 @@ mod tests {
         );
         // A newcomer past the limit is served, and the busiest address's
         // oldest connection (not the older victim) is asked to close.
-        let newcomer = admission.admit(ip("10.0.0.3")).unwrap();
+        let newcomer = admission.admit(ip("10.0.0.3"), || false).unwrap();
         assert!(attacker[0].close.is_asked());
         assert!(!victim.close.is_asked() && !newcomer.close.is_asked());
         // The spare places (2 for 4) fill, then the busiest address is
         // refused at once (a lighter one is the next test's case).
-        let next = admission.admit(ip("10.0.0.4")).unwrap();
+        let next = admission.admit(ip("10.0.0.4"), || false).unwrap();
         assert!(attacker[1].close.is_asked());
-        assert_eq!(admission.admit(ip("10.0.0.2")).err(), Some(Refusal::Full));
+        assert_eq!(
+            admission.admit(ip("10.0.0.2"), || false).err(),
+            Some(Refusal::Full)
+        );
         // As the asked connections go, there is room again.
         drop(attacker);
         assert_eq!(admission.open(), 3);
-        let _more = admission.admit(ip("10.0.0.5")).unwrap();
+        let _more = admission.admit(ip("10.0.0.5"), || false).unwrap();
         assert_eq!(lock_unpoisoned(&admission.registry).asked, 0);
         drop((victim, newcomer, next));
     }
@@ -521,14 +625,17 @@ mod tests {
         let admission = Admission::new(4, 6);
         // Two addresses hold every slot and both spare places.
         let heavy: Vec<_> = (0..4)
-            .map(|_| admission.admit(ip("10.0.0.2")).unwrap())
+            .map(|_| admission.admit(ip("10.0.0.2"), || false).unwrap())
             .collect();
         let other: Vec<_> = (0..2)
-            .map(|_| admission.admit(ip("10.0.0.4")).unwrap())
+            .map(|_| admission.admit(ip("10.0.0.4"), || false).unwrap())
             .collect();
         // The busiest address cannot take more, nor can one as busy.
-        assert_eq!(admission.admit(ip("10.0.0.2")).err(), Some(Refusal::Full));
-        let third = admission.admit(ip("10.0.0.4")).unwrap();
+        assert_eq!(
+            admission.admit(ip("10.0.0.2"), || false).err(),
+            Some(Refusal::Full)
+        );
+        let third = admission.admit(ip("10.0.0.4"), || false).unwrap();
         assert!(
             heavy[0].close.is_dropped(),
             "4 against 2: the busiest's oldest goes"
@@ -536,14 +643,37 @@ mod tests {
         drop(third);
         // A device with no connection gets in, the busiest's next oldest
         // dropped at once.
-        let victim = admission.admit(ip("10.0.0.3")).unwrap();
+        let victim = admission.admit(ip("10.0.0.3"), || false).unwrap();
         assert!(heavy[1].close.is_dropped());
         assert!(!victim.close.is_asked() && other.iter().all(|t| !t.close.is_dropped()));
         // Past twice the spare places, no one.
-        let _more = admission.admit(ip("10.0.0.5")).unwrap();
+        let _more = admission.admit(ip("10.0.0.5"), || false).unwrap();
         assert_eq!(admission.open(), 8);
-        assert_eq!(admission.admit(ip("10.0.0.6")).err(), Some(Refusal::Full));
+        assert_eq!(
+            admission.admit(ip("10.0.0.6"), || false).err(),
+            Some(Refusal::Full)
+        );
         drop((heavy, other, victim));
+    }
+
+    #[test]
+    fn a_flooding_address_makes_no_one_go_once_every_slot_is_taken() {
+        let admission = Admission::new(4, 4);
+        let flooder: Vec<_> = (0..3)
+            .map(|_| admission.admit(ip("10.0.0.2"), || true).unwrap())
+            .collect();
+        // While there is room, flooding or not changes nothing.
+        let device = admission.admit(ip("10.0.0.3"), || false).unwrap();
+        // Full: the flooding address is refused without asking anyone.
+        assert_eq!(
+            admission.admit(ip("10.0.1.1"), || true).err(),
+            Some(Refusal::Flooding)
+        );
+        assert!(flooder.iter().all(|t| !t.close.is_asked()));
+        // A device not flooding still gets in, and the flooder makes room.
+        let newcomer = admission.admit(ip("10.0.0.4"), || false).unwrap();
+        assert!(flooder[0].close.is_asked());
+        drop((flooder, device, newcomer));
     }
 
     #[tokio::test]

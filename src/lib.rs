@@ -72,11 +72,13 @@
 //! - `server`: accepts connections (HTTP/1.1 and HTTP/2, plain or over
 //!   `lan_tls`), bounds header reads and handshakes, drains on shutdown.
 //! - `admission`: who gets a connection: the allowlist and the connection
-//!   quotas on accept, which connection makes room when every slot is taken,
-//!   and the quick refusal past that.
+//!   quotas on accept, which connection makes room when every slot is taken
+//!   (never one for a flooding address), and the quick refusal past that.
 //! - `idle`: the idle timeout on a served connection.
 //! - `held`: what answers not yet sent may hold, per connection and in total,
 //!   and how long an HTTP/2 stream may go without progress.
+//! - `settle`: the allocator nudged after connections close, so what they
+//!   held goes back to the system.
 //!
 //! One request:
 //! - `proxy`: one request end to end, in phases: `proxy/mod` the request
@@ -87,7 +89,8 @@
 //! - `state`: what every request shares, built from the config; its policy is
 //!   swapped whole on reload.
 //! - `refusals`: what is refused before a device's allowance: an allowance per
-//!   address and a bounded log.
+//!   address and one for all addresses together, the addresses flooding the
+//!   gateway, and a bounded log.
 //! - `upstream`: the verified-TLS client to Joulo and its timeouts, its
 //!   connection pool per event loop (`upstream/pool`) and the outbound request
 //!   built from the route, the validated parameters and a fixed header set,
@@ -170,6 +173,7 @@ mod respond;
 mod routes;
 mod sanitize;
 mod server;
+mod settle;
 mod state;
 mod sync;
 mod throwaway_ca;

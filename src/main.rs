@@ -15,11 +15,11 @@ use joulo_gateway::{
 };
 use std::path::{Path, PathBuf};
 
-/// The static binary (the .deb's and Docker's) allocates through mimalloc:
-/// with musl's own allocator it ran pass-through calls at 0.95x nginx's rate
-/// where the glibc build ran 1.16x (bench/RESULTS.md, 2026-11-30). glibc
-/// builds keep glibc's allocator.
-#[cfg(target_env = "musl")]
+/// Every build allocates through mimalloc. With musl's own allocator the
+/// static binary ran pass-through calls at 0.95x nginx's rate where the glibc
+/// build ran 1.16x (bench/RESULTS.md, 2026-11-30); glibc's allocator kept what
+/// a hostile device made it hold (+17.5 MB after the stuck-stream attack,
+/// bench/hostile), where mimalloc gives it back once nudged (`settle`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -53,7 +53,7 @@ pub(crate) async fn run(
     let header_timeout = limits.header_timeout;
     let idle_timeout = limits.idle_timeout;
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
-    let refuser = Refuser::new(state.lan_tls.is_some());
+    let refuser = Refuser::new(state.lan_tls.is_some(), admission.most_open());
     let mut loops = match EventLoops::start(limits.worker_threads) {
         Ok(loops) => loops,
         Err(e) => {
@@ -102,7 +102,9 @@ pub(crate) async fn run(
         // connection of the busiest address makes room (see `admission`), so
         // no set of held connections locks other devices out, and the loop
         // never waits: past the spare places it is refused at once.
-        let ticket = match admission.admit(client.ip()) {
+        let ticket = match admission.admit(client.ip(), || {
+            state.refusals_by_address.is_flooding(client.ip())
+        }) {
             Ok(ticket) => ticket,
             Err(why) => {
                 refuser.refuse(stream, client, why);
@@ -249,6 +251,7 @@ impl Connection {
                 }
             } => debug!(client = %client, "made to make room for a newcomer; dropped"),
         }
+        crate::settle::connection_closed();
     }
 
     /// The TLS handshake, if the listener serves HTTPS, then HTTP.

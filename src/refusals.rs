@@ -142,7 +142,9 @@ impl RefusalKind {
                 AccessError::Scope(_) => RefusalKind::Scope,
             },
             GatewayError::HeadersTooLarge { .. } => RefusalKind::HeadTooLarge,
-            GatewayError::AddressRateLimited { .. } => RefusalKind::OverAllowance,
+            GatewayError::AddressRateLimited { .. } | GatewayError::RefusalsRateLimited { .. } => {
+                RefusalKind::OverAllowance
+            }
             _ => return None,
         })
     }
@@ -261,7 +263,7 @@ impl RefusalGuard {
         self.charge_address(client)?;
         self.all_addresses.check().map_err(|_| {
             self.mark_flooding(address_key(client));
-            GatewayError::AddressRateLimited {
+            GatewayError::RefusalsRateLimited {
                 retry_after: ALL_ADDRESSES_HOLD,
             }
         })
@@ -480,7 +482,7 @@ mod tests {
         // Each address within its own allowance, all together past theirs.
         let mut refused = 0;
         for i in 0..REFUSALS_BURST + 50 {
-            if let Err(GatewayError::AddressRateLimited { retry_after }) =
+            if let Err(GatewayError::RefusalsRateLimited { retry_after }) =
                 guard.charge_refusal(address(i))
             {
                 assert_eq!(retry_after, ALL_ADDRESSES_HOLD);

@@ -111,6 +111,13 @@ pub enum GatewayError {
         /// When the address may send again.
         retry_after: Duration,
     },
+    /// Past the allowance of refusals of all addresses together: many
+    /// addresses are being refused at once.
+    #[error("Too many refused requests to this gateway")]
+    RefusalsRateLimited {
+        /// When a refusal may be answered again.
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -145,7 +152,8 @@ impl GatewayError {
             | GatewayError::UpstreamBackoff { .. }
             | GatewayError::DeviceShareExhausted { .. }
             | GatewayError::ClientRateLimited { .. }
-            | GatewayError::AddressRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | GatewayError::AddressRateLimited { .. }
+            | GatewayError::RefusalsRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -156,7 +164,8 @@ impl GatewayError {
             | GatewayError::UpstreamBackoff { retry_after }
             | GatewayError::DeviceShareExhausted { retry_after }
             | GatewayError::ClientRateLimited { retry_after }
-            | GatewayError::AddressRateLimited { retry_after } => Some(*retry_after),
+            | GatewayError::AddressRateLimited { retry_after }
+            | GatewayError::RefusalsRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

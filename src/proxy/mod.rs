@@ -103,9 +103,10 @@ pub(crate) fn handle(
     // answered in the same tick, and a device's request behind them waited
     // (p99 2.2 ms against 0.6 ms alone, 500 flooding addresses).
     let hold = match &result {
-        Err(GatewayError::AddressRateLimited { retry_after }) => {
-            Some(spread((*retry_after).min(MAX_HOLD)))
-        }
+        Err(
+            GatewayError::AddressRateLimited { retry_after }
+            | GatewayError::RefusalsRateLimited { retry_after },
+        ) => Some(spread((*retry_after).min(MAX_HOLD))),
         _ => None,
     };
     let response = finish(state, &policy, &ctx, result);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ const HOLD_REFUSED: Duration = Duration::from_secs(1);
 
 /// The most refused connections held at once (fewer when the process may
 /// not open that many files; see [`held_places`]).
-const MAX_HELD_REFUSED: usize = 1024;
+const MAX_HELD_REFUSED: usize = 4096;
 
 /// Files kept for everything but connections: the listener, upstream and
 /// MQTT connections, the watched files, the log.
@@ -177,8 +177,14 @@ impl Admission {
             // busiest takes the busiest's oldest at once, without its grace.
             // Past twice the spare places (the dropped ones not yet gone),
             // no one is admitted.
+            // Nor can many addresses holding one headless connection each
+            // (silent or slowloris): the oldest of those goes.
+            // An address that holds a headless connection itself may not:
+            // that would let silent connections take each other's places
+            // as fast as they reconnect.
             if registry.open.len() >= self.max + 2 * self.reserve
-                || !registry.drop_one_busier_than(count)
+                || !(registry.drop_one_busier_than(count)
+                    || (!registry.holds_headless(address) && registry.drop_oldest_headless()))
             {
                 return Err(Refusal::Full);
             }
@@ -259,6 +265,34 @@ impl Registry {
         true
     }
 
+    /// Whether `address` holds a connection that has sent no request head.
+    fn holds_headless(&self, address: IpAddr) -> bool {
+        self.open
+            .values()
+            .any(|open| open.address == address && !open.close.is_headed())
+    }
+
+    /// Drops at once the oldest connection that has sent no request head
+    /// yet, if there is one; whether it did.
+    fn drop_oldest_headless(&mut self) -> bool {
+        let Some(open) = self
+            .open
+            .values()
+            .find(|open| !open.close.is_headed() && !open.close.is_dropped())
+        else {
+            return false;
+        };
+        if !open.close.is_asked() {
+            self.asked += 1;
+        }
+        open.close.drop_now();
+        debug!(
+            address = %open.address,
+            "every connection slot and spare place taken: the oldest connection without a request was dropped"
+        );
+        true
+    }
+
     /// Asks one connection to close: among those not yet asked, the oldest of
     /// the address with the most open connections.
     fn ask_one(&mut self) {
@@ -330,6 +364,9 @@ impl Drop for Ticket {
 pub(crate) struct CloseSignal {
     /// 0: open; [`ASKED`]: asked to finish; [`DROPPED`]: to go at once.
     state: AtomicU8,
+    /// Whether the connection has sent a whole request head: one that has
+    /// not has nothing to finish, and goes first when room is needed.
+    headed: AtomicBool,
     /// Wakes the waiters when it changes.
     notify: Notify,
 }
@@ -356,6 +393,16 @@ impl CloseSignal {
 
     fn is_dropped(&self) -> bool {
         self.state.load(Ordering::Acquire) == DROPPED
+    }
+
+    /// Notes that the connection has sent a whole request head.
+    pub(crate) fn mark_headed(&self) {
+        self.headed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection has sent a whole request head.
+    pub(crate) fn is_headed(&self) -> bool {
+        self.headed.load(Ordering::Relaxed)
     }
 
     /// Resolves once the connection is asked to close (or to go at once).
@@ -674,6 +721,34 @@ mod tests {
         let newcomer = admission.admit(ip("10.0.0.4"), || false).unwrap();
         assert!(flooder[0].close.is_asked());
         drop((flooder, device, newcomer));
+    }
+
+    #[test]
+    fn many_addresses_holding_one_headless_connection_each_make_room_for_a_device() {
+        let admission = Admission::new(4, 4);
+        // Every slot and every spare place, one silent connection per
+        // address.
+        let silent: Vec<_> = (1..=6)
+            .map(|i| {
+                admission
+                    .admit(ip(&format!("10.0.1.{i}")), || false)
+                    .unwrap()
+            })
+            .collect();
+        // A device (no connection yet) still gets in: the oldest headless
+        // connection goes at once.
+        let device = admission.admit(ip("10.0.0.3"), || false).unwrap();
+        assert!(silent[0].close.is_dropped());
+        // One that sent a request is not taken for a headless one.
+        device.close.mark_headed();
+        silent[1].close.mark_headed();
+        let _next = admission.admit(ip("10.0.1.20"), || false).unwrap();
+        assert!(silent[2].close.is_dropped() && !silent[1].close.is_dropped());
+        assert!(!device.close.is_dropped());
+        // A silent address cannot take another's place.
+        let silent_more = admission.admit(ip("10.0.1.4"), || false);
+        assert_eq!(silent_more.err(), Some(Refusal::Full));
+        drop((silent, device));
     }
 
     #[tokio::test]

@@ -323,6 +323,27 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
+/// The gateway's listening socket on `addr`, with room for 4,096 connections
+/// not yet accepted (the kernel caps it at `net.core.somaxconn`, 4,096 by
+/// default). tokio's `TcpListener::bind` leaves 1,024: 500 flooding
+/// addresses opening 4,000 connections at once overflowed it, and a device's
+/// SYN then waited a second for its retransmit.
+pub async fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart may bind while the old
+    // process's connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Connections the kernel may queue before the gateway accepts them.
+const LISTEN_BACKLOG: u32 = 4096;
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -194,7 +194,7 @@ pub use device_cmd::{DeviceAction, DeviceError, device_command};
 pub use devices::{
     Device, DevicesError, Ensured, WantedDevice, ensure_devices, load as load_devices,
 };
-pub use gateway::{Gateway, StartError, shutdown_signal};
+pub use gateway::{Gateway, StartError, bind_listener, shutdown_signal};
 pub use gen_key::{GenKeyError, gen_key_text};
 pub use hardening::forbid_core_dumps;
 pub use healthcheck::{HealthError, Target as HealthcheckTarget, ask_joulo_once};

@@ -11,7 +11,8 @@ use joulo_gateway::demo;
 use joulo_gateway::{
     Cli, Command, Failure, Gateway, HealthcheckTarget, REDACTED, Supervisor, TokenFileText,
     addon_drop_root, addon_mqtt_from_supervisor, addon_owner, addon_prepare, ask_joulo_once,
-    device_command, forbid_core_dumps, gen_key_text, init_logging, redact, shutdown_signal,
+    bind_listener, device_command, forbid_core_dumps, gen_key_text, init_logging, redact,
+    shutdown_signal,
 };
 use std::path::{Path, PathBuf};
 
@@ -170,7 +171,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             let _guard = runtime.enter();
             let shutdown = shutdown_signal();
             runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                let listener = bind_listener(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
                 gateway.serve(listener, shutdown).await;

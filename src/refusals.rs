@@ -43,9 +43,18 @@ const REFUSALS_BURST: u32 = 1_000;
 /// How long a 429 past the allowance of all addresses together is held: the
 /// longest hold, since no one slot is due to any one client.
 const ALL_ADDRESSES_HOLD: Duration = Duration::from_secs(1);
-/// How long an address that went past its allowance stays marked as
-/// flooding.
+/// How long an address stays marked as flooding after it last earned it.
 const FLOODING_FOR: Duration = Duration::from_secs(10);
+/// Refusals an address may earn at once before it is marked as flooding;
+/// then one per [`FLOOD_REFILL`]. A device with a stale key polling every
+/// 15 s, or a browser asking for a favicon, stays far below; an address
+/// sending refusals on even one connection held a second per 429 is above.
+/// One refusal answered 429 only because many other addresses flood (past
+/// the allowance of all of them) marked an innocent address in an earlier
+/// version, which then kept it out while the flood held every slot.
+const FLOOD_BURST: u32 = 10;
+/// How fast the refusals an address may earn before it is marked refill.
+const FLOOD_REFILL: Duration = Duration::from_secs(2);
 /// Addresses marked as flooding at once; past this, new ones are not marked
 /// (as before marking existed), so many /64s cannot grow the map.
 const MAX_FLOODING: usize = 4_096;
@@ -176,6 +185,8 @@ pub(crate) struct RefusalGuard {
     limiter: Keyed,
     /// Refusals of all addresses together.
     all_addresses: Direct,
+    /// Refusals each address may earn before it is marked as flooding.
+    flood_detector: Keyed,
     /// Addresses past their allowance lately, and since when.
     flooding: Mutex<HashMap<IpAddr, Instant, foldhash::fast::RandomState>>,
     /// Allowance checks since the last sweep of idle addresses.
@@ -237,6 +248,13 @@ impl RefusalGuard {
                     .allow_burst(REFUSALS_BURST.try_into().expect("above zero")),
                 TokioClock,
             ),
+            flood_detector: RateLimiter::hashmap_with_clock_and_hasher(
+                Quota::with_period(FLOOD_REFILL)
+                    .expect("above zero")
+                    .allow_burst(FLOOD_BURST.try_into().expect("above zero")),
+                TokioClock,
+                foldhash::fast::RandomState::default(),
+            ),
             flooding: Mutex::new(HashMap::default()),
             checks: AtomicU64::new(0),
             book: Arc::new(Mutex::new(LogBook {
@@ -256,22 +274,37 @@ impl RefusalGuard {
     }
 
     /// Takes one refusal from `client`'s allowance and from that of all
-    /// addresses together; past either, the 429 to answer instead.
-    /// Either way the address is marked as flooding: its refusals are past
-    /// what the gateway answers.
+    /// addresses together; past either, the 429 to answer instead. An
+    /// address earning refusals faster than [`FLOOD_BURST`] and
+    /// [`FLOOD_REFILL`] allow is marked as flooding.
     pub(crate) fn charge_refusal(&self, client: IpAddr) -> Result<(), GatewayError> {
+        let address = address_key(client);
+        if self.flood_detector.check_key(&address).is_err() {
+            self.mark_flooding(address);
+        }
         self.charge_address(client)?;
-        self.all_addresses.check().map_err(|_| {
-            self.mark_flooding(address_key(client));
-            GatewayError::RefusalsRateLimited {
+        self.all_addresses
+            .check()
+            .map_err(|_| GatewayError::RefusalsRateLimited {
                 retry_after: ALL_ADDRESSES_HOLD,
-            }
-        })
+            })
+    }
+
+    /// Counts a connection from `client` turned away because every place is
+    /// taken, or dropped before it sent a request head to make room for
+    /// another, as a refusal it earned: only towards being marked as
+    /// flooding.
+    pub(crate) fn note_turned_away(&self, client: IpAddr) {
+        let address = address_key(client);
+        if self.flood_detector.check_key(&address).is_err() {
+            self.mark_flooding(address);
+        }
     }
 
     fn charge_address(&self, client: IpAddr) -> Result<(), GatewayError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
             self.limiter.retain_recent();
+            self.flood_detector.retain_recent();
         }
         let address = address_key(client);
         self.limiter.check_key(&address).map_err(|refusal| {
@@ -295,21 +328,22 @@ impl RefusalGuard {
         flooding.insert(address, now);
     }
 
-    /// Whether `client`'s address went past its allowance within the last
-    /// [`FLOODING_FOR`]; if so, the mark is renewed, since the address is
-    /// knocking again. Otherwise an address whose connections are all
-    /// refused, and so earn no 429, would lose its mark and make room again
-    /// ten seconds later.
+    /// Whether `client`'s address was marked as flooding within the last
+    /// [`FLOODING_FOR`]. Asked when it connects while every slot is taken:
+    /// a marked address knocking again counts as earning a refusal, so one
+    /// whose connections are all held unanswered (and so earn no 429) stays
+    /// marked while it keeps knocking faster than [`FLOOD_REFILL`], and a
+    /// device that only retries now and then is unmarked in time.
     pub(crate) fn is_flooding(&self, client: IpAddr) -> bool {
         let now = Instant::now();
-        let mut flooding = lock_unpoisoned(&self.flooding);
-        match flooding.get_mut(&address_key(client)) {
-            Some(since) if now.saturating_duration_since(*since) < FLOODING_FOR => {
-                *since = now;
-                true
-            }
-            _ => false,
+        let address = address_key(client);
+        let marked = lock_unpoisoned(&self.flooding)
+            .get(&address)
+            .is_some_and(|since| now.saturating_duration_since(*since) < FLOODING_FOR);
+        if marked && self.flood_detector.check_key(&address).is_err() {
+            self.mark_flooding(address);
         }
+        marked
     }
 
     /// Whether a line about `client`'s refusal of `kind` may be written now;
@@ -486,27 +520,55 @@ mod tests {
                 guard.charge_refusal(address(i))
             {
                 assert_eq!(retry_after, ALL_ADDRESSES_HOLD);
-                assert!(guard.is_flooding(address(i)));
                 refused += 1;
             }
         }
         assert_eq!(refused, 50);
-        assert!(
-            !guard.is_flooding(address(0)),
-            "answered within the allowance"
-        );
+        // One refusal each: no address is marked as flooding, not even those
+        // answered 429 because of the others.
+        assert!((0..REFUSALS_BURST + 50).all(|i| !guard.is_flooding(address(i))));
         // A health check or a scrape is not held back by the others' refusals.
         assert!(guard.charge_ops(address(0)).is_ok());
         assert!(guard.charge_ops(address(100_000)).is_ok());
-        // The allowance refills; asked about again, a mark lasts; left
-        // alone, it wears off.
+        // The allowance refills.
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(guard.charge_refusal(address(200_000)).is_ok());
-        tokio::time::advance(FLOODING_FOR - Duration::from_secs(2)).await;
-        assert!(guard.is_flooding(address(REFUSALS_BURST)));
-        tokio::time::advance(FLOODING_FOR - Duration::from_secs(1)).await;
-        assert!(guard.is_flooding(address(REFUSALS_BURST)));
-        assert!(!guard.is_flooding(address(REFUSALS_BURST + 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_earning_refusals_fast_is_marked_and_stays_so_while_it_knocks() {
+        let guard = RefusalGuard::new();
+        let (flooder, device) = (ip("192.168.1.9"), ip("192.168.1.10"));
+        for _ in 0..FLOOD_BURST {
+            guard.charge_refusal(flooder).unwrap();
+        }
+        assert!(!guard.is_flooding(flooder));
+        guard.charge_refusal(flooder).unwrap();
+        assert!(guard.is_flooding(flooder) && guard.is_flooding(ip("::ffff:192.168.1.9")));
+        // Knocking once a second, faster than its refusals refill, it stays
+        // marked long past FLOODING_FOR.
+        for _ in 0..3 * FLOODING_FOR.as_secs() {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(guard.is_flooding(flooder));
+        }
+        // A device with a stale key, refused every few seconds, never is.
+        for _ in 0..3 * FLOOD_BURST {
+            assert!(guard.charge_refusal(device).is_ok());
+            assert!(!guard.is_flooding(device));
+            tokio::time::advance(Duration::from_secs(3)).await;
+        }
+        // Marked once, a device that then only retries now and then is
+        // unmarked within FLOODING_FOR of its last mark.
+        for _ in 0..=FLOOD_BURST {
+            let _ = guard.charge_refusal(device);
+        }
+        assert!(guard.is_flooding(device));
+        for _ in 0..4 {
+            tokio::time::advance(FLOOD_REFILL * 2).await;
+            let _ = guard.is_flooding(device);
+        }
+        tokio::time::advance(FLOODING_FOR).await;
+        assert!(!guard.is_flooding(device));
     }
 
     #[tokio::test(start_paused = true)]

@@ -107,6 +107,12 @@ pub(crate) async fn run(
         }) {
             Ok(ticket) => ticket,
             Err(why) => {
+                // Turned away while slots are being freed, again and again,
+                // an address is flooding: then it is held, not closed at
+                // once, and its reconnecting costs one accept a second.
+                if why == Refusal::Full {
+                    state.refusals_by_address.note_turned_away(client.ip());
+                }
                 refuser.refuse(stream, client, why);
                 continue;
             }
@@ -245,9 +251,20 @@ impl Connection {
             },
             () = async {
                 close.asked().await;
-                tokio::select! {
-                    () = tokio::time::sleep(EVICTION_GRACE) => {}
-                    () = close.dropped() => {}
+                // A connection that has sent no request has nothing to finish:
+                // it goes at once. Given the grace, 600 addresses each holding
+                // one slowloris head kept the spare places full, and a device
+                // was refused (outside review).
+                if close.is_headed() {
+                    tokio::select! {
+                        () = tokio::time::sleep(EVICTION_GRACE) => {}
+                        () = close.dropped() => {}
+                    }
+                } else {
+                    // Counted like a refusal: an address whose headless
+                    // connections keep having to make room is flooding,
+                    // and may not take another's place in turn.
+                    state.refusals_by_address.note_turned_away(client.ip());
                 }
             } => debug!(client = %client, "made to make room for a newcomer; dropped"),
         }
@@ -300,8 +317,10 @@ impl Connection {
             ..
         } = self;
         let counters = state.clone();
+        let signal = ticket.close_signal().clone();
         let service = service_fn(move |request| {
             first_head.store(true, Ordering::Relaxed);
+            signal.mark_headed();
             ChargedAnswer::new(proxy::handle(&state, client, request), &answers)
         });
         let connection = builder.serve_connection(io, service);

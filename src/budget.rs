@@ -386,11 +386,17 @@ fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 
 /// `d` scaled by a random factor in [0.8, 1.2].
 fn jitter(d: Duration) -> Duration {
+    scale_randomly(d, 0.8, 1.2)
+}
+
+/// `d` scaled by a random factor in [`low`, `high`] (the middle if the OS
+/// random source fails).
+pub(crate) fn scale_randomly(d: Duration, low: f64, high: f64) -> Duration {
     let mut byte = [0u8; 2];
     let random = getrandom::fill(&mut byte).map_or(0.5, |()| {
         f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX)
     });
-    d.mul_f64(0.8 + 0.4 * random)
+    d.mul_f64(low + (high - low) * random)
 }
 
 #[cfg(test)]

@@ -278,10 +278,7 @@ impl RefusalGuard {
     /// address earning refusals faster than [`FLOOD_BURST`] and
     /// [`FLOOD_REFILL`] allow is marked as flooding.
     pub(crate) fn charge_refusal(&self, client: IpAddr) -> Result<(), GatewayError> {
-        let address = address_key(client);
-        if self.flood_detector.check_key(&address).is_err() {
-            self.mark_flooding(address);
-        }
+        self.count_towards_mark(address_key(client));
         self.charge_address(client)?;
         self.all_addresses
             .check()
@@ -295,7 +292,12 @@ impl RefusalGuard {
     /// another, as a refusal it earned: only towards being marked as
     /// flooding.
     pub(crate) fn note_turned_away(&self, client: IpAddr) {
-        let address = address_key(client);
+        self.count_towards_mark(address_key(client));
+    }
+
+    /// One more refusal `address` earned: past [`FLOOD_BURST`] and
+    /// [`FLOOD_REFILL`], it is marked as flooding.
+    fn count_towards_mark(&self, address: IpAddr) {
         if self.flood_detector.check_key(&address).is_err() {
             self.mark_flooding(address);
         }
@@ -340,8 +342,8 @@ impl RefusalGuard {
         let marked = lock_unpoisoned(&self.flooding)
             .get(&address)
             .is_some_and(|since| now.saturating_duration_since(*since) < FLOODING_FOR);
-        if marked && self.flood_detector.check_key(&address).is_err() {
-            self.mark_flooding(address);
+        if marked {
+            self.count_towards_mark(address);
         }
         marked
     }

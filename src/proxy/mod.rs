@@ -124,11 +124,7 @@ const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// `wait` scaled by a random factor in [0.5, 1].
 fn spread(wait: Duration) -> Duration {
-    let mut bytes = [0u8; 2];
-    let random = getrandom::fill(&mut bytes).map_or(1.0, |()| {
-        f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX)
-    });
-    wait.mul_f64(0.5 + 0.5 * random)
+    crate::budget::scale_randomly(wait, 0.5, 1.0)
 }
 
 /// A request's answer: ready at once, or a wait under way.

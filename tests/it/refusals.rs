@@ -30,6 +30,27 @@ async fn raw_from(source: &str, gateway: std::net::SocketAddr, raw: &str) -> (u1
     (status, text)
 }
 
+/// The `[[clients]]` entry of the device "ha", allowed `/chargers`, with `key`.
+fn ha_client(key: &str) -> String {
+    format!(
+        "[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
+        key_sha256_hex(key)
+    )
+}
+
+/// `GET /chargers` with the device's `key`, on a fresh connection from
+/// `source`: the status and the whole answer.
+async fn device_chargers(source: &str, gateway: std::net::SocketAddr, key: &str) -> (u16, String) {
+    raw_from(
+        source,
+        gateway,
+        &format!(
+            "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nX-Gateway-Key: {key}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
 /// The captured INFO lines that name `client` (an access line names its
 /// port too, a summary only the address).
 fn info_lines_of(client: &str) -> Vec<String> {
@@ -56,14 +77,7 @@ fn summary_count(client: &str, kind: &str) -> Option<u64> {
 async fn a_flood_of_bad_keys_is_answered_429_and_summarised_and_a_device_is_still_served() {
     let upstream = MockUpstream::start();
     let key = generate_key();
-    let gateway = TestGateway::start_on(
-        &upstream,
-        &format!(
-            "[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-            key_sha256_hex(&key)
-        ),
-    )
-    .await;
+    let gateway = TestGateway::start_on(&upstream, &ha_client(&key)).await;
     // Addresses of its own: the log capture holds the lines of every test in
     // the binary, and the other modules use 127.0.0.2 to 127.0.0.9.
     let attacker = "127.0.0.17";
@@ -118,14 +132,7 @@ async fn a_flood_of_bad_keys_is_answered_429_and_summarised_and_a_device_is_stil
     limited += ops_limited;
 
     // A device with its key, from another address, is served.
-    let (status, text) = raw_from(
-        "127.0.0.2",
-        gateway.addr,
-        &format!(
-            "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nX-Gateway-Key: {key}\r\nConnection: close\r\n\r\n"
-        ),
-    )
-    .await;
+    let (status, text) = device_chargers("127.0.0.2", gateway.addr, &key).await;
     assert_eq!(status, 200, "{text}");
 
     // During the interval: a few lines, whatever the flood's size.
@@ -311,14 +318,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, String) {
 async fn refusals_from_many_addresses_share_one_allowance_and_a_device_is_still_served() {
     let upstream = MockUpstream::start();
     let key = generate_key();
-    let gateway = TestGateway::start_on(
-        &upstream,
-        &format!(
-            "[[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-            key_sha256_hex(&key)
-        ),
-    )
-    .await;
+    let gateway = TestGateway::start_on(&upstream, &ha_client(&key)).await;
     // 40 addresses, each sending up to 40 bad keys on a keep-alive
     // connection: each well within its own allowance (100 at once), all
     // together past the gateway's (1,000 at once, 200 a second after).
@@ -375,14 +375,7 @@ async fn refusals_from_many_addresses_share_one_allowance_and_a_device_is_still_
     // device with its key is served.
     let (status, _) = support::get_from("127.0.4.1", gateway.addr, "/healthz").await;
     assert_eq!(status, 200);
-    let (status, text) = raw_from(
-        "127.0.0.242",
-        gateway.addr,
-        &format!(
-            "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nX-Gateway-Key: {key}\r\nConnection: close\r\n\r\n"
-        ),
-    )
-    .await;
+    let (status, text) = device_chargers("127.0.0.242", gateway.addr, &key).await;
     assert_eq!(status, 200, "{text}");
     support::assert_no_leak(&[&gateway.token, &key], &[]);
 }
@@ -394,9 +387,8 @@ async fn a_flooding_address_makes_no_one_go_when_every_slot_is_taken() {
     let gateway = TestGateway::start_on(
         &upstream,
         &format!(
-            "[server]\nmax_connections = 4\nmax_connections_per_ip = 8\n\
-             [[clients]]\nname = \"ha\"\nkey_sha256 = \"{}\"\nscopes = [\"chargers:read\"]\n",
-            key_sha256_hex(&key)
+            "[server]\nmax_connections = 4\nmax_connections_per_ip = 8\n{}",
+            ha_client(&key)
         ),
     )
     .await;
@@ -430,14 +422,7 @@ async fn a_flooding_address_makes_no_one_go_when_every_slot_is_taken() {
     let _ = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut out)).await;
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     // A device with its key still gets in, and is served.
-    let (status, text) = raw_from(
-        "127.0.0.244",
-        gateway.addr,
-        &format!(
-            "GET /chargers HTTP/1.1\r\nHost: gateway.lan\r\nX-Gateway-Key: {key}\r\nConnection: close\r\n\r\n"
-        ),
-    )
-    .await;
+    let (status, text) = device_chargers("127.0.0.244", gateway.addr, &key).await;
     assert_eq!(status, 200, "{text}");
     drop(held);
 }

@@ -298,6 +298,11 @@ impl RefusalGuard {
     /// One more refusal `address` earned: past [`FLOOD_BURST`] and
     /// [`FLOOD_REFILL`], it is marked as flooding.
     fn count_towards_mark(&self, address: IpAddr) {
+        // Swept here too: addresses only ever turned away while every slot
+        // is taken never reach `charge_address`.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+            self.flood_detector.retain_recent();
+        }
         if self.flood_detector.check_key(&address).is_err() {
             self.mark_flooding(address);
         }
@@ -306,7 +311,6 @@ impl RefusalGuard {
     fn charge_address(&self, client: IpAddr) -> Result<(), GatewayError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
             self.limiter.retain_recent();
-            self.flood_detector.retain_recent();
         }
         let address = address_key(client);
         self.limiter.check_key(&address).map_err(|refusal| {
